@@ -1,0 +1,6 @@
+//! The `claude-code-relay` process: configuration, wiring of the planes, the server's
+//! lifecycle (graceful shutdown, usage flush) and the background tasks.
+
+pub mod app;
+pub mod config;
+pub mod logging;

@@ -1,0 +1,188 @@
+//! `claude-code-relay`: serve (default), check-config, mock-upstream.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use claude_code_relay::app;
+use claude_code_relay::config::{Overrides, ServerConfig};
+use relay_core::config::ProcessEnv;
+
+#[derive(Debug, Parser)]
+#[command(name = "claude-code-relay", version, about = "A self-hosted relay for Claude Code and other Anthropic-API clients, with production-grade failover.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (RELAY_LISTEN; default 0.0.0.0:8080).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// Database URL (DATABASE_URL; default sqlite file ./data/relay.db).
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    /// TOML configuration file (RELAY_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the relay (the default).
+    Serve,
+    /// Validate the configuration (file, environment, flags) and exit.
+    CheckConfig,
+    /// Run the scriptable mock of the Anthropic API, for demos and benchmarks.
+    MockUpstream {
+        /// Address to listen on.
+        #[arg(long = "mock-listen", default_value = "127.0.0.1:9090")]
+        mock_listen: String,
+        /// Delay between stream events, e.g. "50ms".
+        #[arg(long, default_value = "0ms")]
+        chunk_delay: String,
+        /// Do not record requests (for benchmarks).
+        #[arg(long)]
+        no_record: bool,
+    },
+}
+
+fn overrides(args: &ServeArgs) -> Overrides {
+    Overrides {
+        listen: args.listen.clone(),
+        database_url: args.database_url.clone(),
+        config_path: args.config.clone(),
+        admin_token: None,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime.block_on(serve(cli.serve)),
+        Command::CheckConfig => match ServerConfig::load(&ProcessEnv, &overrides(&cli.serve)) {
+            Ok(config) => {
+                println!("configuration is valid");
+                println!("  listen: {}", config.listen);
+                println!(
+                    "  database: {}",
+                    config.database_url.as_deref().unwrap_or("sqlite (./data/relay.db)")
+                );
+                println!(
+                    "  fallback: {}",
+                    serde_json::to_string(&config.fallback).unwrap_or_default()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("invalid configuration: {error}");
+                ExitCode::from(2)
+            }
+        },
+        Command::MockUpstream {
+            mock_listen,
+            chunk_delay,
+            no_record,
+        } => runtime.block_on(mock(mock_listen, chunk_delay, no_record)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match ServerConfig::load(&ProcessEnv, &overrides(&args)) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("invalid configuration: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    claude_code_relay::logging::init(config.log_format);
+    let relay = match app::start(config, None).await {
+        Ok(relay) => relay,
+        Err(error) => {
+            tracing::error!("cannot start: {error:#}");
+            eprintln!("cannot start: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(token) = &relay.generated_admin_token {
+        // Printed once, on the terminal only: the store keeps just its hash.
+        println!("============================================================");
+        println!("Generated admin token (shown only now, store it safely):");
+        println!("  {token}");
+        println!("Use it as: Authorization: Bearer <token> on /api/v1/admin/*");
+        println!("============================================================");
+    }
+    tracing::info!(addr = %relay.addr, "claude-code-relay listening");
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    relay.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn mock(listen: String, chunk_delay: String, no_record: bool) -> ExitCode {
+    claude_code_relay::logging::init(claude_code_relay::config::LogFormat::Text);
+    let delay = match relay_core::duration::parse_duration(&chunk_delay) {
+        Ok(delay) => delay,
+        Err(error) => {
+            eprintln!("--chunk-delay {chunk_delay}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(&listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("cannot listen on {listen}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = relay_mock::MockConfig {
+        chunk_delay: delay,
+        record: !no_record,
+        ..relay_mock::MockConfig::default()
+    };
+    println!("mock upstream listening on http://{listen}");
+    match relay_mock::serve(listener, config, async {
+        wait_for_signal().await;
+    })
+    .await
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mock upstream failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1351 @@
+//! Account selection: seven strategies behind one trait, over an immutable snapshot.
+//!
+//! A group's eligible accounts are handed to a strategy as a slice of [`Candidate`]s with their
+//! live figures (usage, in-flight requests, learned success rate and latency). The strategy
+//! answers with indices into that slice in preference order: the first is tried first, the rest
+//! are the fallback order of the attempt loop. Time and randomness come in through
+//! [`SelectionContext`], so every strategy is deterministic under a seeded generator.
+//!
+//! The attempt loop rarely needs more than `max_retries + 1` candidates, so every strategy does
+//! only partial work when `limit` is small: it computes one key per candidate (one allocation,
+//! no map) and uses a linear-time selection (`select_nth_unstable`) before sorting the few
+//! winners. A full permutation is still available with `limit >= candidates.len()`.
+//!
+//! Health is taken into account everywhere it does not contradict the strategy's promise:
+//! degraded accounts get less traffic than healthy ones (see [`HealthStatus::traffic_factor`]),
+//! except in `round_robin`, whose promise is strict rotation (unhealthy accounts are
+//! temporarily disabled and so are not in the snapshot at all).
+//!
+//! A custom strategy is a type implementing [`SelectionStrategy`] plus one line:
+//! `registry.register(Arc::new(MyStrategy))`.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand::Rng;
+
+use crate::model::AccountId;
+use crate::UnixMillis;
+
+/// An account's health as the selection strategies and the admin API see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl HealthStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Healthy => "healthy",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Unhealthy => "unhealthy",
+        }
+    }
+
+    /// How much of a healthy account's traffic an account in this state should get, so that
+    /// degraded accounts keep serving (and can prove they recovered) without carrying a full
+    /// share while they misbehave.
+    pub fn traffic_factor(self) -> f64 {
+        match self {
+            HealthStatus::Healthy => 1.0,
+            HealthStatus::Degraded => 0.25,
+            HealthStatus::Unhealthy => 0.05,
+        }
+    }
+
+    /// The `status` term of the seed's hybrid score.
+    pub fn hybrid_score(self) -> f64 {
+        match self {
+            HealthStatus::Healthy => 1.0,
+            HealthStatus::Degraded => 0.5,
+            HealthStatus::Unhealthy => 0.0,
+        }
+    }
+
+    /// Ordering key where smaller is better, for tie-breaking.
+    fn badness(self) -> u8 {
+        match self {
+            HealthStatus::Healthy => 0,
+            HealthStatus::Degraded => 1,
+            HealthStatus::Unhealthy => 2,
+        }
+    }
+}
+
+/// One eligible account in a group snapshot, with its live figures.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub account_id: AccountId,
+    /// Smaller is preferred.
+    pub priority: i32,
+    /// Larger gets more traffic.
+    pub weight: u32,
+    pub health: HealthStatus,
+    /// Usage in the current usage window.
+    pub requests_in_window: u64,
+    /// Requests currently running on the account.
+    pub in_flight: u32,
+    /// Exponentially weighted success rate, 0..1; 1.0 for a new account.
+    pub success_ewma: f64,
+    /// Exponentially weighted latency of successful requests; 0.0 when unknown.
+    pub latency_ewma_ms: f64,
+    pub max_concurrency: Option<u32>,
+}
+
+impl Candidate {
+    /// A fresh, healthy, idle candidate: the figures a new account starts with.
+    pub fn new(account_id: AccountId, priority: i32, weight: u32) -> Self {
+        Candidate {
+            account_id,
+            priority,
+            weight,
+            health: HealthStatus::Healthy,
+            requests_in_window: 0,
+            in_flight: 0,
+            success_ewma: 1.0,
+            latency_ewma_ms: 0.0,
+            max_concurrency: None,
+        }
+    }
+
+    /// True when the account already runs as many requests as it is allowed to.
+    pub fn is_at_capacity(&self) -> bool {
+        self.max_concurrency
+            .is_some_and(|max_concurrency| self.in_flight >= max_concurrency)
+    }
+
+    /// The success rate clamped to 0..1, with garbage (NaN) read as the worst case so a broken
+    /// figure can never make an account look better than it is.
+    fn sane_success_rate(&self) -> f64 {
+        if self.success_ewma.is_nan() {
+            0.0
+        } else {
+            self.success_ewma.clamp(0.0, 1.0)
+        }
+    }
+
+    /// The latency, or `None` when it is unknown (no sample yet, or a nonsensical figure).
+    fn known_latency_ms(&self) -> Option<f64> {
+        (self.latency_ewma_ms.is_finite() && self.latency_ewma_ms > 0.0)
+            .then_some(self.latency_ewma_ms)
+    }
+}
+
+/// What a strategy may use besides the snapshot: time, randomness and the group's cursor.
+pub struct SelectionContext<'a> {
+    pub now: UnixMillis,
+    pub rng: &'a mut dyn rand::RngCore,
+    /// A per-group counter the caller increments once per request (round robin's cursor;
+    /// shared across instances in cluster mode later).
+    pub cursor: u64,
+}
+
+impl<'a> SelectionContext<'a> {
+    pub fn new(now: UnixMillis, rng: &'a mut dyn rand::RngCore, cursor: u64) -> Self {
+        SelectionContext { now, rng, cursor }
+    }
+}
+
+/// A way of ordering a group's accounts for one request.
+pub trait SelectionStrategy: Send + Sync + std::fmt::Debug {
+    /// The name operators write in `FALLBACK_STRATEGY` and group overrides.
+    fn name(&self) -> &str;
+
+    /// Up to `limit` distinct indices into `candidates`, in preference order (first = try first).
+    /// With `limit >= candidates.len()` the result is a full permutation.
+    fn rank(
+        &self,
+        candidates: &[Candidate],
+        ctx: &mut SelectionContext<'_>,
+        limit: usize,
+    ) -> Vec<usize>;
+}
+
+/// The strategies known by name. Built-in ones are registered by [`StrategyRegistry::with_builtin`];
+/// a custom one takes a single [`StrategyRegistry::register`] call.
+#[derive(Debug, Clone, Default)]
+pub struct StrategyRegistry {
+    strategies_by_name: BTreeMap<String, Arc<dyn SelectionStrategy>>,
+}
+
+impl StrategyRegistry {
+    /// A registry with no strategy at all (for tests and fully custom set-ups).
+    pub fn empty() -> Self {
+        StrategyRegistry::default()
+    }
+
+    /// A registry with all seven strategies of the seed registered under their names.
+    pub fn with_builtin() -> Self {
+        let mut registry = StrategyRegistry::empty();
+        registry.register(Arc::new(PriorityFirst));
+        registry.register(Arc::new(Weighted));
+        registry.register(Arc::new(RoundRobin));
+        registry.register(Arc::new(LeastUsed));
+        registry.register(Arc::new(Hybrid));
+        registry.register(Arc::new(Adaptive));
+        registry.register(Arc::new(SmartLoadBalance));
+        registry
+    }
+
+    /// Registers a strategy under its own name; a later registration with the same name
+    /// replaces the earlier one, so a built-in can be overridden deliberately.
+    pub fn register(&mut self, strategy: Arc<dyn SelectionStrategy>) {
+        self.strategies_by_name
+            .insert(strategy.name().to_owned(), strategy);
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn SelectionStrategy>> {
+        self.strategies_by_name.get(name).cloned()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.strategies_by_name.contains_key(name)
+    }
+
+    /// Registered names in alphabetical order.
+    pub fn names(&self) -> Vec<String> {
+        self.strategies_by_name.keys().cloned().collect()
+    }
+}
+
+/// Returns the indices of the `limit` smallest items under `compare`, in order, doing a
+/// linear-time partial selection first so that a small `limit` over a large group stays cheap.
+fn best_indices<T>(
+    mut keyed: Vec<T>,
+    limit: usize,
+    compare: impl Fn(&T, &T) -> Ordering,
+    index_of: impl Fn(&T) -> usize,
+) -> Vec<usize> {
+    let take = limit.min(keyed.len());
+    if take == 0 {
+        return Vec::new();
+    }
+    if take < keyed.len() {
+        keyed.select_nth_unstable_by(take - 1, &compare);
+        keyed.truncate(take);
+    }
+    keyed.sort_unstable_by(&compare);
+    keyed.iter().map(index_of).collect()
+}
+
+/// Puts `first` in front of the best `limit - 1` of the remaining keyed items.
+fn first_then_best<T>(
+    mut keyed: Vec<T>,
+    first_position: usize,
+    limit: usize,
+    compare: impl Fn(&T, &T) -> Ordering,
+    index_of: impl Fn(&T) -> usize,
+) -> Vec<usize> {
+    if limit == 0 || first_position >= keyed.len() {
+        return best_indices(keyed, limit, compare, index_of);
+    }
+    let first = keyed.swap_remove(first_position);
+    let mut ranked = Vec::with_capacity(limit.min(keyed.len() + 1));
+    ranked.push(index_of(&first));
+    ranked.extend(best_indices(keyed, limit - 1, compare, index_of));
+    ranked
+}
+
+/// `priority_first`: the smallest priority first. Within one priority, healthy accounts come
+/// before degraded ones (so degraded accounts only serve when their healthy peers cannot), then
+/// the least used in the current window (which spreads a tier's load), then the account id so
+/// the order is total and reproducible.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PriorityFirst;
+
+impl PriorityFirst {
+    pub const NAME: &'static str = "priority_first";
+}
+
+impl SelectionStrategy for PriorityFirst {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn rank(
+        &self,
+        candidates: &[Candidate],
+        _ctx: &mut SelectionContext<'_>,
+        limit: usize,
+    ) -> Vec<usize> {
+        let keyed: Vec<(i32, u8, u64, AccountId, usize)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                (
+                    c.priority,
+                    c.health.badness(),
+                    c.requests_in_window,
+                    c.account_id,
+                    index,
+                )
+            })
+            .collect();
+        best_indices(keyed, limit, Ord::cmp, |key| key.4)
+    }
+}
+
+/// `weighted`: weighted random choice by `weight × health factor` (healthy 1.0, degraded 0.25,
+/// unhealthy 0.05); the fallback order is also weighted random, without replacement.
+///
+/// For a small `limit` the choice is made by successive roulette-wheel draws (one linear pass
+/// per pick). For a long ranking it uses the keys of Efraimidis and Spirakis ("Weighted random
+/// sampling with a reservoir", Information Processing Letters 97(5), 2006): each candidate draws
+/// `u ∈ (0, 1]` and gets the key `ln(u) / w`; ordering by descending key is distributed exactly
+/// like successive weighted draws without replacement, and a partial selection gives the top.
+/// Accounts of weight 0 only come after every positive-weight account, in uniform random order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Weighted;
+
+impl Weighted {
+    pub const NAME: &'static str = "weighted";
+    /// Up to this many picks, successive roulette draws beat computing a key per candidate.
+    const ROULETTE_MAX_PICKS: usize = 8;
+
+    fn effective_weight(candidate: &Candidate) -> f64 {
+        f64::from(candidate.weight) * candidate.health.traffic_factor()
+    }
+
+    /// Successive weighted draws without replacement; a taken candidate is marked with a
+    /// negative weight, zero-weight candidates are drawn uniformly once no positive weight is left.
+    fn rank_by_roulette(
+        candidates: &[Candidate],
+        rng: &mut dyn rand::RngCore,
+        take: usize,
+    ) -> Vec<usize> {
+        const TAKEN: f64 = -1.0;
+        let mut weights: Vec<f64> = candidates.iter().map(Self::effective_weight).collect();
+        let mut ranked = Vec::with_capacity(take);
+        while ranked.len() < take {
+            let total: f64 = weights.iter().filter(|w| **w > 0.0).sum();
+            let pick = if total > 0.0 {
+                let mut remaining = rng.gen::<f64>() * total;
+                let mut chosen = None;
+                let mut last_positive = None;
+                for (index, weight) in weights.iter().enumerate() {
+                    if *weight > 0.0 {
+                        last_positive = Some(index);
+                        if remaining < *weight {
+                            chosen = Some(index);
+                            break;
+                        }
+                        remaining -= *weight;
+                    }
+                }
+                // Rounding can leave `remaining` a hair above the last weight: take the last.
+                chosen.or(last_positive)
+            } else {
+                let untaken = weights.iter().filter(|w| **w == 0.0).count();
+                if untaken == 0 {
+                    None
+                } else {
+                    let nth = rng.gen_range(0..untaken);
+                    weights
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, w)| **w == 0.0)
+                        .nth(nth)
+                        .map(|(index, _)| index)
+                }
+            };
+            match pick {
+                Some(index) => {
+                    weights[index] = TAKEN;
+                    ranked.push(index);
+                }
+                None => break,
+            }
+        }
+        ranked
+    }
+
+    fn rank_by_sampling_keys(
+        candidates: &[Candidate],
+        rng: &mut dyn rand::RngCore,
+        limit: usize,
+    ) -> Vec<usize> {
+        // (has positive weight, key, index); larger is better for the first two.
+        let keyed: Vec<(bool, f64, usize)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                let weight = Self::effective_weight(c);
+                let uniform_in_open_closed = 1.0 - rng.gen::<f64>();
+                if weight > 0.0 {
+                    (true, uniform_in_open_closed.ln() / weight, index)
+                } else {
+                    (false, uniform_in_open_closed, index)
+                }
+            })
+            .collect();
+        best_indices(
+            keyed,
+            limit,
+            |a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)),
+            |key| key.2,
+        )
+    }
+}
+
+impl SelectionStrategy for Weighted {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn rank(
+        &self,
+        candidates: &[Candidate],
+        ctx: &mut SelectionContext<'_>,
+        limit: usize,
+    ) -> Vec<usize> {
+        let take = limit.min(candidates.len());
+        if take <= Self::ROULETTE_MAX_PICKS {
+            Self::rank_by_roulette(candidates, ctx.rng, take)
+        } else {
+            Self::rank_by_sampling_keys(candidates, ctx.rng, take)
+        }
+    }
+}
+
+/// `round_robin`: the candidates sorted by account id form a ring; request number `cursor`
+/// starts at position `cursor % n` and falls back along the ring. Over any `n` consecutive
+/// cursors every account is tried first exactly once. The caller increments the cursor once per
+/// request (in cluster mode the counter is shared, so the rotation spans instances).
+///
+/// Only the needed part of the ring is ordered: the start is found by linear-time selection, and
+/// the following `limit - 1` positions by partial selection on either side of it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoundRobin;
+
+impl RoundRobin {
+    pub const NAME: &'static str = "round_robin";
+}
+
+impl SelectionStrategy for RoundRobin {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn rank(
+        &self,
+        candidates: &[Candidate],
+        ctx: &mut SelectionContext<'_>,
+        limit: usize,
+    ) -> Vec<usize> {
+        let count = candidates.len();
+        let take = limit.min(count);
+        if take == 0 {
+            return Vec::new();
+        }
+        let mut ring: Vec<(AccountId, usize)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(index, c)| (c.account_id, index))
+            .collect();
+        // `count` fits in u64 on every supported platform, and the remainder is below `count`.
+        let start = (ctx.cursor % count as u64) as usize;
+        if take == count {
+            ring.sort_unstable();
+            ring.rotate_left(start);
+            return ring.into_iter().map(|(_, index)| index).collect();
+        }
+        ring.select_nth_unstable(start);
+        let (before_start, from_start) = ring.split_at_mut(start);
+        let (start_entry, after_start) = from_start.split_at_mut(1);
+        let mut ranked = Vec::with_capacity(take);
+        ranked.push(start_entry[0].1);
+        let from_after = (take - 1).min(after_start.len());
+        ranked.extend(smallest_sorted(after_start, from_after));
+        let from_before = take - ranked.len();
+        ranked.extend(smallest_sorted(before_start, from_before));
+        ranked
+    }
+}
+
+/// The indices of the `take` smallest entries of `ring`, in ascending order.
+fn smallest_sorted(ring: &mut [(AccountId, usize)], take: usize) -> Vec<usize> {
+    let take = take.min(ring.len());
+    if take == 0 {
+        return Vec::new();
+    }
+    if take < ring.len() {
+        ring.select_nth_unstable(take - 1);
+    }
+    let head = &mut ring[..take];
+    head.sort_unstable();
+    head.iter().map(|(_, index)| *index).collect()
+}
+
+/// `least_used`: the fewest requests in the current usage window first, ties by priority then
+/// account id. Usage is divided by the health factor before comparing, so a degraded account
+/// looks four times as used as it is and settles at about a quarter of a healthy peer's load;
+/// with every account healthy this is exactly "fewest requests". Equal usage (for example all
+/// zero) puts healthy accounts before degraded ones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeastUsed;
+
+impl LeastUsed {
+    pub const NAME: &'static str = "least_used";
+}
+
+impl SelectionStrategy for LeastUsed {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn rank(
+        &self,
+        candidates: &[Candidate],
+        _ctx: &mut SelectionContext<'_>,
+        limit: usize,
+    ) -> Vec<usize> {
+        let keyed: Vec<(f64, u8, i32, AccountId, usize)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                (
+                    c.requests_in_window as f64 / c.health.traffic_factor(),
+                    c.health.badness(),
+                    c.priority,
+                    c.account_id,
+                    index,
+                )
+            })
+            .collect();
+        best_indices(
+            keyed,
+            limit,
+            |a, b| {
+                a.0.total_cmp(&b.0)
+                    .then(a.1.cmp(&b.1))
+                    .then(a.2.cmp(&b.2))
+                    .then(a.3.cmp(&b.3))
+                    .then(a.4.cmp(&b.4))
+            },
+            |key| key.4,
+        )
+    }
+}
+
+/// `hybrid`: the seed's score `0.4·weight + 0.3·usage + 0.3·status`, highest first, with every
+/// term normalised to 0..1 (the seed multiplied the raw weight, which drowned the other terms):
+/// weight is divided by the group's largest weight; usage is `1 − requests / most requests`, so
+/// the least used account scores 1; status is 1 for healthy, 0.5 degraded, 0 unhealthy. Ties go
+/// to the smaller priority, then the smaller account id.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hybrid;
+
+impl Hybrid {
+    pub const NAME: &'static str = "hybrid";
+    pub const WEIGHT_SHARE: f64 = 0.4;
+    pub const USAGE_SHARE: f64 = 0.3;
+    pub const STATUS_SHARE: f64 = 0.3;
+
+    /// The score of one candidate given the group's largest weight and usage.
+    pub fn score(candidate: &Candidate, max_weight: u32, max_requests: u64) -> f64 {
+        let weight_term = if max_weight == 0 {
+            0.0
+        } else {
+            f64::from(candidate.weight) / f64::from(max_weight)
+        };
+        let usage_term = if max_requests == 0 {
+            1.0
+        } else {
+            1.0 - candidate.requests_in_window as f64 / max_requests as f64
+        };
+        Self::WEIGHT_SHARE * weight_term
+            + Self::USAGE_SHARE * usage_term
+            + Self::STATUS_SHARE * candidate.health.hybrid_score()
+    }
+}
+
+impl SelectionStrategy for Hybrid {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn rank(
+        &self,
+        candidates: &[Candidate],
+        _ctx: &mut SelectionContext<'_>,
+        limit: usize,
+    ) -> Vec<usize> {
+        let max_weight = candidates.iter().map(|c| c.weight).max().unwrap_or(0);
+        let max_requests = candidates
+            .iter()
+            .map(|c| c.requests_in_window)
+            .max()
+            .unwrap_or(0);
+        let keyed: Vec<(f64, i32, AccountId, usize)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                (
+                    Self::score(c, max_weight, max_requests),
+                    c.priority,
+                    c.account_id,
+                    index,
+                )
+            })
+            .collect();
+        best_indices(
+            keyed,
+            limit,
+            |a, b| {
+                b.0.total_cmp(&a.0)
+                    .then(a.1.cmp(&b.1))
+                    .then(a.2.cmp(&b.2))
+                    .then(a.3.cmp(&b.3))
+            },
+            |key| key.3,
+        )
+    }
+}
+
+/// `adaptive`: learns from what it observed. Each account scores
+/// `success_ewma × health factor / (1 + latency_ewma / 10 s)` (an unknown latency counts as
+/// zero, so a new account is tried optimistically) and the best score goes first; ties go to
+/// the less used, then the smaller priority and id.
+///
+/// Greedy choice alone would starve an account whose EWMA dropped during an outage even after
+/// it recovered, because it would never be tried again. So with probability
+/// [`Adaptive::EXPLORATION_PROBABILITY`] (an ε-greedy policy, Sutton & Barto, "Reinforcement
+/// Learning", §2.2) a uniformly random candidate is tried first; its successes then raise its
+/// score back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Adaptive;
+
+impl Adaptive {
+    pub const NAME: &'static str = "adaptive";
+    pub const EXPLORATION_PROBABILITY: f64 = 0.05;
+    /// The latency at which the score halves: Claude answers take seconds, so 10 s separates a
+    /// fast account from a slow one without letting latency dominate the success rate.
+    pub const LATENCY_HALVING_MS: f64 = 10_000.0;
+
+    pub fn score(candidate: &Candidate) -> f64 {
+        let latency_ms = candidate.known_latency_ms().unwrap_or(0.0);
+        candidate.sane_success_rate() * candidate.health.traffic_factor()
+            / (1.0 + latency_ms / Self::LATENCY_HALVING_MS)
+    }
+}
+
+impl SelectionStrategy for Adaptive {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn rank(
+        &self,
+        candidates: &[Candidate],
+        ctx: &mut SelectionContext<'_>,
+        limit: usize,
+    ) -> Vec<usize> {
+        let keyed: Vec<(f64, u64, i32, AccountId, usize)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                (
+                    Self::score(c),
+                    c.requests_in_window,
+                    c.priority,
+                    c.account_id,
+                    index,
+                )
+            })
+            .collect();
+        let compare = |a: &(f64, u64, i32, AccountId, usize),
+                       b: &(f64, u64, i32, AccountId, usize)| {
+            b.0.total_cmp(&a.0)
+                .then(a.1.cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+                .then(a.4.cmp(&b.4))
+        };
+        let explore = candidates.len() > 1 && ctx.rng.gen::<f64>() < Self::EXPLORATION_PROBABILITY;
+        if explore {
+            let explored = ctx.rng.gen_range(0..candidates.len());
+            first_then_best(keyed, explored, limit, compare, |key| key.4)
+        } else {
+            best_indices(keyed, limit, compare, |key| key.4)
+        }
+    }
+}
+
+/// `smart_load_balance`: power of two choices over a peak-EWMA load estimate.
+///
+/// Each account's cost is `latency_ewma × (in_flight + 1) / health factor`: the expected wait
+/// of one more request, the load metric of Finagle's "peak EWMA" balancer (Twitter, 2016;
+/// also tower's `load::PeakEwma`). An account with no latency yet borrows the group's mean
+/// known latency, so it is neither shunned nor flooded. Accounts already at `max_concurrency`
+/// come after every account with room.
+///
+/// The first candidate is the cheaper of two picked uniformly at random (Mitzenmacher, "The
+/// Power of Two Choices in Randomized Load Balancing", 2001; tower's `balance::p2c`): nearly as
+/// good as the global minimum, yet it does not send every concurrent request to the same
+/// account while the figures are stale. The fallback order is by ascending cost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmartLoadBalance;
+
+impl SmartLoadBalance {
+    pub const NAME: &'static str = "smart_load_balance";
+
+    /// The cost of one candidate; `latency_when_unknown_ms` stands in for a missing latency.
+    pub fn cost(candidate: &Candidate, latency_when_unknown_ms: f64) -> f64 {
+        let latency_ms = candidate
+            .known_latency_ms()
+            .unwrap_or(latency_when_unknown_ms);
+        latency_ms * (f64::from(candidate.in_flight) + 1.0) / candidate.health.traffic_factor()
+    }
+}
+
+impl SelectionStrategy for SmartLoadBalance {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn rank(
+        &self,
+        candidates: &[Candidate],
+        ctx: &mut SelectionContext<'_>,
+        limit: usize,
+    ) -> Vec<usize> {
+        let (known_latency_sum, known_latency_count) = candidates
+            .iter()
+            .filter_map(Candidate::known_latency_ms)
+            .fold((0.0, 0u32), |(sum, count), latency| {
+                (sum + latency, count + 1)
+            });
+        let latency_when_unknown_ms = if known_latency_count == 0 {
+            1.0
+        } else {
+            known_latency_sum / f64::from(known_latency_count)
+        };
+        // (at capacity, cost, account id, index); smaller is better.
+        let keyed: Vec<(bool, f64, AccountId, usize)> = candidates
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                (
+                    c.is_at_capacity(),
+                    Self::cost(c, latency_when_unknown_ms),
+                    c.account_id,
+                    index,
+                )
+            })
+            .collect();
+        let compare = |a: &(bool, f64, AccountId, usize), b: &(bool, f64, AccountId, usize)| {
+            a.0.cmp(&b.0)
+                .then(a.1.total_cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        };
+        if candidates.len() < 2 || limit == 0 {
+            return best_indices(keyed, limit, compare, |key| key.3);
+        }
+        let first_pick = ctx.rng.gen_range(0..candidates.len());
+        let mut second_pick = ctx.rng.gen_range(0..candidates.len() - 1);
+        if second_pick >= first_pick {
+            second_pick += 1;
+        }
+        let winner = if compare(&keyed[first_pick], &keyed[second_pick]) == Ordering::Greater {
+            second_pick
+        } else {
+            first_pick
+        };
+        first_then_best(keyed, winner, limit, compare, |key| key.3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    fn rank_with(
+        strategy: &dyn SelectionStrategy,
+        candidates: &[Candidate],
+        seed: u64,
+        cursor: u64,
+        limit: usize,
+    ) -> Vec<usize> {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut ctx = SelectionContext::new(0, &mut rng, cursor);
+        strategy.rank(candidates, &mut ctx, limit)
+    }
+
+    fn ids(candidates: &[Candidate], ranked: &[usize]) -> Vec<AccountId> {
+        ranked.iter().map(|i| candidates[*i].account_id).collect()
+    }
+
+    fn builtin() -> Vec<Arc<dyn SelectionStrategy>> {
+        let registry = StrategyRegistry::with_builtin();
+        registry
+            .names()
+            .iter()
+            .filter_map(|name| registry.get(name))
+            .collect()
+    }
+
+    #[test]
+    fn registry_knows_all_seven_builtin_names() {
+        let registry = StrategyRegistry::with_builtin();
+        let mut expected = vec![
+            "adaptive",
+            "hybrid",
+            "least_used",
+            "priority_first",
+            "round_robin",
+            "smart_load_balance",
+            "weighted",
+        ];
+        expected.sort_unstable();
+        assert_eq!(registry.names(), expected);
+        for name in expected {
+            let strategy = registry.get(name).expect("registered");
+            assert_eq!(strategy.name(), name);
+            assert!(registry.contains(name));
+        }
+    }
+
+    #[test]
+    fn unknown_strategy_names_are_absent() {
+        let registry = StrategyRegistry::with_builtin();
+        assert!(registry.get("random").is_none());
+        assert!(!registry.contains("Priority_First"));
+        assert!(StrategyRegistry::empty().get("priority_first").is_none());
+    }
+
+    /// A custom strategy: the largest account id first.
+    #[derive(Debug)]
+    struct NewestAccountFirst;
+
+    impl SelectionStrategy for NewestAccountFirst {
+        fn name(&self) -> &str {
+            "newest_first"
+        }
+
+        fn rank(
+            &self,
+            candidates: &[Candidate],
+            _ctx: &mut SelectionContext<'_>,
+            limit: usize,
+        ) -> Vec<usize> {
+            let mut order: Vec<usize> = (0..candidates.len()).collect();
+            order.sort_by_key(|i| std::cmp::Reverse(candidates[*i].account_id));
+            order.truncate(limit);
+            order
+        }
+    }
+
+    #[test]
+    fn custom_strategy_registers_in_one_line_and_is_used_through_the_registry() {
+        let mut registry = StrategyRegistry::with_builtin();
+        registry.register(Arc::new(NewestAccountFirst));
+        assert!(registry.contains("newest_first"));
+        assert_eq!(registry.names().len(), 8);
+        let candidates = vec![
+            Candidate::new(3, 1, 1),
+            Candidate::new(9, 1, 1),
+            Candidate::new(5, 1, 1),
+        ];
+        let strategy = registry.get("newest_first").expect("registered");
+        assert_eq!(
+            ids(
+                &candidates,
+                &rank_with(strategy.as_ref(), &candidates, 1, 0, 3)
+            ),
+            vec![9, 5, 3]
+        );
+    }
+
+    #[test]
+    fn priority_first_orders_by_priority_then_health_then_usage_then_id() {
+        let mut degraded_top = Candidate::new(1, 1, 100);
+        degraded_top.health = HealthStatus::Degraded;
+        let mut busy_top = Candidate::new(2, 1, 100);
+        busy_top.requests_in_window = 50;
+        let mut idle_top = Candidate::new(3, 1, 100);
+        idle_top.requests_in_window = 10;
+        let idle_top_twin = {
+            let mut c = Candidate::new(0, 1, 100);
+            c.requests_in_window = 10;
+            c
+        };
+        let low = Candidate::new(4, 5, 100);
+        let candidates = vec![low, degraded_top, busy_top, idle_top, idle_top_twin];
+        let ranked = rank_with(&PriorityFirst, &candidates, 0, 0, 10);
+        assert_eq!(ids(&candidates, &ranked), vec![0, 3, 2, 1, 4]);
+        let first_two = rank_with(&PriorityFirst, &candidates, 0, 0, 2);
+        assert_eq!(ids(&candidates, &first_two), vec![0, 3]);
+    }
+
+    #[test]
+    fn priority_first_negative_and_large_priorities_order_numerically() {
+        let candidates = vec![
+            Candidate::new(1, 100, 1),
+            Candidate::new(2, -5, 1),
+            Candidate::new(3, 7, 1),
+        ];
+        let ranked = rank_with(&PriorityFirst, &candidates, 0, 0, 3);
+        assert_eq!(ids(&candidates, &ranked), vec![2, 3, 1]);
+    }
+
+    fn first_pick_shares(
+        strategy: &dyn SelectionStrategy,
+        candidates: &[Candidate],
+        draws: u32,
+        limit: usize,
+    ) -> Vec<f64> {
+        let mut rng = SmallRng::seed_from_u64(42);
+        let mut firsts = vec![0u32; candidates.len()];
+        for cursor in 0..draws {
+            let mut ctx = SelectionContext::new(0, &mut rng, u64::from(cursor));
+            let ranked = strategy.rank(candidates, &mut ctx, limit);
+            firsts[ranked[0]] += 1;
+        }
+        firsts
+            .iter()
+            .map(|count| f64::from(*count) / f64::from(draws))
+            .collect()
+    }
+
+    #[test]
+    fn weighted_first_pick_follows_weights_with_roulette_and_with_keys() {
+        let candidates = vec![
+            Candidate::new(1, 1, 10),
+            Candidate::new(2, 1, 20),
+            Candidate::new(3, 1, 30),
+            Candidate::new(4, 1, 40),
+        ];
+        // A small group or a short ranking takes the roulette path...
+        let shares = first_pick_shares(&Weighted, &candidates, 40_000, 2);
+        for (share, expected) in shares.iter().zip([0.1, 0.2, 0.3, 0.4]) {
+            assert!((share - expected).abs() < 0.015, "{shares:?}");
+        }
+
+        // ...and a ranking longer than the roulette cap takes the sampling-key path.
+        let mut large_group: Vec<Candidate> = (0..20).map(|id| Candidate::new(id, 1, 1)).collect();
+        large_group[0].weight = 20; // 20 of a total weight of 39
+        let shares = first_pick_shares(&Weighted, &large_group, 40_000, 20);
+        assert!((shares[0] - 20.0 / 39.0).abs() < 0.015, "{}", shares[0]);
+        assert!((shares[7] - 1.0 / 39.0).abs() < 0.01, "{}", shares[7]);
+    }
+
+    #[test]
+    fn weighted_second_pick_is_weighted_without_replacement() {
+        // Weights 1 and 3 and 6 (total 10). P(second = a | first = c) = 1/4; overall
+        // P(second = a) = P(first=b)·1/7 + P(first=c)·1/4 = 0.3/7 + 0.6/4 ≈ 0.19286.
+        let candidates = vec![
+            Candidate::new(1, 1, 1),
+            Candidate::new(2, 1, 3),
+            Candidate::new(3, 1, 6),
+        ];
+        for limit in [2usize, 3] {
+            let mut rng = SmallRng::seed_from_u64(7);
+            let mut second_is_a = 0u32;
+            let draws = 60_000u32;
+            for _ in 0..draws {
+                let mut ctx = SelectionContext::new(0, &mut rng, 0);
+                let ranked = Weighted.rank(&candidates, &mut ctx, limit);
+                if ranked[1] == 0 {
+                    second_is_a += 1;
+                }
+            }
+            let share = f64::from(second_is_a) / f64::from(draws);
+            assert!((share - 0.192_86).abs() < 0.01, "limit {limit}: {share}");
+        }
+        // The key path (a long ranking) must agree with the roulette path.
+        let mut long: Vec<Candidate> = vec![
+            Candidate::new(1, 1, 1),
+            Candidate::new(2, 1, 3),
+            Candidate::new(3, 1, 6),
+        ];
+        long.extend((10..20).map(|id| Candidate::new(id, 1, 0)));
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut second_is_a = 0u32;
+        for _ in 0..60_000 {
+            let mut ctx = SelectionContext::new(0, &mut rng, 0);
+            let ranked = Weighted.rank(&long, &mut ctx, long.len());
+            assert!(ranked[..3].iter().all(|i| *i < 3), "zero weights come last");
+            if ranked[1] == 0 {
+                second_is_a += 1;
+            }
+        }
+        let share = f64::from(second_is_a) / 60_000.0;
+        assert!((share - 0.192_86).abs() < 0.01, "{share}");
+    }
+
+    #[test]
+    fn weighted_degraded_account_gets_a_quarter_of_the_traffic() {
+        let mut degraded = Candidate::new(2, 1, 100);
+        degraded.health = HealthStatus::Degraded;
+        let candidates = vec![Candidate::new(1, 1, 100), degraded];
+        let shares = first_pick_shares(&Weighted, &candidates, 40_000, 1);
+        // 100 vs 25: the degraded one is first 20% of the time.
+        assert!((shares[1] - 0.2).abs() < 0.015, "{shares:?}");
+    }
+
+    #[test]
+    fn weighted_zero_weights_only_after_positive_ones_and_still_ranked() {
+        let candidates = vec![
+            Candidate::new(1, 1, 0),
+            Candidate::new(2, 1, 5),
+            Candidate::new(3, 1, 0),
+        ];
+        for seed in 0..50 {
+            let ranked = rank_with(&Weighted, &candidates, seed, 0, 3);
+            assert_eq!(ranked[0], 1);
+            let mut rest = ranked[1..].to_vec();
+            rest.sort_unstable();
+            assert_eq!(rest, vec![0, 2]);
+        }
+    }
+
+    #[test]
+    fn round_robin_rotates_over_account_ids() {
+        let candidates = vec![
+            Candidate::new(30, 1, 1),
+            Candidate::new(10, 1, 1),
+            Candidate::new(20, 1, 1),
+        ];
+        let order = |cursor, limit| {
+            ids(
+                &candidates,
+                &rank_with(&RoundRobin, &candidates, 0, cursor, limit),
+            )
+        };
+        assert_eq!(order(0, 3), vec![10, 20, 30]);
+        assert_eq!(order(1, 3), vec![20, 30, 10]);
+        assert_eq!(order(2, 3), vec![30, 10, 20]);
+        assert_eq!(order(3, 3), vec![10, 20, 30]);
+        assert_eq!(order(2, 2), vec![30, 10]);
+        assert_eq!(order(4, 1), vec![20]);
+        assert_eq!(order(u64::MAX, 3), order(u64::MAX % 3, 3));
+    }
+
+    #[test]
+    fn round_robin_partial_ranking_matches_full_rotation() {
+        let candidates: Vec<Candidate> = [17, 3, 99, 42, 8, 61, 5]
+            .iter()
+            .map(|id| Candidate::new(*id, 1, 1))
+            .collect();
+        for cursor in 0..14 {
+            let full = rank_with(&RoundRobin, &candidates, 0, cursor, 7);
+            for limit in 0..=7 {
+                let partial = rank_with(&RoundRobin, &candidates, 0, cursor, limit);
+                assert_eq!(partial, full[..limit], "cursor {cursor}, limit {limit}");
+            }
+        }
+    }
+
+    #[test]
+    fn least_used_orders_by_usage_then_priority_then_id() {
+        let mut a = Candidate::new(1, 5, 1);
+        a.requests_in_window = 3;
+        let mut b = Candidate::new(2, 1, 1);
+        b.requests_in_window = 3;
+        let mut c = Candidate::new(3, 9, 1);
+        c.requests_in_window = 1;
+        let mut d = Candidate::new(0, 1, 1);
+        d.requests_in_window = 3;
+        let candidates = vec![a, b, c, d];
+        let ranked = rank_with(&LeastUsed, &candidates, 0, 0, 4);
+        assert_eq!(ids(&candidates, &ranked), vec![3, 0, 2, 1]);
+    }
+
+    #[test]
+    fn least_used_counts_a_degraded_account_as_more_used() {
+        let mut degraded = Candidate::new(1, 1, 1);
+        degraded.health = HealthStatus::Degraded;
+        degraded.requests_in_window = 10; // looks like 40
+        let mut healthy = Candidate::new(2, 1, 1);
+        healthy.requests_in_window = 30;
+        let candidates = vec![degraded.clone(), healthy];
+        assert_eq!(rank_with(&LeastUsed, &candidates, 0, 0, 2), vec![1, 0]);
+        // With no usage at all the healthy one still goes first.
+        degraded.requests_in_window = 0;
+        let idle = vec![degraded, Candidate::new(2, 1, 1)];
+        assert_eq!(rank_with(&LeastUsed, &idle, 0, 0, 2), vec![1, 0]);
+    }
+
+    #[test]
+    fn hybrid_scores_as_the_seed_with_normalised_terms() {
+        let mut heavy = Candidate::new(1, 1, 200);
+        heavy.requests_in_window = 100;
+        let mut light = Candidate::new(2, 1, 100);
+        light.requests_in_window = 0;
+        let mut degraded = Candidate::new(3, 1, 200);
+        degraded.health = HealthStatus::Degraded;
+        degraded.requests_in_window = 40;
+        // heavy: 0.4·1 + 0.3·0 + 0.3·1 = 0.70; light: 0.4·0.5 + 0.3·1 + 0.3 = 0.80;
+        // degraded: 0.4 + 0.3·0.6 + 0.3·0.5 = 0.73.
+        assert!((Hybrid::score(&heavy, 200, 100) - 0.70).abs() < 1e-12);
+        assert!((Hybrid::score(&light, 200, 100) - 0.80).abs() < 1e-12);
+        assert!((Hybrid::score(&degraded, 200, 100) - 0.73).abs() < 1e-12);
+        let candidates = vec![heavy, degraded, light];
+        let ranked = rank_with(&Hybrid, &candidates, 0, 0, 3);
+        assert_eq!(ids(&candidates, &ranked), vec![2, 3, 1]);
+    }
+
+    #[test]
+    fn hybrid_breaks_equal_scores_by_priority_then_id() {
+        let candidates = vec![
+            Candidate::new(5, 2, 100),
+            Candidate::new(9, 1, 100),
+            Candidate::new(4, 2, 100),
+        ];
+        let ranked = rank_with(&Hybrid, &candidates, 0, 0, 3);
+        assert_eq!(ids(&candidates, &ranked), vec![9, 4, 5]);
+    }
+
+    #[test]
+    fn hybrid_handles_all_zero_weights_and_usage() {
+        let candidates = vec![Candidate::new(2, 1, 0), Candidate::new(1, 1, 0)];
+        assert!((Hybrid::score(&candidates[0], 0, 0) - 0.6).abs() < 1e-12);
+        assert_eq!(rank_with(&Hybrid, &candidates, 0, 0, 2), vec![1, 0]);
+    }
+
+    #[test]
+    fn adaptive_prefers_reliable_fast_accounts_and_explores_a_little() {
+        let mut flaky = Candidate::new(1, 1, 1);
+        flaky.success_ewma = 0.3;
+        flaky.latency_ewma_ms = 1_000.0;
+        let mut slow = Candidate::new(2, 1, 1);
+        slow.success_ewma = 1.0;
+        slow.latency_ewma_ms = 30_000.0;
+        let mut good = Candidate::new(3, 1, 1);
+        good.success_ewma = 0.95;
+        good.latency_ewma_ms = 2_000.0;
+        let candidates = vec![flaky, slow, good];
+        // good 0.79 > flaky 0.27 > slow 0.25.
+        let shares = first_pick_shares(&Adaptive, &candidates, 40_000, 3);
+        let exploration_share = Adaptive::EXPLORATION_PROBABILITY / 3.0;
+        assert!(
+            (shares[2] - (1.0 - 2.0 * exploration_share)).abs() < 0.01,
+            "{shares:?}"
+        );
+        assert!((shares[0] - exploration_share).abs() < 0.005, "{shares:?}");
+        assert!((shares[1] - exploration_share).abs() < 0.005, "{shares:?}");
+        // Without exploration the order is by score.
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut full_orders = std::collections::BTreeMap::new();
+        for _ in 0..1_000 {
+            let mut ctx = SelectionContext::new(0, &mut rng, 0);
+            *full_orders
+                .entry(Adaptive.rank(&candidates, &mut ctx, 3))
+                .or_insert(0u32) += 1;
+        }
+        let most_common = full_orders
+            .iter()
+            .max_by_key(|(_, count)| **count)
+            .map(|(order, _)| order.clone());
+        assert_eq!(most_common, Some(vec![2, 0, 1]));
+    }
+
+    #[test]
+    fn adaptive_treats_nan_figures_as_worst() {
+        let mut broken = Candidate::new(1, 1, 1);
+        broken.success_ewma = f64::NAN;
+        broken.latency_ewma_ms = f64::NAN;
+        assert_eq!(Adaptive::score(&broken), 0.0);
+        let fresh = Candidate::new(2, 1, 1);
+        assert_eq!(Adaptive::score(&fresh), 1.0);
+    }
+
+    #[test]
+    fn smart_load_balance_first_is_the_cheaper_of_two_and_the_rest_by_cost() {
+        let make = |id, latency, in_flight| {
+            let mut c = Candidate::new(id, 1, 1);
+            c.latency_ewma_ms = latency;
+            c.in_flight = in_flight;
+            c
+        };
+        // costs: 1000·1 = 1000, 500·4 = 2000, 3000·1 = 3000
+        let candidates = vec![make(1, 3_000.0, 0), make(2, 1_000.0, 0), make(3, 500.0, 3)];
+        assert_eq!(SmartLoadBalance::cost(&candidates[2], 1.0), 2_000.0);
+        let shares = first_pick_shares(&SmartLoadBalance, &candidates, 30_000, 3);
+        // p2c over 3: the cheapest wins whenever it is one of the two (2 of 3 pairs), the
+        // middle one wins the single pair without the cheapest; the most expensive never wins.
+        assert!((shares[1] - 2.0 / 3.0).abs() < 0.015, "{shares:?}");
+        assert!((shares[2] - 1.0 / 3.0).abs() < 0.015, "{shares:?}");
+        assert_eq!(shares[0], 0.0);
+        for seed in 0..20 {
+            let ranked = rank_with(&SmartLoadBalance, &candidates, seed, 0, 3);
+            let rest: Vec<usize> = ranked[1..].to_vec();
+            let mut sorted_rest = rest.clone();
+            sorted_rest.sort_by(|a, b| {
+                SmartLoadBalance::cost(&candidates[*a], 1.0)
+                    .total_cmp(&SmartLoadBalance::cost(&candidates[*b], 1.0))
+            });
+            assert_eq!(rest, sorted_rest);
+        }
+    }
+
+    #[test]
+    fn smart_load_balance_puts_accounts_at_capacity_last_and_fills_unknown_latency() {
+        let mut full = Candidate::new(1, 1, 1);
+        full.latency_ewma_ms = 10.0;
+        full.in_flight = 2;
+        full.max_concurrency = Some(2);
+        let mut known = Candidate::new(2, 1, 1);
+        known.latency_ewma_ms = 4_000.0;
+        let unknown = Candidate::new(3, 1, 1);
+        let candidates = vec![full, known, unknown];
+        for seed in 0..30 {
+            let ranked = rank_with(&SmartLoadBalance, &candidates, seed, 0, 3);
+            assert_eq!(ranked[2], 0, "at capacity is last (seed {seed})");
+        }
+        // The unknown account borrows the mean known latency (4010 / 2 = 2005 ms).
+        assert_eq!(SmartLoadBalance::cost(&candidates[2], 2_005.0), 2_005.0);
+    }
+
+    #[test]
+    fn smart_load_balance_degraded_costs_more() {
+        let mut degraded = Candidate::new(1, 1, 1);
+        degraded.latency_ewma_ms = 1_000.0;
+        degraded.health = HealthStatus::Degraded;
+        let mut healthy = Candidate::new(2, 1, 1);
+        healthy.latency_ewma_ms = 2_000.0;
+        assert!(SmartLoadBalance::cost(&degraded, 1.0) > SmartLoadBalance::cost(&healthy, 1.0));
+        let candidates = vec![degraded, healthy];
+        assert_eq!(
+            rank_with(&SmartLoadBalance, &candidates, 5, 0, 2),
+            vec![1, 0]
+        );
+    }
+
+    #[test]
+    fn every_strategy_handles_empty_and_zero_limit() {
+        for strategy in builtin() {
+            assert!(rank_with(strategy.as_ref(), &[], 1, 0, 5).is_empty());
+            let one = vec![Candidate::new(1, 1, 1)];
+            assert!(rank_with(strategy.as_ref(), &one, 1, 0, 0).is_empty());
+            assert_eq!(rank_with(strategy.as_ref(), &one, 1, 7, 3), vec![0]);
+        }
+    }
+
+    #[test]
+    fn degraded_gets_less_first_picks_than_healthy_in_every_health_aware_strategy() {
+        let mut degraded = Candidate::new(1, 1, 100);
+        degraded.health = HealthStatus::Degraded;
+        degraded.latency_ewma_ms = 1_000.0;
+        let mut healthy = Candidate::new(2, 1, 100);
+        healthy.latency_ewma_ms = 1_000.0;
+        let candidates = vec![degraded, healthy];
+        for strategy in builtin() {
+            if strategy.name() == RoundRobin::NAME {
+                continue;
+            }
+            let shares = first_pick_shares(strategy.as_ref(), &candidates, 4_000, 2);
+            assert!(
+                shares[0] < shares[1],
+                "{}: degraded {} vs healthy {}",
+                strategy.name(),
+                shares[0],
+                shares[1]
+            );
+        }
+    }
+
+    fn arbitrary_candidate() -> impl Strategy<Value = Candidate> {
+        (
+            -5i32..5,
+            0u32..4,
+            0u8..3,
+            0u64..6,
+            0u32..4,
+            prop_oneof![Just(f64::NAN), 0.0f64..=1.0],
+            prop_oneof![Just(0.0f64), 1.0f64..5_000.0],
+            proptest::option::of(0u32..4),
+        )
+            .prop_map(
+                |(priority, weight, health, requests, in_flight, success, latency, max)| {
+                    Candidate {
+                        account_id: 0,
+                        priority,
+                        weight,
+                        health: match health {
+                            0 => HealthStatus::Healthy,
+                            1 => HealthStatus::Degraded,
+                            _ => HealthStatus::Unhealthy,
+                        },
+                        requests_in_window: requests,
+                        in_flight,
+                        success_ewma: success,
+                        latency_ewma_ms: latency,
+                        max_concurrency: max,
+                    }
+                },
+            )
+    }
+
+    fn arbitrary_group() -> impl Strategy<Value = Vec<Candidate>> {
+        proptest::collection::vec(arbitrary_candidate(), 0..24).prop_map(|mut group| {
+            // Distinct ids in a scrambled order, as a real snapshot might have them.
+            for (position, candidate) in group.iter_mut().enumerate() {
+                candidate.account_id = ((position as i64) * 7919) % 1009 + 1;
+            }
+            group
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_strategy_returns_distinct_in_range_indices(
+            group in arbitrary_group(),
+            limit in 0usize..30,
+            seed in any::<u64>(),
+            cursor in any::<u64>(),
+        ) {
+            for strategy in builtin() {
+                let ranked = rank_with(strategy.as_ref(), &group, seed, cursor, limit);
+                prop_assert_eq!(ranked.len(), limit.min(group.len()), "{}", strategy.name());
+                let mut seen = vec![false; group.len()];
+                for index in &ranked {
+                    prop_assert!(*index < group.len(), "{}", strategy.name());
+                    prop_assert!(!seen[*index], "{} repeats {}", strategy.name(), index);
+                    seen[*index] = true;
+                }
+                if limit >= group.len() {
+                    prop_assert!(seen.iter().all(|s| *s), "{}: not a permutation", strategy.name());
+                }
+            }
+        }
+
+        #[test]
+        fn deterministic_strategies_give_prefixes_of_their_full_order(
+            group in arbitrary_group(),
+            limit in 0usize..30,
+            cursor in any::<u64>(),
+        ) {
+            for strategy in [&PriorityFirst as &dyn SelectionStrategy, &RoundRobin, &LeastUsed, &Hybrid] {
+                let full = rank_with(strategy, &group, 0, cursor, group.len());
+                let partial = rank_with(strategy, &group, 0, cursor, limit);
+                prop_assert_eq!(&partial[..], &full[..limit.min(group.len())], "{}", strategy.name());
+            }
+        }
+
+        #[test]
+        fn round_robin_puts_each_account_first_equally_often(
+            size in 1usize..12,
+            rounds in 1u64..5,
+            offset in any::<u32>(),
+        ) {
+            let group: Vec<Candidate> = (0..size)
+                .map(|position| Candidate::new(((position as i64) * 37) % 101, 1, 1))
+                .collect();
+            let mut firsts = vec![0u64; size];
+            let total = size as u64 * rounds;
+            for cursor in u64::from(offset)..u64::from(offset) + total {
+                firsts[rank_with(&RoundRobin, &group, 0, cursor, 1)[0]] += 1;
+            }
+            prop_assert!(firsts.iter().all(|count| *count == rounds), "{:?}", firsts);
+        }
+    }
+}

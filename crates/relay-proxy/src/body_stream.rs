@@ -1,0 +1,295 @@
+//! The answer's body on its way to the client: passed through chunk by chunk, never
+//! buffered, with usage parsed on the side.
+//!
+//! The wrapper owns the committed attempt. It finishes it exactly once: when the upstream
+//! ends, when the upstream breaks (idle timeout, connection error, truncated stream), or when
+//! the client goes away (the body is dropped). A broken SSE stream ends with an Anthropic
+//! `event: error` so the client knows the answer is incomplete and can retry.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use relay_core::classify::{classify_stream_error_event, OutcomeClass};
+use relay_core::model::{ModelFamily, Usage};
+use relay_core::sse::{usage_from_json, SseUsageParser};
+use relay_store::UsageRow;
+
+use crate::auth::add_cost;
+use crate::forward::log_state_events;
+use crate::logs;
+use crate::registry::{lock, AccountRuntime, InFlightGuard, KeyRuntime};
+use crate::state::RelayState;
+
+/// Largest non-stream answer kept on the side to read its usage; larger ones pass through
+/// uncounted rather than held in memory.
+const MAX_JSON_FOR_USAGE: usize = 8 * 1024 * 1024;
+
+/// What the usage row of an attempt needs, collected while it ran.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub request_id: Arc<str>,
+    pub attempt: u32,
+    pub api_key_id: i64,
+    pub group_id: i64,
+    pub account_id: i64,
+    pub model: String,
+    pub stream: bool,
+    pub status: u16,
+    pub started: Instant,
+    pub ttfb_ms: u64,
+    pub created_at: relay_core::UnixMillis,
+}
+
+/// An attempt whose answer is reaching the client.
+#[derive(Debug)]
+pub struct CommittedAttempt {
+    pub state: Arc<RelayState>,
+    pub account: Arc<AccountRuntime>,
+    pub key_limits: Arc<KeyRuntime>,
+    pub record: AttemptRecord,
+    pub family: ModelFamily,
+    pub in_flight: InFlightGuard,
+}
+
+#[derive(Debug)]
+pub enum StreamEnd {
+    Complete,
+    /// The upstream broke after the first byte; the reason is for logs.
+    Broken {
+        class: OutcomeClass,
+        reason: String,
+    },
+    ClientGone,
+}
+
+impl CommittedAttempt {
+    pub fn finish(self, end: StreamEnd, usage: Usage) {
+        let state = &self.state;
+        let now = crate::now_millis();
+        let account = self.account.account();
+        let class_name = match &end {
+            StreamEnd::Complete => OutcomeClass::Success.as_str(),
+            StreamEnd::Broken { class, reason } => {
+                tracing::warn!(
+                    request_id = %self.record.request_id,
+                    account = %account.name,
+                    class = class.as_str(),
+                    "{}",
+                    logs::stream_broken(state.settings.log_lang, &account.name, reason)
+                );
+                let events = lock(&self.account.state).record_outcome(
+                    now,
+                    *class,
+                    self.record.ttfb_ms as f64,
+                    self.family,
+                    None,
+                );
+                log_state_events(state, &account.name, &events);
+                class.as_str()
+            }
+            StreamEnd::ClientGone => "cancelled",
+        };
+        let cost_usd = state.settings.prices.cost_usd(&self.record.model, &usage);
+        add_cost(&self.key_limits, now, cost_usd);
+        state.usage.record(UsageRow {
+            request_id: self.record.request_id.to_string(),
+            attempt: self.record.attempt,
+            api_key_id: Some(self.record.api_key_id),
+            group_id: Some(self.record.group_id),
+            account_id: Some(self.record.account_id),
+            model: self.record.model.clone(),
+            stream: self.record.stream,
+            status: Some(self.record.status),
+            class: class_name.to_owned(),
+            input_tokens: usage.input_tokens,
+            output_tokens: usage.output_tokens,
+            cache_read_input_tokens: usage.cache_read_input_tokens,
+            cache_creation_input_tokens: usage.cache_creation_input_tokens,
+            cost_usd,
+            duration_ms: u64::try_from(self.record.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ttfb_ms: Some(self.record.ttfb_ms),
+            created_at: self.record.created_at,
+        });
+    }
+}
+
+type UpstreamStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// How the side parser reads the answer.
+#[derive(Debug)]
+pub enum UsageReader {
+    Sse(SseUsageParser),
+    Json(Vec<u8>),
+    None,
+}
+
+struct Relaying {
+    prefetched: VecDeque<Bytes>,
+    upstream: UpstreamStream,
+    reader: UsageReader,
+    idle_timeout: Duration,
+    attempt: Option<CommittedAttempt>,
+    ended: bool,
+}
+
+impl Relaying {
+    fn usage(&self) -> Usage {
+        match &self.reader {
+            UsageReader::Sse(parser) => parser.usage(),
+            UsageReader::Json(buffer) => usage_from_json(buffer).unwrap_or_default(),
+            UsageReader::None => Usage::default(),
+        }
+    }
+
+    fn observe(&mut self, chunk: &Bytes) {
+        match &mut self.reader {
+            UsageReader::Sse(parser) => parser.feed(chunk),
+            UsageReader::Json(buffer) => {
+                if buffer.len() + chunk.len() <= MAX_JSON_FOR_USAGE {
+                    buffer.extend_from_slice(chunk);
+                } else {
+                    self.reader = UsageReader::None;
+                }
+            }
+            UsageReader::None => {}
+        }
+    }
+
+    fn finish(&mut self, end: StreamEnd) {
+        let usage = self.usage();
+        if let Some(attempt) = self.attempt.take() {
+            attempt.finish(end, usage);
+        }
+    }
+
+    /// What ends the stream when the upstream is done: a complete answer, or an SSE stream
+    /// cut short before `message_stop`, or one that carried an `event: error`.
+    fn end_of_upstream(&self) -> StreamEnd {
+        match &self.reader {
+            UsageReader::Sse(parser) => {
+                if let Some(error_type) = parser.error_event() {
+                    StreamEnd::Broken {
+                        class: classify_stream_error_event(error_type),
+                        reason: format!("upstream sent event: error ({error_type})"),
+                    }
+                } else if !parser.saw_message_stop() {
+                    StreamEnd::Broken {
+                        class: OutcomeClass::MidStream,
+                        reason: "upstream closed the stream before message_stop".to_owned(),
+                    }
+                } else {
+                    StreamEnd::Complete
+                }
+            }
+            _ => StreamEnd::Complete,
+        }
+    }
+}
+
+impl Drop for Relaying {
+    fn drop(&mut self) {
+        if self.attempt.is_some() {
+            self.finish(StreamEnd::ClientGone);
+        }
+    }
+}
+
+/// The SSE event that tells a client its stream was cut.
+pub fn stream_error_event(message: &str) -> Bytes {
+    let body = relay_core::envelope::error_json::<()>(
+        relay_core::envelope::ErrorKind::Api,
+        message,
+        None,
+    );
+    let mut event = Vec::with_capacity(body.len() + 24);
+    event.extend_from_slice(b"event: error\ndata: ");
+    event.extend_from_slice(&body);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+/// The client-facing body of a committed attempt.
+pub fn relay_body(
+    prefetched: Vec<Bytes>,
+    upstream: reqwest::Response,
+    reader: UsageReader,
+    idle_timeout: Duration,
+    attempt: CommittedAttempt,
+) -> Body {
+    let mut relaying = Relaying {
+        prefetched: VecDeque::from(prefetched),
+        upstream: Box::pin(upstream.bytes_stream()),
+        reader,
+        idle_timeout,
+        attempt: Some(attempt),
+        ended: false,
+    };
+    // Prefetched chunks were already fed to the SSE parser by the attempt loop; JSON readers
+    // start empty and see them here.
+    if let UsageReader::Json(_) = relaying.reader {
+        let chunks: Vec<Bytes> = relaying.prefetched.iter().cloned().collect();
+        for chunk in &chunks {
+            relaying.observe(chunk);
+        }
+    }
+    let is_sse = matches!(relaying.reader, UsageReader::Sse(_));
+    let stream = futures_util::stream::unfold(relaying, move |mut relaying| async move {
+        if relaying.ended {
+            return None;
+        }
+        if let Some(chunk) = relaying.prefetched.pop_front() {
+            return Some((Ok(chunk), relaying));
+        }
+        let next = tokio::time::timeout(relaying.idle_timeout, relaying.upstream.next()).await;
+        let failure = match next {
+            Ok(Some(Ok(chunk))) => {
+                relaying.observe(&chunk);
+                return Some((Ok(chunk), relaying));
+            }
+            Ok(None) => {
+                let end = relaying.end_of_upstream();
+                let cut_short = matches!(
+                    &end,
+                    StreamEnd::Broken { class: OutcomeClass::MidStream, .. }
+                );
+                relaying.finish(end);
+                if cut_short && is_sse {
+                    relaying.ended = true;
+                    return Some((
+                        Ok(stream_error_event(
+                            "the upstream closed the stream before it was complete; retry the request",
+                        )),
+                        relaying,
+                    ));
+                }
+                return None;
+            }
+            Ok(Some(Err(error))) => format!("upstream connection failed: {}", error.without_url()),
+            Err(_) => format!(
+                "no data from the upstream for {}",
+                relay_core::duration::format_duration(relaying.idle_timeout)
+            ),
+        };
+        relaying.finish(StreamEnd::Broken {
+            class: OutcomeClass::MidStream,
+            reason: failure.clone(),
+        });
+        relaying.ended = true;
+        if is_sse {
+            Some((
+                Ok(stream_error_event(&format!(
+                    "the upstream stream was interrupted ({failure}); retry the request"
+                ))),
+                relaying,
+            ))
+        } else {
+            Some((Err(std::io::Error::other(failure)), relaying))
+        }
+    });
+    Body::from_stream(stream)
+}

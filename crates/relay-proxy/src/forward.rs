@@ -1,0 +1,962 @@
+//! The attempt loop (PRODUCT.md §5.2): pick accounts in the group strategy's order and try
+//! them one by one until one answers, deciding before the first byte reaches the client.
+//!
+//! - Never the same account twice in one request; accounts found ineligible when their turn
+//!   comes are skipped without using up an attempt.
+//! - At most `max_retries` further accounts after the first, within `request_timeout`.
+//! - `retry_delay` backoff (exponential, with jitter) only after overloaded, server and
+//!   network errors; failover after 429 and auth errors is immediate. Every wait is
+//!   cancelled with the request when the client goes away.
+//! - A client error (400, 404, 413, 422) goes back unchanged and never counts against the
+//!   account.
+//! - A stream is held until the upstream's first SSE event (within `first_byte_timeout`), so
+//!   an `event: error` sent as the first event still fails over.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use rand::Rng;
+use relay_core::breaker::Admission;
+use relay_core::classify::{classify_response, classify_stream_error_event, OutcomeClass};
+use relay_core::config::FallbackConfig;
+use relay_core::cooldown::rate_limit_cooldown;
+use relay_core::envelope::ErrorKind;
+use relay_core::model::{ModelFamily, Platform};
+use relay_core::sse::{FirstEvent, SseUsageParser};
+use relay_core::state::{Eligibility, StateEvent};
+use relay_core::strategy::{Candidate, SelectionContext};
+use relay_core::UnixMillis;
+use relay_store::UsageRow;
+use serde::Serialize;
+
+use crate::auth::ClientIdentity;
+use crate::body_stream::{relay_body, AttemptRecord, CommittedAttempt, UsageReader};
+use crate::error::RelayError;
+use crate::logs;
+use crate::oauth::{self, OAuthError};
+use crate::registry::{lock, AccountRuntime, GroupRuntime};
+use crate::state::RelayState;
+use crate::upstream::{client_headers, upstream_headers, upstream_url};
+
+/// How much of an error answer is read to classify it.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// The longest single backoff wait, whatever `retry_delay` and the attempt number say.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The seed's `fallback_info`, beside `error` when every account failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct FallbackInfo {
+    pub attempt_count: usize,
+    pub strategy_used: String,
+    pub failure_reason: String,
+    pub duration: String,
+    pub attempts: Vec<AttemptInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptInfo {
+    pub account_id: i64,
+    pub status: Option<u16>,
+    pub class: &'static str,
+    pub duration_ms: u64,
+}
+
+/// Which upstream route a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Messages,
+    CountTokens,
+    Models,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Messages => "/v1/messages",
+            Endpoint::CountTokens => "/v1/messages/count_tokens",
+            Endpoint::Models => "/v1/models",
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Endpoint::Models => Method::GET,
+            _ => Method::POST,
+        }
+    }
+}
+
+/// One client request, read and authenticated.
+#[derive(Debug)]
+pub struct ForwardRequest {
+    pub request_id: Arc<str>,
+    pub endpoint: Endpoint,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub session_key: Option<String>,
+    pub identity: ClientIdentity,
+    pub started: Instant,
+}
+
+/// What one attempt came to.
+enum AttemptOutcome {
+    /// The answer is going to the client.
+    Committed(CommittedAnswer),
+    /// A client error: the upstream's answer goes back unchanged.
+    PassThrough(Response),
+    Failed(AttemptFailure),
+}
+
+struct AttemptFailure {
+    class: OutcomeClass,
+    status: Option<u16>,
+    reason: String,
+    headers: Option<HeaderMap>,
+}
+
+impl AttemptFailure {
+    fn network(reason: String) -> Self {
+        AttemptFailure {
+            class: OutcomeClass::Network,
+            status: None,
+            reason,
+            headers: None,
+        }
+    }
+}
+
+/// Logs the state machine's events in the configured language.
+pub fn log_state_events(state: &RelayState, account: &str, events: &[StateEvent]) {
+    let lang = state.settings.log_lang;
+    for event in events {
+        match event {
+            StateEvent::HealthChanged { from, to } => tracing::warn!(
+                account,
+                "{}",
+                logs::health_changed(lang, account, status_name(*from), status_name(*to))
+            ),
+            StateEvent::BreakerOpened { until, .. } => {
+                tracing::warn!(account, "{}", logs::breaker_opened(lang));
+                let wait = Duration::from_millis(
+                    u64::try_from(until - crate::now_millis()).unwrap_or(0),
+                );
+                tracing::warn!(account, "{}", logs::half_open_in(lang, wait));
+            }
+            StateEvent::BreakerHalfOpen => {}
+            StateEvent::BreakerClosed => {
+                tracing::info!(account, "{}", logs::breaker_closed(lang, account))
+            }
+            StateEvent::TemporarilyDisabled { until } => tracing::warn!(
+                account,
+                "{}",
+                logs::temporarily_disabled(
+                    lang,
+                    account,
+                    &relay_core::duration::format_rfc3339(*until)
+                )
+            ),
+            StateEvent::Disabled { reason, .. } => tracing::warn!(
+                account,
+                "{}",
+                logs::disabled(lang, account, reason.as_str())
+            ),
+            StateEvent::CoolingDown { until, .. } => tracing::info!(
+                account,
+                "{}",
+                logs::cooling_down(lang, account, &relay_core::duration::format_rfc3339(*until))
+            ),
+            StateEvent::Recovered => tracing::info!(account, "{}", logs::recovered(lang, account)),
+        }
+    }
+}
+
+fn status_name(status: relay_core::strategy::HealthStatus) -> &'static str {
+    match status {
+        relay_core::strategy::HealthStatus::Healthy => "healthy",
+        relay_core::strategy::HealthStatus::Degraded => "degraded",
+        relay_core::strategy::HealthStatus::Unhealthy => "unhealthy",
+    }
+}
+
+fn elapsed_ms(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The accounts of a group that may take this request now, in the strategy's preference
+/// order, with the sticky account first when it is usable. Also returns the earliest time an
+/// ineligible account becomes usable again, for `Retry-After`.
+pub fn plan(
+    group: &GroupRuntime,
+    model: Option<&str>,
+    family: ModelFamily,
+    session_account: Option<i64>,
+    now: UnixMillis,
+) -> (Vec<Arc<AccountRuntime>>, Option<UnixMillis>, bool) {
+    let mut candidates = Vec::with_capacity(group.accounts.len());
+    let mut runtimes = Vec::with_capacity(group.accounts.len());
+    let mut earliest_return: Option<UnixMillis> = None;
+    let mut all_rate_limited = true;
+    for runtime in &group.accounts {
+        let account = runtime.account();
+        if !account.enabled || model.is_some_and(|m| !account.allows_model(m)) {
+            continue;
+        }
+        let state = lock(&runtime.state);
+        match state.eligibility(now, family) {
+            Eligibility::Eligible => {}
+            other => {
+                let until = match other {
+                    Eligibility::CoolingDown { until } => Some(until),
+                    Eligibility::BreakerOpen { until } => {
+                        all_rate_limited = false;
+                        Some(until)
+                    }
+                    Eligibility::Disabled { until, .. } => {
+                        all_rate_limited = false;
+                        until
+                    }
+                    _ => {
+                        all_rate_limited = false;
+                        None
+                    }
+                };
+                if let Some(until) = until {
+                    earliest_return = Some(earliest_return.map_or(until, |e| e.min(until)));
+                }
+                continue;
+            }
+        }
+        let in_flight = runtime.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+        if account.max_concurrency.is_some_and(|max| in_flight >= max) {
+            all_rate_limited = false;
+            continue;
+        }
+        let health = state.health();
+        let (successes, failures) = health.window_counts(now);
+        candidates.push(Candidate {
+            account_id: account.id,
+            priority: account.priority,
+            weight: account.weight,
+            health: state.health_status(now),
+            requests_in_window: successes + failures,
+            in_flight,
+            success_ewma: health.success_ewma(),
+            latency_ewma_ms: health.latency_ewma_ms(),
+            max_concurrency: account.max_concurrency,
+        });
+        drop(state);
+        runtimes.push(Arc::clone(runtime));
+    }
+    if candidates.is_empty() {
+        return (Vec::new(), earliest_return, all_rate_limited);
+    }
+    let cursor = group
+        .cursor
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut rng = rand::thread_rng();
+    let mut context = SelectionContext {
+        now,
+        rng: &mut rng,
+        cursor,
+    };
+    let order = group
+        .strategy
+        .rank(&candidates, &mut context, candidates.len());
+    let mut ordered: Vec<Arc<AccountRuntime>> = order
+        .into_iter()
+        .filter_map(|index| runtimes.get(index).cloned())
+        .collect();
+    if let Some(sticky) = session_account {
+        if let Some(position) = ordered.iter().position(|a| a.id == sticky) {
+            let bound = ordered.remove(position);
+            ordered.insert(0, bound);
+        }
+    }
+    (ordered, earliest_return, all_rate_limited)
+}
+
+fn retry_after_secs(until: Option<UnixMillis>, now: UnixMillis) -> Option<u64> {
+    until.map(|until| u64::try_from((until - now + 999) / 1000).unwrap_or(1).max(1))
+}
+
+/// Runs the attempt loop for one request.
+pub async fn forward(state: &Arc<RelayState>, request: ForwardRequest) -> Result<Response, RelayError> {
+    let group = Arc::clone(&request.identity.group);
+    let config: Arc<FallbackConfig> = Arc::clone(&group.config);
+    let lang = state.settings.log_lang;
+    let now = crate::now_millis();
+    let family = request
+        .model
+        .as_deref()
+        .map(ModelFamily::of)
+        .unwrap_or(ModelFamily::Other);
+    let strategy_name = group.strategy.name().to_owned();
+
+    let mut group_trial = false;
+    if config.enable_circuit_breaker {
+        match lock(&group.breaker).admit(now) {
+            Admission::Allowed => {}
+            Admission::Trial => group_trial = true,
+            Admission::Rejected { retry_at } => {
+                return Err(RelayError::AllAccountsFailed {
+                    kind: ErrorKind::Overloaded,
+                    message: format!(
+                        "group {} is failing and its circuit breaker is open; retry later",
+                        group.group.name
+                    ),
+                    retry_after_secs: retry_after_secs(Some(retry_at), now),
+                    info: Box::new(FallbackInfo {
+                        attempt_count: 0,
+                        strategy_used: strategy_name,
+                        failure_reason: "circuit_open".to_owned(),
+                        duration: relay_core::duration::format_seconds_one_decimal(
+                            request.started.elapsed(),
+                        ),
+                        attempts: Vec::new(),
+                    }),
+                });
+            }
+        }
+    }
+
+    let session_account = request
+        .session_key
+        .as_deref()
+        .and_then(|key| state.sticky.get(key, now));
+    let (ordered, earliest_return, all_rate_limited) = plan(
+        &group,
+        request.model.as_deref(),
+        family,
+        session_account,
+        now,
+    );
+    if ordered.is_empty() {
+        if group_trial {
+            lock(&group.breaker).release_trial(now);
+        }
+        tracing::warn!(request_id = %request.request_id, group = %group.group.name, "{}", logs::none_eligible(lang, &group.group.name));
+        let (kind, message) = if all_rate_limited && earliest_return.is_some() {
+            (
+                ErrorKind::RateLimit,
+                "every account of this group is rate-limited right now".to_owned(),
+            )
+        } else {
+            (
+                ErrorKind::Overloaded,
+                "no account of this group can take the request right now".to_owned(),
+            )
+        };
+        return Err(RelayError::AllAccountsFailed {
+            kind,
+            message,
+            retry_after_secs: retry_after_secs(earliest_return, now),
+            info: Box::new(FallbackInfo {
+                attempt_count: 0,
+                strategy_used: strategy_name,
+                failure_reason: "no_available_account".to_owned(),
+                duration: relay_core::duration::format_seconds_one_decimal(
+                    request.started.elapsed(),
+                ),
+                attempts: Vec::new(),
+            }),
+        });
+    }
+
+    let max_attempts = (config.max_retries as usize + 1).min(ordered.len());
+    let deadline = tokio::time::Instant::now() + config.request_timeout;
+    tracing::info!(
+        request_id = %request.request_id,
+        group = %group.group.name,
+        strategy = %strategy_name,
+        "{}",
+        logs::start(lang, max_attempts, &strategy_name)
+    );
+
+    let mut attempts: Vec<AttemptInfo> = Vec::new();
+    let mut backoff_failures: u32 = 0;
+    let mut last_class = OutcomeClass::ServerError;
+    let mut classes_seen: Vec<OutcomeClass> = Vec::new();
+    let mut retry_at: Option<UnixMillis> = None;
+
+    for runtime in ordered {
+        if attempts.len() >= max_attempts || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        let now = crate::now_millis();
+        let admission = {
+            let mut account_state = lock(&runtime.state);
+            account_state.try_admit(now, family)
+        };
+        let mut trial_slot = match admission {
+            Ok(Admission::Allowed) => TrialSlot::none(),
+            Ok(Admission::Trial) => TrialSlot::account(&runtime, family),
+            // Became ineligible since the plan (another request's failure): skip, free.
+            Ok(Admission::Rejected { .. }) | Err(_) => continue,
+        };
+        let account = runtime.account();
+        let attempt_number = attempts.len() + 1;
+        tracing::info!(
+            request_id = %request.request_id,
+            account = %account.name,
+            attempt = attempt_number,
+            "{}",
+            logs::attempt(lang, attempt_number, max_attempts, &account.name, account.platform.as_str(), account.priority)
+        );
+        let attempt_started = Instant::now();
+        let created_at = crate::now_millis();
+        let in_flight = runtime.start_request();
+        let outcome = attempt_once(state, &runtime, &request, &config, deadline).await;
+        let duration_ms = elapsed_ms(attempt_started);
+        let now = crate::now_millis();
+        // The outcome is recorded below, which settles a half-open trial either way.
+        trial_slot.disarm();
+        match outcome {
+            AttemptOutcome::Committed(answer) => {
+                let events = lock(&runtime.state).record_outcome(
+                    now,
+                    OutcomeClass::Success,
+                    duration_ms as f64,
+                    family,
+                    None,
+                );
+                log_state_events(state, &account.name, &events);
+                if config.enable_circuit_breaker {
+                    let transition = lock(&group.breaker).record_success(now);
+                    if transition.is_some() {
+                        tracing::info!(group = %group.group.name, "{}", logs::breaker_closed(lang, &group.group.name));
+                    }
+                }
+                if let Some(key) = request.session_key.as_deref() {
+                    state.sticky.bind(key, runtime.id, now);
+                }
+                tracing::info!(
+                    request_id = %request.request_id,
+                    account = %account.name,
+                    attempt = attempt_number,
+                    class = "success",
+                    duration_ms,
+                    "{}",
+                    logs::attempt_succeeded(lang, &account.name, attempt_started.elapsed())
+                );
+                return Ok(finish_commit(
+                    state,
+                    answer,
+                    &request,
+                    &runtime,
+                    attempt_number,
+                    attempt_started,
+                    duration_ms,
+                    created_at,
+                    family,
+                    in_flight,
+                ));
+            }
+            AttemptOutcome::PassThrough(response) => {
+                let events = lock(&runtime.state).record_outcome(
+                    now,
+                    OutcomeClass::ClientError,
+                    duration_ms as f64,
+                    family,
+                    None,
+                );
+                log_state_events(state, &account.name, &events);
+                if group_trial {
+                    lock(&group.breaker).release_trial(now);
+                }
+                record_failed_attempt(
+                    state,
+                    &request,
+                    runtime.id,
+                    attempt_number,
+                    Some(response.status().as_u16()),
+                    OutcomeClass::ClientError,
+                    duration_ms,
+                    created_at,
+                );
+                return Ok(response);
+            }
+            AttemptOutcome::Failed(failure) => {
+                drop(in_flight);
+                let cooldown = match failure.class {
+                    OutcomeClass::RateLimited => failure.headers.as_ref().map(|headers| {
+                        rate_limit_cooldown(
+                            headers,
+                            family,
+                            now,
+                            state.settings.default_rate_limit_cooldown,
+                        )
+                    }),
+                    _ => None,
+                };
+                if let Some(cooldown) = &cooldown {
+                    retry_at = Some(retry_at.map_or(cooldown.until, |r: UnixMillis| r.min(cooldown.until)));
+                }
+                let events = lock(&runtime.state).record_outcome(
+                    now,
+                    failure.class,
+                    duration_ms as f64,
+                    family,
+                    cooldown,
+                );
+                tracing::warn!(
+                    request_id = %request.request_id,
+                    account = %account.name,
+                    attempt = attempt_number,
+                    class = failure.class.as_str(),
+                    status = failure.status,
+                    duration_ms,
+                    "{}",
+                    logs::attempt_failed(lang, &account.name, &failure.reason)
+                );
+                log_state_events(state, &account.name, &events);
+                record_failed_attempt(
+                    state,
+                    &request,
+                    runtime.id,
+                    attempt_number,
+                    failure.status,
+                    failure.class,
+                    duration_ms,
+                    created_at,
+                );
+                attempts.push(AttemptInfo {
+                    account_id: runtime.id,
+                    status: failure.status,
+                    class: failure.class.as_str(),
+                    duration_ms,
+                });
+                last_class = failure.class;
+                classes_seen.push(failure.class);
+                if attempts.len() < max_attempts {
+                    tracing::info!(request_id = %request.request_id, "{}", logs::switching(lang));
+                    if failure.class.backoff_before_next_attempt() && !config.retry_delay.is_zero() {
+                        backoff_failures += 1;
+                        let wait = backoff(config.retry_delay, backoff_failures);
+                        let wake = (tokio::time::Instant::now() + wait).min(deadline);
+                        tokio::time::sleep_until(wake).await;
+                    }
+                }
+            }
+        }
+    }
+
+    // Every allowed attempt failed (or the deadline passed).
+    let now = crate::now_millis();
+    if config.enable_circuit_breaker && !attempts.is_empty() {
+        let transition = lock(&group.breaker).record_failure(now);
+        if let Some(relay_core::breaker::BreakerTransition::Opened { until, .. }) = transition {
+            tracing::warn!(group = %group.group.name, "{}", logs::group_threshold(lang, &group.group.name, config.circuit_breaker_threshold));
+            tracing::warn!(group = %group.group.name, "{}", logs::breaker_opened(lang));
+            tracing::warn!(group = %group.group.name, "{}", logs::half_open_in(lang, Duration::from_millis(u64::try_from(until - now).unwrap_or(0))));
+        }
+    } else if group_trial {
+        lock(&group.breaker).release_trial(now);
+    }
+    tracing::error!(
+        request_id = %request.request_id,
+        group = %group.group.name,
+        attempts = attempts.len(),
+        "{}",
+        logs::all_failed(lang, attempts.len(), request.started.elapsed())
+    );
+    let every_rate_limited =
+        !classes_seen.is_empty() && classes_seen.iter().all(|c| *c == OutcomeClass::RateLimited);
+    let (kind, failure_reason) = if attempts.is_empty() {
+        (ErrorKind::Overloaded, "no_available_account")
+    } else if every_rate_limited {
+        (ErrorKind::RateLimit, "all_accounts_failed")
+    } else if matches!(last_class, OutcomeClass::ServerError | OutcomeClass::Network)
+        && classes_seen.iter().all(|c| *c == last_class)
+    {
+        (ErrorKind::Api, "all_accounts_failed")
+    } else {
+        (ErrorKind::Overloaded, "all_accounts_failed")
+    };
+    let retry_at = retry_at.or(earliest_return);
+    Err(RelayError::AllAccountsFailed {
+        kind,
+        message: format!(
+            "all {} attempted accounts failed; the last one: {}",
+            attempts.len(),
+            last_class.as_str()
+        ),
+        retry_after_secs: retry_after_secs(retry_at, now),
+        info: Box::new(FallbackInfo {
+            attempt_count: attempts.len(),
+            strategy_used: strategy_name,
+            failure_reason: failure_reason.to_owned(),
+            duration: relay_core::duration::format_seconds_one_decimal(request.started.elapsed()),
+            attempts,
+        }),
+    })
+}
+
+/// A half-open breaker admits exactly one trial. If the request is abandoned while the
+/// trial runs (the client went away and the handler future was dropped), this frees the slot
+/// so the account is not stuck half-open forever.
+struct TrialSlot {
+    account: Option<(Arc<AccountRuntime>, ModelFamily)>,
+}
+
+impl TrialSlot {
+    fn none() -> Self {
+        TrialSlot { account: None }
+    }
+
+    fn account(runtime: &Arc<AccountRuntime>, family: ModelFamily) -> Self {
+        TrialSlot {
+            account: Some((Arc::clone(runtime), family)),
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.account = None;
+    }
+}
+
+impl Drop for TrialSlot {
+    fn drop(&mut self) {
+        if let Some((runtime, family)) = self.account.take() {
+            // A client error settles nothing but the trial slot.
+            let _ = lock(&runtime.state).record_outcome(
+                crate::now_millis(),
+                OutcomeClass::ClientError,
+                0.0,
+                family,
+                None,
+            );
+        }
+    }
+}
+
+/// `retry_delay · 2^(n-1)`, capped, with "equal jitter" (half fixed, half random) so that
+/// many clients failing together do not retry in lockstep.
+fn backoff(base: Duration, failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(10);
+    let full = base.saturating_mul(1 << exponent).min(MAX_BACKOFF);
+    let half = full / 2;
+    let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(0);
+    let random = if jitter_ms == 0 {
+        0
+    } else {
+        rand::thread_rng().gen_range(0..=jitter_ms)
+    };
+    half + Duration::from_millis(random)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_failed_attempt(
+    state: &RelayState,
+    request: &ForwardRequest,
+    account_id: i64,
+    attempt: usize,
+    status: Option<u16>,
+    class: OutcomeClass,
+    duration_ms: u64,
+    created_at: UnixMillis,
+) {
+    state.usage.record(UsageRow {
+        request_id: request.request_id.to_string(),
+        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+        api_key_id: Some(request.identity.key.id),
+        group_id: Some(request.identity.group.group.id),
+        account_id: Some(account_id),
+        model: request.model.clone().unwrap_or_default(),
+        stream: request.stream,
+        status,
+        class: class.as_str().to_owned(),
+        input_tokens: 0,
+        output_tokens: 0,
+        cache_read_input_tokens: 0,
+        cache_creation_input_tokens: 0,
+        cost_usd: 0.0,
+        duration_ms,
+        ttfb_ms: None,
+        created_at,
+    });
+}
+
+/// Wraps a committed answer's body so it streams through and records usage at its end.
+#[allow(clippy::too_many_arguments)]
+fn finish_commit(
+    state: &Arc<RelayState>,
+    committed: CommittedAnswer,
+    request: &ForwardRequest,
+    runtime: &Arc<AccountRuntime>,
+    attempt_number: usize,
+    attempt_started: Instant,
+    ttfb_ms: u64,
+    created_at: UnixMillis,
+    family: ModelFamily,
+    in_flight: crate::registry::InFlightGuard,
+) -> Response {
+    let attempt = CommittedAttempt {
+        state: Arc::clone(state),
+        account: Arc::clone(runtime),
+        key_limits: Arc::clone(&request.identity.limits),
+        record: AttemptRecord {
+            request_id: Arc::clone(&request.request_id),
+            attempt: u32::try_from(attempt_number).unwrap_or(u32::MAX),
+            api_key_id: request.identity.key.id,
+            group_id: request.identity.group.group.id,
+            account_id: runtime.id,
+            model: request.model.clone().unwrap_or_default(),
+            stream: request.stream,
+            status: committed.status.as_u16(),
+            started: attempt_started,
+            ttfb_ms,
+            created_at,
+        },
+        family,
+        in_flight,
+    };
+    let body = relay_body(
+        committed.prefetched,
+        committed.upstream,
+        committed.reader,
+        state.settings.idle_timeout,
+        attempt,
+    );
+    let mut response = Response::new(body);
+    *response.status_mut() = committed.status;
+    *response.headers_mut() = committed.headers;
+    response
+}
+
+/// A 2xx upstream answer whose head has been read (and, for a stream, its first event).
+struct CommittedAnswer {
+    status: StatusCode,
+    headers: HeaderMap,
+    prefetched: Vec<Bytes>,
+    upstream: reqwest::Response,
+    reader: UsageReader,
+}
+
+/// One attempt on one account, with the OAuth refresh-and-retry-once on a 401.
+async fn attempt_once(
+    state: &Arc<RelayState>,
+    runtime: &Arc<AccountRuntime>,
+    request: &ForwardRequest,
+    config: &FallbackConfig,
+    deadline: tokio::time::Instant,
+) -> AttemptOutcome {
+    let account = runtime.account();
+    let secret = match oauth::account_secret(state, runtime).await {
+        Ok(secret) => secret,
+        Err(error) => return oauth_failure(error),
+    };
+    let outcome = send_once(state, runtime, request, config, deadline, &secret).await;
+    if account.platform == Platform::Claude {
+        if let AttemptOutcome::Failed(AttemptFailure {
+            class: OutcomeClass::Auth,
+            status: Some(401),
+            ..
+        }) = &outcome
+        {
+            // The token may have been revoked early: refresh once and retry the same account.
+            return match oauth::refresh(state, runtime, Some(&secret)).await {
+                Ok(fresh) => send_once(state, runtime, request, config, deadline, &fresh).await,
+                Err(error) => oauth_failure(error),
+            };
+        }
+    }
+    outcome
+}
+
+fn oauth_failure(error: OAuthError) -> AttemptOutcome {
+    let class = match error {
+        OAuthError::Refused { .. } | OAuthError::NotOAuth => OutcomeClass::Auth,
+        OAuthError::Unavailable(_) => OutcomeClass::Network,
+    };
+    AttemptOutcome::Failed(AttemptFailure {
+        class,
+        status: None,
+        reason: error.to_string(),
+        headers: None,
+    })
+}
+
+async fn send_once(
+    state: &Arc<RelayState>,
+    runtime: &Arc<AccountRuntime>,
+    request: &ForwardRequest,
+    config: &FallbackConfig,
+    deadline: tokio::time::Instant,
+    secret: &str,
+) -> AttemptOutcome {
+    let account = runtime.account();
+    let client = match state.clients.client_for(account.proxy_url.as_deref()) {
+        Ok(client) => client,
+        Err(error) => return AttemptOutcome::Failed(AttemptFailure::network(error.to_string())),
+    };
+    let body = match (&request.model, request.endpoint) {
+        (Some(model), Endpoint::Messages | Endpoint::CountTokens) => {
+            match account.model_mapping.get(model) {
+                Some(mapped) => match relay_core::body::rewrite_model(&request.body, mapped) {
+                    Ok(body) => body,
+                    Err(_) => request.body.clone(),
+                },
+                None => request.body.clone(),
+            }
+        }
+        _ => request.body.clone(),
+    };
+    let url = upstream_url(&account.base_url, request.endpoint.path(), request.query.as_deref());
+    let headers = upstream_headers(&request.headers, &account, secret);
+    let mut builder = client.request(request.endpoint.method(), url).headers(headers);
+    if request.endpoint.method() == Method::POST {
+        builder = builder.body(body);
+    }
+    let header_wait = if request.stream {
+        config.first_byte_timeout
+    } else {
+        config.request_timeout
+    };
+    let header_deadline = (tokio::time::Instant::now() + header_wait).min(deadline);
+    let mut response = match tokio::time::timeout_at(header_deadline, builder.send()).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            return AttemptOutcome::Failed(AttemptFailure::network(format!(
+                "upstream unreachable: {}",
+                error.without_url()
+            )))
+        }
+        Err(_) => {
+            return AttemptOutcome::Failed(AttemptFailure::network(format!(
+                "no answer within {}",
+                relay_core::duration::format_duration(header_wait)
+            )))
+        }
+    };
+    let status = response.status();
+    let upstream_headers_map = response.headers().clone();
+
+    if !status.is_success() {
+        let error_body = read_error_body(&mut response, state.settings.idle_timeout).await;
+        let class = classify_response(status.as_u16(), &error_body);
+        if class == OutcomeClass::ClientError || !class.fails_over() {
+            return AttemptOutcome::PassThrough(plain_response(status, &upstream_headers_map, error_body));
+        }
+        let reason = format!("HTTP {}: {}", status.as_u16(), error_summary(&error_body));
+        return AttemptOutcome::Failed(AttemptFailure {
+            class,
+            status: Some(status.as_u16()),
+            reason,
+            headers: Some(upstream_headers_map),
+        });
+    }
+
+    let is_sse = upstream_headers_map
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut prefetched = Vec::new();
+    let reader = if is_sse {
+        // Hold the stream until its first event: an `event: error` there can still fail over.
+        let mut parser = SseUsageParser::new();
+        let first_event_deadline =
+            (tokio::time::Instant::now() + config.first_byte_timeout).min(deadline);
+        loop {
+            if parser.first_event().is_some() {
+                break;
+            }
+            match tokio::time::timeout_at(first_event_deadline, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => {
+                    parser.feed(&chunk);
+                    prefetched.push(chunk);
+                }
+                Ok(Ok(None)) => {
+                    return AttemptOutcome::Failed(AttemptFailure {
+                        class: OutcomeClass::ServerError,
+                        status: Some(status.as_u16()),
+                        reason: "upstream closed the stream before its first event".to_owned(),
+                        headers: None,
+                    })
+                }
+                Ok(Err(error)) => {
+                    return AttemptOutcome::Failed(AttemptFailure::network(format!(
+                        "stream failed before its first event: {}",
+                        error.without_url()
+                    )))
+                }
+                Err(_) => {
+                    return AttemptOutcome::Failed(AttemptFailure::network(format!(
+                        "no stream event within {}",
+                        relay_core::duration::format_duration(config.first_byte_timeout)
+                    )))
+                }
+            }
+        }
+        if let Some(FirstEvent::Error { error_type, message }) = parser.first_event() {
+            let class = classify_stream_error_event(error_type);
+            if class.fails_over() {
+                return AttemptOutcome::Failed(AttemptFailure {
+                    class,
+                    status: Some(status.as_u16()),
+                    reason: format!("stream began with event: error ({error_type}): {message}"),
+                    headers: Some(upstream_headers_map),
+                });
+            }
+        }
+        UsageReader::Sse(parser)
+    } else if request.endpoint == Endpoint::Messages {
+        UsageReader::Json(Vec::new())
+    } else {
+        UsageReader::None
+    };
+
+    let mut headers = client_headers(&upstream_headers_map);
+    if let Ok(value) = HeaderValue::from_str(&request.request_id) {
+        headers.insert("x-relay-request-id", value);
+    }
+    AttemptOutcome::Committed(CommittedAnswer {
+        status,
+        headers,
+        prefetched,
+        upstream: response,
+        reader,
+    })
+}
+
+async fn read_error_body(response: &mut reqwest::Response, idle: Duration) -> Bytes {
+    let mut body = Vec::new();
+    while body.len() < MAX_ERROR_BODY {
+        match tokio::time::timeout(idle, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    Bytes::from(body)
+}
+
+fn error_summary(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let from_envelope = parsed.as_ref().and_then(|v| {
+        let error = v.get("error")?;
+        let kind = error.get("type")?.as_str()?;
+        let message = error.get("message").and_then(|m| m.as_str()).unwrap_or("");
+        Some(format!("{kind}: {message}"))
+    });
+    from_envelope.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        if text.is_empty() {
+            "(empty body)".to_owned()
+        } else {
+            text
+        }
+    })
+}
+
+fn plain_response(status: StatusCode, upstream: &HeaderMap, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = client_headers(upstream);
+    response
+}

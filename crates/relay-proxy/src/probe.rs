@@ -1,0 +1,176 @@
+//! Recovery probes and account tests: one real, minimal request (`max_tokens: 1`) through an
+//! account, outside the attempt loop.
+//!
+//! Every `health_check_interval`, each account that needs it (temporarily disabled,
+//! auth- or billing-failed, or breaker open; never one an operator disabled by hand) is
+//! probed; a success gives it full traffic again, closes its breaker and closes its group's
+//! breaker. Rate-limited accounts are not probed: they come back at their reset time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use relay_core::classify::{classify_response, OutcomeClass};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::log_state_events;
+use crate::logs;
+use crate::oauth;
+use crate::registry::{lock, AccountRuntime};
+use crate::state::RelayState;
+use crate::upstream::{upstream_headers, upstream_url};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeResult {
+    pub account_id: i64,
+    pub success: bool,
+    pub status: Option<u16>,
+    pub class: &'static str,
+    pub latency_ms: u64,
+    pub model: String,
+    pub message: String,
+}
+
+/// The probe's model for an account: the configured cheap model, or the first model the
+/// account allows when the cheap one is not among them.
+fn probe_model(state: &RelayState, runtime: &AccountRuntime) -> String {
+    let account = runtime.account();
+    let configured = &state.settings.probe_model;
+    if account.allows_model(configured) {
+        account
+            .model_mapping
+            .get(configured)
+            .cloned()
+            .unwrap_or_else(|| configured.clone())
+    } else {
+        account
+            .model_allowlist
+            .first()
+            .cloned()
+            .unwrap_or_else(|| configured.clone())
+    }
+}
+
+/// Sends one minimal request through the account and reports what happened. Does not
+/// change the account's state: callers decide.
+pub async fn send_probe(state: &RelayState, runtime: &Arc<AccountRuntime>) -> ProbeResult {
+    let account = runtime.account();
+    let model = probe_model(state, runtime);
+    let started = Instant::now();
+    let outcome = |success: bool, status: Option<u16>, class: OutcomeClass, message: String| {
+        ProbeResult {
+            account_id: account.id,
+            success,
+            status,
+            class: class.as_str(),
+            latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            model: model.clone(),
+            message,
+        }
+    };
+    let secret = match oauth::account_secret(state, runtime).await {
+        Ok(secret) => secret,
+        Err(error) => return outcome(false, None, OutcomeClass::Auth, error.to_string()),
+    };
+    let client = match state.clients.client_for(account.proxy_url.as_deref()) {
+        Ok(client) => client,
+        Err(error) => return outcome(false, None, OutcomeClass::Network, error.to_string()),
+    };
+    let body = serde_json::json!({
+        "model": model,
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": "ping"}],
+    })
+    .to_string();
+    let mut headers = upstream_headers(&http::HeaderMap::new(), &account, &secret);
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let request = client
+        .post(upstream_url(&account.base_url, "/v1/messages", None))
+        .headers(headers)
+        .body(body)
+        .timeout(Duration::from_secs(60));
+    match request.send().await {
+        Err(error) => outcome(
+            false,
+            None,
+            OutcomeClass::Network,
+            format!("upstream unreachable: {}", error.without_url()),
+        ),
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let bytes = response.bytes().await.unwrap_or_default();
+            let class = classify_response(status, &bytes);
+            let message = if class.is_success() {
+                "ok".to_owned()
+            } else {
+                String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned()
+            };
+            outcome(class.is_success(), Some(status), class, message)
+        }
+    }
+}
+
+/// Probes one account that needs it and applies the result to its state (and its group's
+/// breaker on success).
+pub async fn probe_and_apply(state: &RelayState, runtime: &Arc<AccountRuntime>) -> ProbeResult {
+    let result = send_probe(state, runtime).await;
+    let now = crate::now_millis();
+    let account = runtime.account();
+    let lang = state.settings.log_lang;
+    if result.success {
+        let events = lock(&runtime.state).probe_succeeded(now);
+        log_state_events(state, &account.name, &events);
+        tracing::info!(account = %account.name, "{}", logs::recovered(lang, &account.name));
+        if let Some(group) = state.registry.load().groups.get(&account.group_id) {
+            if lock(&group.breaker).force_close(now).is_some() {
+                tracing::info!(group = %group.group.name, "{}", logs::breaker_closed(lang, &group.group.name));
+            }
+        }
+    } else {
+        let events = lock(&runtime.state).probe_failed(now);
+        log_state_events(state, &account.name, &events);
+        tracing::warn!(account = %account.name, class = result.class, "{}", logs::probe_failed(lang, &account.name, &result.message));
+    }
+    result
+}
+
+/// One round: probe every account that needs it, concurrently.
+pub async fn probe_round(state: &Arc<RelayState>) -> Vec<ProbeResult> {
+    let now = crate::now_millis();
+    let snapshot = state.registry.load_full();
+    let due: Vec<Arc<AccountRuntime>> = snapshot
+        .groups
+        .values()
+        .filter(|group| group.config.enable_health_check)
+        .flat_map(|group| group.accounts.iter())
+        .filter(|runtime| runtime.account().enabled && lock(&runtime.state).needs_probe(now))
+        .cloned()
+        .collect();
+    let probes = due.iter().map(|runtime| probe_and_apply(state, runtime));
+    futures_util::future::join_all(probes).await
+}
+
+/// Runs probe rounds every `health_check_interval` until shutdown. A config change
+/// (`config_changed` notified) restarts the timer from the change.
+pub async fn run_probe_loop(
+    state: Arc<RelayState>,
+    config_changed: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let interval = state.global_config().health_check_interval;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = config_changed.notified() => continue,
+            _ = tokio::time::sleep(interval) => {
+                if state.global_config().enable_health_check {
+                    probe_round(&state).await;
+                }
+            }
+        }
+    }
+}

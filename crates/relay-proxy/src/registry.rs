@@ -1,0 +1,277 @@
+//! The live view of groups, accounts and API keys that the hot path reads.
+//!
+//! The store is the source of truth; the registry is rebuilt from it at start and after every
+//! admin change, and published with `ArcSwap`, so a request reads one consistent snapshot
+//! without locks. What the store does not hold — breaker, health, cooldowns, in-flight counts,
+//! round-robin cursors — lives in per-account and per-group runtime objects that survive
+//! rebuilds: a rebuild swaps the configuration under them, never their state.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use relay_core::breaker::{GroupBreaker, GroupBreakerSettings};
+use relay_core::config::{FallbackConfig, FallbackConfigPatch};
+use relay_core::model::{Account, AccountId, ApiKey, ApiKeyId, Credential, Group, GroupId};
+use relay_core::state::AccountState;
+use relay_core::strategy::{SelectionStrategy, StrategyRegistry};
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: the state machines
+/// stay internally consistent between calls, so the data is still good.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One upstream account at run time.
+#[derive(Debug)]
+pub struct AccountRuntime {
+    pub id: AccountId,
+    account: ArcSwap<Account>,
+    credential: Mutex<Credential>,
+    pub state: Mutex<AccountState>,
+    pub in_flight: AtomicU32,
+    /// Held while an OAuth refresh runs: one refresh in flight per account, others wait.
+    pub oauth_refresh: tokio::sync::Mutex<()>,
+}
+
+impl AccountRuntime {
+    fn new(account: Account, credential: Credential, config: &FallbackConfig) -> Self {
+        AccountRuntime {
+            id: account.id,
+            account: ArcSwap::from_pointee(account),
+            credential: Mutex::new(credential),
+            state: Mutex::new(AccountState::new(config)),
+            in_flight: AtomicU32::new(0),
+            oauth_refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn account(&self) -> Arc<Account> {
+        self.account.load_full()
+    }
+
+    pub fn credential(&self) -> Credential {
+        lock(&self.credential).clone()
+    }
+
+    pub fn set_credential(&self, credential: Credential) {
+        *lock(&self.credential) = credential;
+    }
+
+    /// Counts a request as running on this account until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard {
+            account: Arc::clone(self),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct InFlightGuard {
+    account: Arc<AccountRuntime>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.account.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A group at run time: its effective config, its strategy and its accounts.
+#[derive(Debug)]
+pub struct GroupRuntime {
+    pub group: Group,
+    pub config: Arc<FallbackConfig>,
+    pub strategy: Arc<dyn SelectionStrategy>,
+    /// Enabled and disabled accounts alike, sorted by id; eligibility is decided per request.
+    pub accounts: Vec<Arc<AccountRuntime>>,
+    pub breaker: Arc<Mutex<GroupBreaker>>,
+    pub cursor: Arc<AtomicU64>,
+}
+
+/// Per-key counters that the store does not hold in real time.
+#[derive(Debug, Default)]
+pub struct KeyRuntime {
+    pub limits: Mutex<KeyLimits>,
+}
+
+#[derive(Debug, Default)]
+pub struct KeyLimits {
+    /// UTC day number the cost below belongs to, and whether it was seeded from the store.
+    pub cost_day: i64,
+    pub cost_seeded: bool,
+    pub cost_today_usd: f64,
+    /// Fixed one-minute window for `rpm_limit`.
+    pub minute: i64,
+    pub requests_this_minute: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct RegistrySnapshot {
+    pub groups: HashMap<GroupId, Arc<GroupRuntime>>,
+    pub accounts: HashMap<AccountId, Arc<AccountRuntime>>,
+    pub keys_by_hash: HashMap<String, Arc<ApiKey>>,
+    pub key_runtime: HashMap<ApiKeyId, Arc<KeyRuntime>>,
+}
+
+/// Everything needed to build a snapshot, as read from the store.
+#[derive(Debug, Default)]
+pub struct RegistrySource {
+    pub groups: Vec<Group>,
+    pub accounts: Vec<(Account, Credential)>,
+    pub keys: Vec<ApiKey>,
+}
+
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Builds the effective config of a group: the global config with the group's overrides.
+/// An override that no longer validates (say, a strategy that was unregistered) is ignored
+/// field by field rather than taking the group down.
+pub fn effective_config(
+    global: &FallbackConfig,
+    group: &Group,
+    strategies: &StrategyRegistry,
+) -> FallbackConfig {
+    if group.fallback.is_null() {
+        return global.clone();
+    }
+    let is_known = |name: &str| strategies.contains(name);
+    match serde_json::from_value::<FallbackConfigPatch>(group.fallback.clone()) {
+        Ok(patch) => match global.apply_patch(&patch, &is_known) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::warn!(group_id = group.id, %error, "group override ignored");
+                global.clone()
+            }
+        },
+        Err(error) => {
+            tracing::warn!(group_id = group.id, %error, "group override unreadable, ignored");
+            global.clone()
+        }
+    }
+}
+
+/// The registry: a published snapshot plus the rebuild logic.
+#[derive(Debug)]
+pub struct Registry {
+    snapshot: ArcSwap<RegistrySnapshot>,
+    /// Serialises rebuilds so two admin changes never interleave their swaps.
+    rebuild_lock: Mutex<()>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            snapshot: ArcSwap::from_pointee(RegistrySnapshot::default()),
+            rebuild_lock: Mutex::new(()),
+        }
+    }
+}
+
+impl Registry {
+    pub fn load(&self) -> arc_swap::Guard<Arc<RegistrySnapshot>> {
+        self.snapshot.load()
+    }
+
+    pub fn load_full(&self) -> Arc<RegistrySnapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Publishes a new snapshot built from `source`, keeping the runtime state of accounts,
+    /// groups and keys that still exist.
+    pub fn rebuild(
+        &self,
+        source: RegistrySource,
+        global: &FallbackConfig,
+        strategies: &StrategyRegistry,
+    ) {
+        let _serialised = lock(&self.rebuild_lock);
+        let previous = self.snapshot.load_full();
+
+        let mut accounts: HashMap<AccountId, Arc<AccountRuntime>> = HashMap::new();
+        let mut group_configs: HashMap<GroupId, FallbackConfig> = HashMap::new();
+        for group in &source.groups {
+            group_configs.insert(group.id, effective_config(global, group, strategies));
+        }
+        for (account, credential) in source.accounts {
+            let config = group_configs
+                .get(&account.group_id)
+                .cloned()
+                .unwrap_or_else(|| global.clone());
+            let runtime = match previous.accounts.get(&account.id) {
+                Some(existing) => {
+                    existing.account.store(Arc::new(account));
+                    existing.set_credential(credential);
+                    lock(&existing.state).apply_config(&config);
+                    Arc::clone(existing)
+                }
+                None => Arc::new(AccountRuntime::new(account, credential, &config)),
+            };
+            accounts.insert(runtime.id, runtime);
+        }
+
+        let mut groups = HashMap::new();
+        for group in source.groups {
+            let config = group_configs
+                .remove(&group.id)
+                .unwrap_or_else(|| global.clone());
+            let strategy = strategies
+                .get(&config.strategy)
+                .or_else(|| strategies.get("priority_first"));
+            let Some(strategy) = strategy else {
+                tracing::error!(group_id = group.id, "no selection strategy registered");
+                continue;
+            };
+            let mut members: Vec<Arc<AccountRuntime>> = accounts
+                .values()
+                .filter(|a| a.account().group_id == group.id)
+                .cloned()
+                .collect();
+            members.sort_by_key(|a| a.id);
+            let (breaker, cursor) = match previous.groups.get(&group.id) {
+                Some(existing) => {
+                    lock(&existing.breaker).set_settings(GroupBreakerSettings::from_config(&config));
+                    (Arc::clone(&existing.breaker), Arc::clone(&existing.cursor))
+                }
+                None => (
+                    Arc::new(Mutex::new(GroupBreaker::new(GroupBreakerSettings::from_config(&config)))),
+                    Arc::new(AtomicU64::new(0)),
+                ),
+            };
+            groups.insert(
+                group.id,
+                Arc::new(GroupRuntime {
+                    group,
+                    config: Arc::new(config),
+                    strategy,
+                    accounts: members,
+                    breaker,
+                    cursor,
+                }),
+            );
+        }
+
+        let mut keys_by_hash = HashMap::new();
+        let mut key_runtime = HashMap::new();
+        for key in source.keys {
+            let runtime = previous
+                .key_runtime
+                .get(&key.id)
+                .cloned()
+                .unwrap_or_default();
+            key_runtime.insert(key.id, runtime);
+            keys_by_hash.insert(key.key_hash.clone(), Arc::new(key));
+        }
+
+        self.snapshot.store(Arc::new(RegistrySnapshot {
+            groups,
+            accounts,
+            keys_by_hash,
+            key_runtime,
+        }));
+    }
+}

@@ -1,0 +1,127 @@
+//! The shared state of a running relay: store, registry, config, clients, usage recorder.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use relay_core::config::FallbackConfig;
+use relay_core::model::AccountId;
+use relay_core::strategy::StrategyRegistry;
+use relay_core::UnixMillis;
+use relay_store::{AccountStore, ApiKeyStore, GroupStore, SqlStore, StoreError};
+
+use crate::http_clients::HttpClients;
+use crate::registry::{lock, Registry, RegistrySource};
+use crate::settings::RelaySettings;
+use crate::usage::UsageRecorder;
+
+/// How long an idle sticky-session binding is kept.
+const STICKY_TTL_MS: i64 = 60 * 60 * 1000;
+/// Bound on the number of sticky bindings kept in memory.
+const STICKY_MAX_ENTRIES: usize = 200_000;
+
+#[derive(Debug)]
+pub struct RelayState {
+    pub store: SqlStore,
+    pub settings: RelaySettings,
+    pub registry: Registry,
+    pub strategies: StrategyRegistry,
+    global_config: ArcSwap<FallbackConfig>,
+    pub clients: HttpClients,
+    pub usage: UsageRecorder,
+    pub sticky: StickySessions,
+}
+
+impl RelayState {
+    /// Builds the state and loads the registry from the store.
+    pub async fn new(
+        store: SqlStore,
+        settings: RelaySettings,
+        global_config: FallbackConfig,
+        strategies: StrategyRegistry,
+        usage: UsageRecorder,
+    ) -> Result<Arc<RelayState>, StoreError> {
+        let clients = HttpClients::new(settings.connect_timeout);
+        let state = Arc::new(RelayState {
+            store,
+            settings,
+            registry: Registry::default(),
+            strategies,
+            global_config: ArcSwap::from_pointee(global_config),
+            clients,
+            usage,
+            sticky: StickySessions::default(),
+        });
+        state.reload().await?;
+        Ok(state)
+    }
+
+    pub fn global_config(&self) -> Arc<FallbackConfig> {
+        self.global_config.load_full()
+    }
+
+    /// Replaces the global fallback config and applies it to every group at once: the new
+    /// snapshot is published in one swap, so no request sees half of it.
+    pub async fn set_global_config(&self, config: FallbackConfig) -> Result<(), StoreError> {
+        self.global_config.store(Arc::new(config));
+        self.reload().await
+    }
+
+    /// Re-reads groups, accounts and keys from the store and publishes a new snapshot.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let groups = self.store.list_groups().await?;
+        let accounts = self.store.list_accounts_with_credentials().await?;
+        let keys = self.store.list_api_keys(None).await?;
+        let config = self.global_config();
+        self.registry.rebuild(
+            RegistrySource {
+                groups,
+                accounts,
+                keys,
+            },
+            &config,
+            &self.strategies,
+        );
+        Ok(())
+    }
+}
+
+/// Sticky-session bindings: session key -> account, so one Claude Code conversation keeps
+/// the same account (and Anthropic's prompt cache) while that account is usable.
+#[derive(Debug, Default)]
+pub struct StickySessions {
+    bindings: Mutex<HashMap<String, (AccountId, UnixMillis)>>,
+}
+
+impl StickySessions {
+    pub fn get(&self, key: &str, now: UnixMillis) -> Option<AccountId> {
+        let bindings = lock(&self.bindings);
+        bindings
+            .get(key)
+            .filter(|(_, seen)| now - seen < STICKY_TTL_MS)
+            .map(|(account, _)| *account)
+    }
+
+    pub fn bind(&self, key: &str, account: AccountId, now: UnixMillis) {
+        let mut bindings = lock(&self.bindings);
+        if bindings.len() >= STICKY_MAX_ENTRIES && !bindings.contains_key(key) {
+            bindings.retain(|_, (_, seen)| now - *seen < STICKY_TTL_MS);
+            if bindings.len() >= STICKY_MAX_ENTRIES {
+                // Still full of live sessions: forget the oldest tenth rather than grow.
+                let mut ages: Vec<UnixMillis> = bindings.values().map(|(_, seen)| *seen).collect();
+                ages.sort_unstable();
+                let cutoff = ages[ages.len() / 10];
+                bindings.retain(|_, (_, seen)| *seen > cutoff);
+            }
+        }
+        bindings.insert(key.to_owned(), (account, now));
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.bindings).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

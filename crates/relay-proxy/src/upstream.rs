@@ -1,0 +1,166 @@
+//! Building one upstream attempt: URL, headers and credentials.
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+use relay_core::model::{Account, Platform};
+
+/// The `anthropic-beta` flag that OAuth (subscription) tokens require.
+pub const OAUTH_BETA: &str = "oauth-2025-04-20";
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the client's own
+/// credentials and length/encoding headers that the relay's client sets itself.
+const REQUEST_HEADERS_NOT_FORWARDED: [&str; 13] = [
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "x-api-key",
+    "authorization",
+];
+
+const RESPONSE_HEADERS_NOT_FORWARDED: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// `base_url` + `path` + `?query`. `base_url` is written like `ANTHROPIC_BASE_URL`.
+pub fn upstream_url(base_url: &str, path: &str, query: Option<&str>) -> String {
+    let base = base_url.trim_end_matches('/');
+    let mut url = String::with_capacity(base.len() + path.len() + 1 + query.map_or(0, str::len));
+    url.push_str(base);
+    url.push_str(path);
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        url.push('?');
+        url.push_str(query);
+    }
+    url
+}
+
+fn listed_in_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+}
+
+/// The client's headers as they go upstream, with the account's credential.
+pub fn upstream_headers(client: &HeaderMap, account: &Account, secret: &str) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(client.len() + 2);
+    for (name, value) in client {
+        let lower = name.as_str();
+        if REQUEST_HEADERS_NOT_FORWARDED.contains(&lower)
+            // The relay reads usage from answers: ask for them uncompressed.
+            || lower == "accept-encoding"
+            || listed_in_connection(client, name)
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    if !headers.contains_key("anthropic-version") {
+        headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    }
+    match account.platform {
+        Platform::Claude => {
+            if let Ok(value) = HeaderValue::from_str(&format!("Bearer {secret}")) {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            merge_beta(&mut headers, OAUTH_BETA);
+        }
+        Platform::ClaudeConsole | Platform::Openai => {
+            if let Ok(value) = HeaderValue::from_str(secret) {
+                headers.insert("x-api-key", value);
+            }
+        }
+    }
+    headers
+}
+
+/// Adds `flag` to the comma-separated `anthropic-beta` list unless it is there already,
+/// keeping every flag the client sent.
+pub fn merge_beta(headers: &mut HeaderMap, flag: &str) {
+    let existing: Vec<String> = headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if existing.iter().any(|f| f == flag) {
+        return;
+    }
+    let mut merged = existing.join(",");
+    if !merged.is_empty() {
+        merged.push(',');
+    }
+    merged.push_str(flag);
+    if let Ok(value) = HeaderValue::from_str(&merged) {
+        headers.insert("anthropic-beta", value);
+    }
+}
+
+/// The upstream answer's headers as they go back to the client.
+pub fn client_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(upstream.len());
+    for (name, value) in upstream {
+        if RESPONSE_HEADERS_NOT_FORWARDED.contains(&name.as_str())
+            || listed_in_connection(upstream, name)
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_joins_base_path_and_query() {
+        assert_eq!(
+            upstream_url("https://api.anthropic.com/", "/v1/messages", Some("beta=true")),
+            "https://api.anthropic.com/v1/messages?beta=true"
+        );
+        assert_eq!(
+            upstream_url("http://h:1/root", "/v1/models", None),
+            "http://h:1/root/v1/models"
+        );
+    }
+
+    #[test]
+    fn beta_flags_are_merged_not_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "anthropic-beta",
+            HeaderValue::from_static("claude-code-20250219, interleaved-thinking-2025-05-14"),
+        );
+        merge_beta(&mut headers, OAUTH_BETA);
+        assert_eq!(
+            headers["anthropic-beta"],
+            "claude-code-20250219,interleaved-thinking-2025-05-14,oauth-2025-04-20"
+        );
+        merge_beta(&mut headers, OAUTH_BETA);
+        assert_eq!(
+            headers["anthropic-beta"],
+            "claude-code-20250219,interleaved-thinking-2025-05-14,oauth-2025-04-20"
+        );
+    }
+}

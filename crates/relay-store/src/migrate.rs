@@ -1,0 +1,253 @@
+//! A small migration runner: numbered plain-SQL files per dialect, applied in order, each
+//! recorded in `relay_schema_migrations` with a checksum.
+//!
+//! sqlx's own migrator is not used because it keys migrations to one database type, while the
+//! store runs through the Any driver with one set of files per dialect. The runner is
+//! idempotent: a migration already recorded is skipped, after checking that its text has not
+//! changed since it was applied (an edited migration would leave databases that ran the old
+//! text silently different from new ones).
+
+use sqlx::AnyPool;
+use tracing::{info, warn};
+
+use crate::dialect::Dialect;
+use crate::error::StoreError;
+use crate::values::{read_i64, read_text};
+
+/// One schema change, as embedded in the binary.
+pub(crate) struct Migration {
+    pub(crate) version: i64,
+    pub(crate) name: &'static str,
+    pub(crate) sql: &'static str,
+}
+
+const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("../migrations/sqlite/0001_initial.sql"),
+}];
+
+const MYSQL_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("../migrations/mysql/0001_initial.sql"),
+}];
+
+const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("../migrations/postgres/0001_initial.sql"),
+}];
+
+/// The migrations of `dialect`, oldest first.
+pub(crate) fn migrations_for(dialect: Dialect) -> &'static [Migration] {
+    match dialect {
+        Dialect::Sqlite => SQLITE_MIGRATIONS,
+        Dialect::MySql => MYSQL_MIGRATIONS,
+        Dialect::Postgres => POSTGRES_MIGRATIONS,
+    }
+}
+
+/// Spelled so that all three dialects accept it as written.
+const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS relay_schema_migrations (\
+     version BIGINT NOT NULL PRIMARY KEY, \
+     name VARCHAR(191) NOT NULL, \
+     checksum VARCHAR(32) NOT NULL, \
+     applied_at BIGINT NOT NULL)";
+
+/// Brings the schema up to date.
+pub(crate) async fn run_migrations(
+    pool: &AnyPool,
+    dialect: Dialect,
+    now_millis: i64,
+) -> Result<(), StoreError> {
+    sqlx::raw_sql(CREATE_MIGRATIONS_TABLE)
+        .execute(pool)
+        .await
+        .map_err(|error| {
+            StoreError::Migration(format!("cannot create relay_schema_migrations: {error}"))
+        })?;
+
+    let known = migrations_for(dialect);
+    for migration in known {
+        let mut transaction = match dialect.begin_write_statement() {
+            Some(statement) => pool.begin_with(statement).await?,
+            None => pool.begin().await?,
+        };
+        // Checked inside the write transaction so that two processes starting on one SQLite
+        // file do not both apply the same migration.
+        let recorded_checksum = sqlx::query(
+            &dialect.placeholders("SELECT checksum FROM relay_schema_migrations WHERE version = ?"),
+        )
+        .bind(migration.version)
+        .fetch_optional(&mut *transaction)
+        .await?
+        .map(|row| read_text(&row, "checksum"))
+        .transpose()?;
+
+        let checksum = migration_checksum(migration.sql);
+        match recorded_checksum {
+            Some(recorded) if recorded == checksum => {
+                transaction.rollback().await?;
+                continue;
+            }
+            Some(recorded) => {
+                return Err(StoreError::Migration(format!(
+                    "migration {} ({}) was applied with checksum {recorded} but this build has \
+                     {checksum}: a released migration must never be edited",
+                    migration.version, migration.name
+                )));
+            }
+            None => {}
+        }
+
+        for statement in split_statements(migration.sql) {
+            sqlx::raw_sql(&statement)
+                .execute(&mut *transaction)
+                .await
+                .map_err(|error| {
+                    StoreError::Migration(format!(
+                        "migration {} ({}) failed: {error}",
+                        migration.version, migration.name
+                    ))
+                })?;
+        }
+        sqlx::query(&dialect.placeholders(
+            "INSERT INTO relay_schema_migrations (version, name, checksum, applied_at) \
+             VALUES (?, ?, ?, ?)",
+        ))
+        .bind(migration.version)
+        .bind(migration.name)
+        .bind(checksum)
+        .bind(now_millis)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        info!(
+            dialect = dialect.as_str(),
+            version = migration.version,
+            name = migration.name,
+            "applied database migration"
+        );
+    }
+
+    let newest_known = known.last().map_or(0, |migration| migration.version);
+    let newest_applied = sqlx::query("SELECT MAX(version) AS newest FROM relay_schema_migrations")
+        .fetch_one(pool)
+        .await
+        .and_then(|row| sqlx::Row::try_get::<Option<i64>, _>(&row, "newest"))?
+        .unwrap_or(0);
+    if newest_applied > newest_known {
+        // A newer relay migrated this database. Its changes are additive by policy, so an
+        // older binary can keep serving during a rolling upgrade; say so rather than refuse.
+        warn!(
+            newest_applied,
+            newest_known, "the database schema is newer than this build of the relay"
+        );
+    }
+    Ok(())
+}
+
+/// The versions recorded as applied, oldest first: for tests and diagnostics.
+pub(crate) async fn applied_versions(pool: &AnyPool) -> Result<Vec<i64>, StoreError> {
+    let rows = sqlx::query("SELECT version FROM relay_schema_migrations ORDER BY version")
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(|row| read_i64(row, "version")).collect()
+}
+
+/// Splits a migration file into statements: a statement ends with a semicolon at the end of
+/// a line, and lines starting with `--` are comments. The servers' prepared-statement
+/// protocols take one statement at a time, so the runner cannot send the file whole.
+pub(crate) fn split_statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with("--") {
+            continue;
+        }
+        if !current.is_empty() {
+            current.push('\n');
+        }
+        if let Some(without_semicolon) = trimmed.strip_suffix(';') {
+            current.push_str(without_semicolon);
+            statements.push(std::mem::take(&mut current));
+        } else {
+            current.push_str(trimmed);
+        }
+    }
+    if !current.trim().is_empty() {
+        statements.push(current);
+    }
+    statements
+}
+
+/// FNV-1a over the migration text, as 16 hex digits: enough to notice an edit, no crate needed.
+pub(crate) fn migration_checksum(sql: &str) -> String {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let hash = sql.bytes().fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    });
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_split_at_line_ending_semicolons_and_skip_comments() {
+        let sql = "-- a comment; with a semicolon\nCREATE TABLE a (\n    x BIGINT\n);\n\nCREATE INDEX i ON a (x);\n";
+        assert_eq!(
+            split_statements(sql),
+            vec![
+                "CREATE TABLE a (\nx BIGINT\n)".to_owned(),
+                "CREATE INDEX i ON a (x)".to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn every_dialect_has_the_same_migration_versions() {
+        let versions = |dialect| -> Vec<i64> {
+            migrations_for(dialect)
+                .iter()
+                .map(|migration| migration.version)
+                .collect()
+        };
+        assert_eq!(versions(Dialect::Sqlite), versions(Dialect::MySql));
+        assert_eq!(versions(Dialect::Sqlite), versions(Dialect::Postgres));
+        assert!(versions(Dialect::Sqlite)
+            .windows(2)
+            .all(|pair| pair[0] < pair[1]));
+    }
+
+    #[test]
+    fn every_dialect_creates_the_same_tables() {
+        let tables = |dialect| -> Vec<String> {
+            migrations_for(dialect)
+                .iter()
+                .flat_map(|migration| split_statements(migration.sql))
+                .filter_map(|statement| {
+                    statement
+                        .strip_prefix("CREATE TABLE ")
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .map(str::to_owned)
+                })
+                .collect()
+        };
+        let sqlite_tables = tables(Dialect::Sqlite);
+        assert_eq!(sqlite_tables.len(), 5, "{sqlite_tables:?}");
+        assert_eq!(sqlite_tables, tables(Dialect::MySql));
+        assert_eq!(sqlite_tables, tables(Dialect::Postgres));
+    }
+
+    #[test]
+    fn the_checksum_notices_any_edit() {
+        assert_eq!(migration_checksum("abc"), migration_checksum("abc"));
+        assert_ne!(migration_checksum("abc"), migration_checksum("abd"));
+        assert_eq!(migration_checksum("").len(), 16);
+    }
+}

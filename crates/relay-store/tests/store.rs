@@ -1,0 +1,1122 @@
+//! The store against real SQLite files, one fresh file per test in a private temp directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use relay_core::model::{Credential, OAuthCredential, Platform};
+use relay_store::{
+    AccountStore, AccountUpdate, ApiKeyStore, ApiKeyUpdate, DatabaseLocation, Dialect, GroupStore,
+    GroupUpdate, NewAccount, NewApiKey, NewGroup, SettingsStore, SqlStore, StoreError, UsageFilter,
+    UsageRow, UsageStore, UsageTotals, DEFAULT_SQLITE_PATH,
+};
+use serde_json::json;
+
+/// A directory of its own under the system temp dir, removed when the test ends.
+struct TempDirectory {
+    path: PathBuf,
+}
+
+impl TempDirectory {
+    fn new(test_name: &str) -> TempDirectory {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "relay-store-{test_name}-{}-{nanos}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|error| panic!("cannot create {}: {error}", path.display()));
+        TempDirectory { path }
+    }
+
+    fn database_url(&self) -> String {
+        format!("sqlite://{}", self.path.join("relay.db").display())
+    }
+}
+
+impl Drop for TempDirectory {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+async fn open_store(directory: &TempDirectory) -> SqlStore {
+    SqlStore::connect(Some(&directory.database_url()))
+        .await
+        .unwrap_or_else(|error| panic!("cannot open the test store: {error}"))
+}
+
+fn new_group(name: &str) -> NewGroup {
+    NewGroup {
+        name: name.to_owned(),
+        fallback: json!({"strategy": "round_robin", "max_retries": 2}),
+    }
+}
+
+fn new_account(group_id: i64, name: &str, credential: Credential) -> NewAccount {
+    NewAccount {
+        name: name.to_owned(),
+        platform: Platform::ClaudeConsole,
+        base_url: "https://api.example.test".to_owned(),
+        group_id,
+        priority: 10,
+        weight: 300,
+        enabled: true,
+        proxy_url: Some("socks5://127.0.0.1:1080".to_owned()),
+        model_allowlist: vec!["claude-sonnet-4".to_owned(), "claude-opus-4".to_owned()],
+        model_mapping: BTreeMap::from([(
+            "claude-sonnet-4".to_owned(),
+            "anthropic/claude-sonnet-4".to_owned(),
+        )]),
+        max_concurrency: Some(4),
+        credential,
+    }
+}
+
+fn new_api_key(group_id: i64, key_hash: &str) -> NewApiKey {
+    NewApiKey {
+        name: format!("key {key_hash}"),
+        group_id,
+        key_hash: key_hash.to_owned(),
+        key_prefix: "cr_abcd".to_owned(),
+        enabled: true,
+        expires_at: Some(1_900_000_000_000),
+        model_allowlist: vec!["claude-haiku-4".to_owned()],
+        daily_cost_limit_usd: Some(12.5),
+        rpm_limit: Some(60),
+    }
+}
+
+fn oauth(access_token: &str, refresh_token: &str, expires_at: i64) -> OAuthCredential {
+    OAuthCredential {
+        access_token: access_token.to_owned(),
+        refresh_token: refresh_token.to_owned(),
+        expires_at,
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a test fixture: each test varies other fields"
+)]
+fn usage_row(
+    request_id: &str,
+    class: &str,
+    api_key_id: Option<i64>,
+    group_id: Option<i64>,
+    account_id: Option<i64>,
+    input_tokens: u64,
+    cost_usd: f64,
+    created_at: i64,
+) -> UsageRow {
+    UsageRow {
+        request_id: request_id.to_owned(),
+        attempt: 1,
+        api_key_id,
+        group_id,
+        account_id,
+        model: "claude-sonnet-4".to_owned(),
+        stream: true,
+        status: Some(200),
+        class: class.to_owned(),
+        input_tokens,
+        output_tokens: input_tokens * 2,
+        cache_read_input_tokens: 3,
+        cache_creation_input_tokens: 4,
+        cost_usd,
+        duration_ms: 1500,
+        ttfb_ms: Some(250),
+        created_at,
+    }
+}
+
+/// A raw connection to the test file, to tamper with it the way a bug or an operator might.
+async fn raw_sqlite(directory: &TempDirectory) -> sqlx::SqlitePool {
+    sqlx::SqlitePool::connect(&directory.database_url())
+        .await
+        .unwrap_or_else(|error| panic!("cannot open the raw connection: {error}"))
+}
+
+#[tokio::test]
+async fn migrations_are_idempotent_and_data_survives_a_reconnect() {
+    let directory = TempDirectory::new("migrations");
+    let store = open_store(&directory).await;
+    assert_eq!(store.dialect(), Dialect::Sqlite);
+    assert_eq!(store.applied_migrations().await.unwrap(), vec![1]);
+    let group = store.create_group(new_group("persisted")).await.unwrap();
+    store.close().await;
+
+    let reopened = open_store(&directory).await;
+    assert_eq!(reopened.applied_migrations().await.unwrap(), vec![1]);
+    assert_eq!(reopened.get_group(group.id).await.unwrap(), Some(group));
+    reopened.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_edited_migration_is_refused() {
+    let directory = TempDirectory::new("checksum");
+    open_store(&directory).await.close().await;
+    let raw = raw_sqlite(&directory).await;
+    sqlx::query("UPDATE relay_schema_migrations SET checksum = 'edited' WHERE version = 1")
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+
+    match SqlStore::connect(Some(&directory.database_url())).await {
+        Err(StoreError::Migration(message)) => assert!(message.contains("edited"), "{message}"),
+        other => panic!("expected a migration error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sqlite_files_are_in_wal_mode() {
+    let directory = TempDirectory::new("wal");
+    let _store = open_store(&directory).await;
+    let raw = raw_sqlite(&directory).await;
+    let (journal_mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(journal_mode.to_ascii_lowercase(), "wal");
+    raw.close().await;
+}
+
+#[tokio::test]
+async fn groups_can_be_created_read_listed_updated_and_deleted() {
+    let directory = TempDirectory::new("groups");
+    let store = open_store(&directory).await;
+
+    let alpha = store.create_group(new_group("alpha")).await.unwrap();
+    let beta = store
+        .create_group(NewGroup {
+            name: "beta".to_owned(),
+            fallback: json!({}),
+        })
+        .await
+        .unwrap();
+    assert!(alpha.id > 0 && beta.id > alpha.id);
+    assert_eq!(
+        alpha.fallback,
+        json!({"strategy": "round_robin", "max_retries": 2})
+    );
+    assert_eq!(alpha.created_at, alpha.updated_at);
+    assert_eq!(
+        store.get_group(alpha.id).await.unwrap(),
+        Some(alpha.clone())
+    );
+    assert_eq!(
+        store.list_groups().await.unwrap(),
+        vec![alpha.clone(), beta.clone()]
+    );
+
+    let renamed = store
+        .update_group(
+            alpha.id,
+            GroupUpdate {
+                name: Some("alpha-2".to_owned()),
+                fallback: None,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renamed.name, "alpha-2");
+    assert_eq!(renamed.fallback, alpha.fallback, "untouched fields stay");
+    assert!(renamed.updated_at >= alpha.updated_at);
+    let refallbacked = store
+        .update_group(
+            alpha.id,
+            GroupUpdate {
+                name: None,
+                fallback: Some(json!({"strategy": "weighted"})),
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refallbacked.name, "alpha-2");
+    assert_eq!(refallbacked.fallback, json!({"strategy": "weighted"}));
+    assert_eq!(
+        store
+            .update_group(9999, GroupUpdate::default())
+            .await
+            .unwrap(),
+        None
+    );
+
+    assert!(store.delete_group(beta.id).await.unwrap());
+    assert!(!store.delete_group(beta.id).await.unwrap());
+    assert_eq!(store.get_group(beta.id).await.unwrap(), None);
+    assert_eq!(store.list_groups().await.unwrap(), vec![refallbacked]);
+}
+
+#[tokio::test]
+async fn group_names_are_unique_on_create_and_on_rename() {
+    let directory = TempDirectory::new("group-unique");
+    let store = open_store(&directory).await;
+    store.create_group(new_group("taken")).await.unwrap();
+    let other = store.create_group(new_group("other")).await.unwrap();
+
+    match store.create_group(new_group("taken")).await {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("taken"), "{message}"),
+        result => panic!("expected Conflict, got {result:?}"),
+    }
+    let rename = GroupUpdate {
+        name: Some("taken".to_owned()),
+        fallback: None,
+    };
+    assert!(matches!(
+        store.update_group(other.id, rename).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Names differing only in case are different groups.
+    store.create_group(new_group("TAKEN")).await.unwrap();
+    assert_eq!(store.list_groups().await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_group_with_accounts_or_api_keys_cannot_be_deleted() {
+    let directory = TempDirectory::new("group-children");
+    let store = open_store(&directory).await;
+    let group = store.create_group(new_group("parent")).await.unwrap();
+    let account = store
+        .create_account(new_account(
+            group.id,
+            "a",
+            Credential::ApiKey("sk-a".into()),
+        ))
+        .await
+        .unwrap();
+    let api_key = store
+        .create_api_key(new_api_key(group.id, "hash-1"))
+        .await
+        .unwrap();
+
+    match store.delete_group(group.id).await {
+        Err(StoreError::Conflict(message)) => {
+            assert!(message.contains("1 accounts"), "{message}");
+            assert!(message.contains("1 API keys"), "{message}");
+        }
+        result => panic!("expected Conflict, got {result:?}"),
+    }
+    assert!(store.delete_account(account.id).await.unwrap());
+    match store.delete_group(group.id).await {
+        Err(StoreError::Conflict(message)) => {
+            assert!(!message.contains("accounts"), "{message}");
+            assert!(message.contains("API keys"), "{message}");
+        }
+        result => panic!("expected Conflict, got {result:?}"),
+    }
+    assert!(store.delete_api_key(api_key.id).await.unwrap());
+    assert!(store.delete_group(group.id).await.unwrap());
+}
+
+#[tokio::test]
+async fn accounts_round_trip_every_field_without_exposing_the_secret() {
+    let directory = TempDirectory::new("accounts");
+    let store = open_store(&directory).await;
+    let group = store.create_group(new_group("pool")).await.unwrap();
+    let other_group = store.create_group(new_group("other")).await.unwrap();
+
+    let wanted = new_account(
+        group.id,
+        "console",
+        Credential::ApiKey("sk-ant-secret".into()),
+    );
+    let created = store.create_account(wanted.clone()).await.unwrap();
+    assert_eq!(created.name, wanted.name);
+    assert_eq!(created.platform, Platform::ClaudeConsole);
+    assert_eq!(created.base_url, wanted.base_url);
+    assert_eq!(created.group_id, group.id);
+    assert_eq!(created.priority, 10);
+    assert_eq!(created.weight, 300);
+    assert!(created.enabled);
+    assert_eq!(created.proxy_url, wanted.proxy_url);
+    assert_eq!(created.model_allowlist, wanted.model_allowlist);
+    assert_eq!(created.model_mapping, wanted.model_mapping);
+    assert_eq!(created.max_concurrency, Some(4));
+    assert_eq!(
+        store.get_account(created.id).await.unwrap(),
+        Some(created.clone())
+    );
+    assert_eq!(
+        store.get_credential(created.id).await.unwrap(),
+        Some(Credential::ApiKey("sk-ant-secret".into()))
+    );
+    let serialised = serde_json::to_string(&created).unwrap();
+    assert!(!serialised.contains("sk-ant-secret"), "{serialised}");
+
+    let subscription = store
+        .create_account(NewAccount {
+            platform: Platform::Claude,
+            proxy_url: None,
+            model_allowlist: Vec::new(),
+            model_mapping: BTreeMap::new(),
+            max_concurrency: None,
+            enabled: false,
+            ..new_account(
+                other_group.id,
+                "subscription",
+                Credential::OAuth(oauth("access-1", "refresh-1", 1_000)),
+            )
+        })
+        .await
+        .unwrap();
+    let reread = store.get_account(subscription.id).await.unwrap().unwrap();
+    assert_eq!(reread.proxy_url, None);
+    assert_eq!(reread.max_concurrency, None);
+    assert!(reread.model_allowlist.is_empty() && reread.model_mapping.is_empty());
+    assert!(!reread.enabled);
+    assert_eq!(
+        store.get_credential(subscription.id).await.unwrap(),
+        Some(Credential::OAuth(oauth("access-1", "refresh-1", 1_000)))
+    );
+
+    assert_eq!(
+        store.list_accounts(None).await.unwrap(),
+        vec![created.clone(), subscription.clone()]
+    );
+    assert_eq!(
+        store.list_accounts(Some(other_group.id)).await.unwrap(),
+        vec![subscription.clone()]
+    );
+    let with_credentials = store.list_accounts_with_credentials().await.unwrap();
+    assert_eq!(with_credentials.len(), 2);
+    assert_eq!(with_credentials[0].0, created);
+    assert_eq!(
+        with_credentials[0].1,
+        Credential::ApiKey("sk-ant-secret".into())
+    );
+    assert_eq!(
+        with_credentials[1].1,
+        Credential::OAuth(oauth("access-1", "refresh-1", 1_000))
+    );
+
+    assert_eq!(store.get_account(424_242).await.unwrap(), None);
+    assert_eq!(store.get_credential(424_242).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn account_updates_change_only_what_they_name_and_null_clears() {
+    let directory = TempDirectory::new("account-update");
+    let store = open_store(&directory).await;
+    let group = store.create_group(new_group("pool")).await.unwrap();
+    let other_group = store.create_group(new_group("other")).await.unwrap();
+    let account = store
+        .create_account(new_account(
+            group.id,
+            "a",
+            Credential::ApiKey("sk-old".into()),
+        ))
+        .await
+        .unwrap();
+
+    let updated = store
+        .update_account(
+            account.id,
+            AccountUpdate {
+                priority: Some(-5),
+                weight: Some(7),
+                enabled: Some(false),
+                proxy_url: Some(None),
+                max_concurrency: Some(None),
+                group_id: Some(other_group.id),
+                model_mapping: Some(BTreeMap::new()),
+                ..AccountUpdate::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.priority, -5);
+    assert_eq!(updated.weight, 7);
+    assert!(!updated.enabled);
+    assert_eq!(updated.proxy_url, None);
+    assert_eq!(updated.max_concurrency, None);
+    assert_eq!(updated.group_id, other_group.id);
+    assert!(updated.model_mapping.is_empty());
+    assert_eq!(updated.name, account.name, "unnamed fields stay");
+    assert_eq!(updated.model_allowlist, account.model_allowlist);
+    assert_eq!(
+        store.get_credential(account.id).await.unwrap(),
+        Some(Credential::ApiKey("sk-old".into())),
+        "the secret stays unless the update names it"
+    );
+
+    let switched = store
+        .update_account(
+            account.id,
+            AccountUpdate {
+                platform: Some(Platform::Claude),
+                credential: Some(Credential::OAuth(oauth("a", "r", 5))),
+                proxy_url: Some(Some("http://proxy.test:3128".to_owned())),
+                ..AccountUpdate::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(switched.platform, Platform::Claude);
+    assert_eq!(
+        switched.proxy_url.as_deref(),
+        Some("http://proxy.test:3128")
+    );
+    assert_eq!(
+        store.get_credential(account.id).await.unwrap(),
+        Some(Credential::OAuth(oauth("a", "r", 5)))
+    );
+
+    match store
+        .update_account(
+            account.id,
+            AccountUpdate {
+                group_id: Some(777),
+                ..AccountUpdate::default()
+            },
+        )
+        .await
+    {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("777"), "{message}"),
+        result => panic!("expected Conflict, got {result:?}"),
+    }
+    assert_eq!(
+        store
+            .update_account(31_337, AccountUpdate::default())
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.delete_account(account.id).await.unwrap());
+    assert!(!store.delete_account(account.id).await.unwrap());
+    assert_eq!(store.get_account(account.id).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn an_account_needs_an_existing_group() {
+    let directory = TempDirectory::new("account-group");
+    let store = open_store(&directory).await;
+    match store
+        .create_account(new_account(55, "orphan", Credential::ApiKey("sk".into())))
+        .await
+    {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("55"), "{message}"),
+        result => panic!("expected Conflict, got {result:?}"),
+    }
+    assert!(store.list_accounts(None).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn rotated_oauth_tokens_are_saved() {
+    let directory = TempDirectory::new("oauth");
+    let store = open_store(&directory).await;
+    let group = store.create_group(new_group("pool")).await.unwrap();
+    let account = store
+        .create_account(new_account(
+            group.id,
+            "subscription",
+            Credential::OAuth(oauth("access-1", "refresh-1", 1_000)),
+        ))
+        .await
+        .unwrap();
+
+    store
+        .save_oauth_tokens(account.id, &oauth("access-2", "refresh-2", 2_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_credential(account.id).await.unwrap(),
+        Some(Credential::OAuth(oauth("access-2", "refresh-2", 2_000)))
+    );
+    assert!(matches!(
+        store.save_oauth_tokens(999, &oauth("x", "y", 1)).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+#[tokio::test]
+async fn unreadable_stored_values_are_reported_as_corrupt() {
+    let directory = TempDirectory::new("corrupt");
+    let store = open_store(&directory).await;
+    let group = store.create_group(new_group("pool")).await.unwrap();
+    let account = store
+        .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
+        .await
+        .unwrap();
+    let raw = raw_sqlite(&directory).await;
+    sqlx::query("UPDATE relay_accounts SET platform = 'gopher', credential_kind = 'magic'")
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+
+    assert!(matches!(
+        store.get_account(account.id).await,
+        Err(StoreError::Corrupt(message)) if message.contains("gopher")
+    ));
+    assert!(matches!(
+        store.get_credential(account.id).await,
+        Err(StoreError::Corrupt(message)) if message.contains("magic")
+    ));
+}
+
+#[tokio::test]
+async fn api_keys_can_be_created_found_by_hash_updated_and_deleted() {
+    let directory = TempDirectory::new("api-keys");
+    let store = open_store(&directory).await;
+    let group = store.create_group(new_group("pool")).await.unwrap();
+    let other_group = store.create_group(new_group("other")).await.unwrap();
+
+    let key = store
+        .create_api_key(new_api_key(group.id, "hash-a"))
+        .await
+        .unwrap();
+    assert_eq!(key.name, "key hash-a");
+    assert_eq!(key.key_prefix, "cr_abcd");
+    assert_eq!(key.expires_at, Some(1_900_000_000_000));
+    assert_eq!(key.model_allowlist, vec!["claude-haiku-4".to_owned()]);
+    assert_eq!(key.daily_cost_limit_usd, Some(12.5));
+    assert_eq!(key.rpm_limit, Some(60));
+    assert_eq!(store.get_api_key(key.id).await.unwrap(), Some(key.clone()));
+    assert_eq!(
+        store.find_api_key_by_hash("hash-a").await.unwrap(),
+        Some(key.clone())
+    );
+    assert_eq!(store.find_api_key_by_hash("hash-z").await.unwrap(), None);
+
+    let second = store
+        .create_api_key(new_api_key(other_group.id, "hash-b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_api_keys(None).await.unwrap(),
+        vec![key.clone(), second.clone()]
+    );
+    assert_eq!(
+        store.list_api_keys(Some(group.id)).await.unwrap(),
+        vec![key.clone()]
+    );
+
+    match store.create_api_key(new_api_key(group.id, "hash-a")).await {
+        Err(StoreError::Conflict(message)) => assert!(message.contains("hash"), "{message}"),
+        result => panic!("expected Conflict, got {result:?}"),
+    }
+    assert!(matches!(
+        store.create_api_key(new_api_key(4040, "hash-c")).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let updated = store
+        .update_api_key(
+            key.id,
+            ApiKeyUpdate {
+                name: Some("renamed".to_owned()),
+                enabled: Some(false),
+                group_id: Some(other_group.id),
+                expires_at: Some(None),
+                daily_cost_limit_usd: Some(None),
+                rpm_limit: Some(Some(5)),
+                model_allowlist: Some(Vec::new()),
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(updated.name, "renamed");
+    assert!(!updated.enabled);
+    assert_eq!(updated.group_id, other_group.id);
+    assert_eq!(updated.expires_at, None);
+    assert_eq!(updated.daily_cost_limit_usd, None);
+    assert_eq!(updated.rpm_limit, Some(5));
+    assert!(updated.model_allowlist.is_empty());
+    assert_eq!(updated.key_hash, "hash-a", "the hash never changes");
+
+    let untouched = store
+        .update_api_key(second.id, ApiKeyUpdate::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(untouched.daily_cost_limit_usd, second.daily_cost_limit_usd);
+    assert_eq!(untouched.expires_at, second.expires_at);
+    assert!(matches!(
+        store
+            .update_api_key(
+                second.id,
+                ApiKeyUpdate {
+                    group_id: Some(4040),
+                    ..ApiKeyUpdate::default()
+                }
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store
+            .update_api_key(9_999, ApiKeyUpdate::default())
+            .await
+            .unwrap(),
+        None
+    );
+
+    assert!(store.delete_api_key(key.id).await.unwrap());
+    assert!(!store.delete_api_key(key.id).await.unwrap());
+    assert_eq!(store.find_api_key_by_hash("hash-a").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn recorded_usage_is_listed_and_counts_only_successes() {
+    let directory = TempDirectory::new("usage-counters");
+    let store = open_store(&directory).await;
+    let group = store.create_group(new_group("pool")).await.unwrap();
+    let account = store
+        .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
+        .await
+        .unwrap();
+    let key = store
+        .create_api_key(new_api_key(group.id, "hash"))
+        .await
+        .unwrap();
+    let fresh = store.account_usage_counters(account.id).await.unwrap();
+    assert_eq!(fresh.requests, 0);
+    assert_eq!(fresh.last_used_at, None);
+
+    let ids = (Some(key.id), Some(group.id), Some(account.id));
+    let batch = vec![
+        usage_row("r1", "rate_limited", ids.0, ids.1, ids.2, 0, 0.0, 1_000),
+        usage_row("r1", "success", ids.0, ids.1, ids.2, 100, 0.25, 2_000),
+        usage_row("r2", "success", ids.0, ids.1, ids.2, 50, 0.5, 3_000),
+    ];
+    store.record_usage(&batch).await.unwrap();
+    store.record_usage(&[]).await.unwrap();
+
+    let counters = store.account_usage_counters(account.id).await.unwrap();
+    assert_eq!(counters.requests, 2);
+    assert_eq!(counters.input_tokens, 150);
+    assert_eq!(counters.output_tokens, 300);
+    assert_eq!(counters.cost_usd, 0.75);
+    assert_eq!(counters.last_used_at, Some(3_000));
+    assert_eq!(
+        store.api_key_usage_counters(key.id).await.unwrap(),
+        counters
+    );
+
+    // A later batch with an older success does not move last_used_at back.
+    store
+        .record_usage(&[usage_row(
+            "r0", "success", ids.0, ids.1, ids.2, 1, 0.25, 500,
+        )])
+        .await
+        .unwrap();
+    let counters = store.account_usage_counters(account.id).await.unwrap();
+    assert_eq!(counters.requests, 3);
+    assert_eq!(counters.last_used_at, Some(3_000));
+
+    let (rows, total) = store
+        .list_usage(&UsageFilter {
+            limit: 10,
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(total, 4);
+    assert_eq!(rows[0], batch[2], "every field round-trips");
+    assert_eq!(rows[2], batch[0]);
+
+    assert!(matches!(
+        store.account_usage_counters(8_888).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.api_key_usage_counters(8_888).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_usage_writers_never_lose_an_update() {
+    const TASKS: u64 = 8;
+    const CALLS_PER_TASK: u64 = 50;
+    let directory = TempDirectory::new("lost-update");
+    let store = open_store(&directory).await;
+    let group = store.create_group(new_group("pool")).await.unwrap();
+    let account = store
+        .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
+        .await
+        .unwrap();
+    let key = store
+        .create_api_key(new_api_key(group.id, "hash"))
+        .await
+        .unwrap();
+
+    let mut writers = tokio::task::JoinSet::new();
+    for task in 0..TASKS {
+        let store = store.clone();
+        writers.spawn(async move {
+            for call in 0..CALLS_PER_TASK {
+                // 0.125 is exact in binary, so the expected sum is exact too.
+                let row = usage_row(
+                    &format!("task-{task}-call-{call}"),
+                    "success",
+                    Some(key.id),
+                    Some(group.id),
+                    Some(account.id),
+                    3,
+                    0.125,
+                    1_000 + i64::try_from(call).unwrap_or_default(),
+                );
+                store.record_usage(&[row]).await?;
+            }
+            Ok::<(), StoreError>(())
+        });
+    }
+    while let Some(joined) = writers.join_next().await {
+        joined.unwrap().unwrap();
+    }
+
+    let expected_requests = TASKS * CALLS_PER_TASK;
+    for counters in [
+        store.account_usage_counters(account.id).await.unwrap(),
+        store.api_key_usage_counters(key.id).await.unwrap(),
+    ] {
+        assert_eq!(counters.requests, expected_requests);
+        assert_eq!(counters.input_tokens, 3 * expected_requests);
+        assert_eq!(counters.output_tokens, 6 * expected_requests);
+        assert_eq!(counters.cost_usd, 50.0);
+        assert_eq!(counters.last_used_at, Some(1_049));
+    }
+    let totals = store.usage_totals(&UsageFilter::default()).await.unwrap();
+    assert_eq!(totals.requests, expected_requests);
+    assert_eq!(totals.cost_usd, 50.0);
+}
+
+#[tokio::test]
+async fn usage_lists_filter_page_and_order_newest_first() {
+    let directory = TempDirectory::new("usage-list");
+    let store = open_store(&directory).await;
+    // Usage rows keep ids of accounts and keys without needing them to exist.
+    let rows = vec![
+        usage_row("a", "success", Some(1), Some(10), Some(100), 1, 0.0, 1_000),
+        usage_row(
+            "b",
+            "overloaded",
+            Some(1),
+            Some(10),
+            Some(101),
+            1,
+            0.0,
+            2_000,
+        ),
+        usage_row("c", "success", Some(2), Some(10), Some(100), 1, 0.0, 3_000),
+        usage_row("d", "success", Some(2), Some(20), Some(102), 1, 0.0, 3_000),
+        usage_row("e", "success", None, Some(20), None, 1, 0.0, 4_000),
+    ];
+    store.record_usage(&rows).await.unwrap();
+    let request_ids = |page: &[UsageRow]| -> Vec<String> {
+        page.iter().map(|row| row.request_id.clone()).collect()
+    };
+    let everything = UsageFilter {
+        limit: 100,
+        ..UsageFilter::default()
+    };
+
+    let (page, total) = store.list_usage(&everything).await.unwrap();
+    assert_eq!(total, 5);
+    // Equal created_at: the row inserted later comes first.
+    assert_eq!(request_ids(&page), ["e", "d", "c", "b", "a"]);
+
+    let (page, total) = store
+        .list_usage(&UsageFilter {
+            limit: 2,
+            offset: 1,
+            ..everything.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (request_ids(&page), total),
+        (vec!["d".into(), "c".into()], 5)
+    );
+
+    let (page, total) = store
+        .list_usage(&UsageFilter {
+            api_key_id: Some(1),
+            ..everything.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (request_ids(&page), total),
+        (vec!["b".into(), "a".into()], 2)
+    );
+
+    let (page, _) = store
+        .list_usage(&UsageFilter {
+            group_id: Some(20),
+            ..everything.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(request_ids(&page), ["e", "d"]);
+
+    let (page, _) = store
+        .list_usage(&UsageFilter {
+            account_id: Some(100),
+            group_id: Some(10),
+            ..everything.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(request_ids(&page), ["c", "a"]);
+
+    let (page, total) = store
+        .list_usage(&UsageFilter {
+            since: Some(3_000),
+            ..everything.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (request_ids(&page), total),
+        (vec!["e".into(), "d".into(), "c".into()], 3)
+    );
+
+    let (page, total) = store
+        .list_usage(&UsageFilter {
+            limit: 0,
+            ..everything.clone()
+        })
+        .await
+        .unwrap();
+    assert!(page.is_empty());
+    assert_eq!(total, 5);
+
+    let (page, total) = store
+        .list_usage(&UsageFilter {
+            offset: 10,
+            ..everything
+        })
+        .await
+        .unwrap();
+    assert!(page.is_empty());
+    assert_eq!(total, 5);
+}
+
+#[tokio::test]
+async fn usage_totals_count_successes_and_cost_since_counts_all_spend() {
+    let directory = TempDirectory::new("usage-totals");
+    let store = open_store(&directory).await;
+    let empty = store.usage_totals(&UsageFilter::default()).await.unwrap();
+    assert_eq!(empty, UsageTotals::default());
+    assert_eq!(store.api_key_cost_since(1, 0).await.unwrap(), 0.0);
+
+    store
+        .record_usage(&[
+            usage_row("a", "success", Some(1), Some(10), Some(100), 10, 0.5, 1_000),
+            usage_row(
+                "b",
+                "stream_interrupted",
+                Some(1),
+                Some(10),
+                Some(100),
+                7,
+                0.25,
+                2_000,
+            ),
+            usage_row("c", "success", Some(1), Some(10), Some(101), 20, 1.0, 3_000),
+            usage_row("d", "success", Some(2), Some(10), Some(100), 40, 2.0, 4_000),
+        ])
+        .await
+        .unwrap();
+
+    let totals = store.usage_totals(&UsageFilter::default()).await.unwrap();
+    assert_eq!(
+        totals,
+        UsageTotals {
+            requests: 3,
+            input_tokens: 70,
+            output_tokens: 140,
+            cache_read_input_tokens: 9,
+            cache_creation_input_tokens: 12,
+            cost_usd: 3.5,
+        }
+    );
+    let for_key = store
+        .usage_totals(&UsageFilter {
+            api_key_id: Some(1),
+            limit: 1,
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (for_key.requests, for_key.input_tokens),
+        (2, 30),
+        "limit is ignored"
+    );
+    let for_account_since = store
+        .usage_totals(&UsageFilter {
+            account_id: Some(100),
+            since: Some(2_000),
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (for_account_since.requests, for_account_since.cost_usd),
+        (1, 2.0)
+    );
+
+    assert_eq!(store.api_key_cost_since(1, 0).await.unwrap(), 1.75);
+    assert_eq!(store.api_key_cost_since(1, 2_000).await.unwrap(), 1.25);
+    assert_eq!(store.api_key_cost_since(1, 5_000).await.unwrap(), 0.0);
+    assert_eq!(store.api_key_cost_since(2, 0).await.unwrap(), 2.0);
+}
+
+#[tokio::test]
+async fn settings_are_inserted_then_replaced() {
+    let directory = TempDirectory::new("settings");
+    let store = open_store(&directory).await;
+    assert_eq!(store.get_setting("fallback_config").await.unwrap(), None);
+    store
+        .put_setting("fallback_config", r#"{"max_retries":3}"#)
+        .await
+        .unwrap();
+    store.put_setting("admin_token_hash", "abc").await.unwrap();
+    store
+        .put_setting("fallback_config", r#"{"max_retries":5}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_setting("fallback_config")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"max_retries":5}"#)
+    );
+    assert_eq!(
+        store
+            .get_setting("admin_token_hash")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("abc")
+    );
+    store.close().await;
+    let reopened = open_store(&directory).await;
+    assert_eq!(
+        reopened
+            .get_setting("fallback_config")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"max_retries":5}"#)
+    );
+}
+
+#[test]
+fn database_urls_resolve_to_sqlite_files_or_servers() {
+    let base = Path::new("/srv/relay");
+    let file = |url: Option<&str>| -> Option<PathBuf> {
+        DatabaseLocation::parse(url).unwrap().sqlite_file_path(base)
+    };
+    assert_eq!(DEFAULT_SQLITE_PATH, "./data/relay.db");
+    assert_eq!(file(None), Some(base.join("./data/relay.db")));
+    assert_eq!(file(Some("")), Some(base.join("./data/relay.db")));
+    assert_eq!(
+        file(Some("sqlite://state/relay.db")),
+        Some(base.join("state/relay.db"))
+    );
+    assert_eq!(
+        file(Some("sqlite:state/relay.db")),
+        Some(base.join("state/relay.db"))
+    );
+    assert_eq!(
+        file(Some("sqlite://../shared/relay.db")),
+        Some(base.join("../shared/relay.db"))
+    );
+    assert_eq!(
+        file(Some("sqlite:///var/lib/relay.db")),
+        Some(PathBuf::from("/var/lib/relay.db"))
+    );
+    assert_eq!(
+        file(Some("sqlite:/var/lib/relay.db")),
+        Some(PathBuf::from("/var/lib/relay.db"))
+    );
+
+    let server = DatabaseLocation::parse(Some("postgres://relay:hunter2@127.0.0.1/relay")).unwrap();
+    assert_eq!(server.dialect(), Dialect::Postgres);
+    assert_eq!(server.sqlite_file_path(base), None);
+    let shown = format!("{server:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert_eq!(
+        DatabaseLocation::parse(Some("mysql://relay:pw@127.0.0.1/relay"))
+            .unwrap()
+            .dialect(),
+        Dialect::MySql
+    );
+
+    for invalid in [
+        "sqlite://",
+        "sqlite:",
+        "sqlite://x.db?mode=ro",
+        "sqlite::memory:",
+        "ftp://x",
+        "relay.db",
+    ] {
+        assert!(
+            matches!(
+                DatabaseLocation::parse(Some(invalid)),
+                Err(StoreError::InvalidUrl(_))
+            ),
+            "{invalid} should be refused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_default_and_relative_sqlite_paths_are_created_under_the_base_directory() {
+    let directory = TempDirectory::new("paths");
+
+    let default_store = SqlStore::connect_relative_to(None, &directory.path)
+        .await
+        .unwrap();
+    default_store
+        .create_group(new_group("default"))
+        .await
+        .unwrap();
+    default_store.close().await;
+    assert!(directory.path.join("data").join("relay.db").is_file());
+
+    let relative_store =
+        SqlStore::connect_relative_to(Some("sqlite://nested/deeper/relay.db"), &directory.path)
+            .await
+            .unwrap();
+    assert!(
+        relative_store.list_groups().await.unwrap().is_empty(),
+        "a new file"
+    );
+    relative_store.close().await;
+    assert!(directory.path.join("nested/deeper/relay.db").is_file());
+
+    let odd_name = directory.path.join("odd dir #1").join("a%b.db");
+    let absolute_store = SqlStore::connect_relative_to(
+        Some(&format!("sqlite:{}", odd_name.display())),
+        Path::new("/"),
+    )
+    .await
+    .unwrap();
+    absolute_store.close().await;
+    assert!(odd_name.is_file(), "{} was not created", odd_name.display());
+
+    let reopened_default =
+        SqlStore::connect_relative_to(Some("sqlite:data/relay.db"), &directory.path)
+            .await
+            .unwrap();
+    assert_eq!(reopened_default.list_groups().await.unwrap().len(), 1);
+    reopened_default.close().await;
+}
