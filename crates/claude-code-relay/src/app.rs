@@ -87,7 +87,10 @@ async fn startup_fallback_config(
 }
 
 /// Starts a relay on `listener` (or on the configured address).
-pub async fn start(config: ServerConfig, listener: Option<TcpListener>) -> anyhow::Result<RunningRelay> {
+pub async fn start(
+    config: ServerConfig,
+    listener: Option<TcpListener>,
+) -> anyhow::Result<RunningRelay> {
     let store = SqlStore::connect(config.database_url.as_deref())
         .await
         .context("opening the store")?;
@@ -101,9 +104,15 @@ pub async fn start(config: ServerConfig, listener: Option<TcpListener>) -> anyho
     }
 
     let (usage, usage_writer) = usage_channel(store.clone(), config.relay.usage_flush_interval);
-    let state = RelayState::new(store.clone(), config.relay.clone(), fallback, strategies, usage)
-        .await
-        .context("loading groups, accounts and keys")?;
+    let state = RelayState::new(
+        store.clone(),
+        config.relay.clone(),
+        fallback,
+        strategies,
+        usage,
+    )
+    .await
+    .context("loading groups, accounts and keys")?;
 
     let shutdown = CancellationToken::new();
     let usage_stop = CancellationToken::new();

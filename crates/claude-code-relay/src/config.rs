@@ -111,10 +111,11 @@ fn read_file(path: &Path) -> Result<RawConfigFile, ConfigError> {
 impl ServerConfig {
     /// Loads and validates the configuration.
     pub fn load(env: &dyn EnvSource, overrides: &Overrides) -> Result<ServerConfig, ConfigError> {
-        let config_path = overrides
-            .config_path
-            .clone()
-            .or_else(|| env.get("RELAY_CONFIG").filter(|p| !p.is_empty()).map(PathBuf::from));
+        let config_path = overrides.config_path.clone().or_else(|| {
+            env.get("RELAY_CONFIG")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        });
         let file = match &config_path {
             Some(path) => read_file(path)?,
             None => RawConfigFile::default(),
@@ -143,9 +144,14 @@ impl ServerConfig {
             }
         }
         let redis_url = pick(&None, "REDIS_URL", &file.redis_url);
-        let admin_token = pick(&overrides.admin_token, "RELAY_ADMIN_TOKEN", &file.admin_token);
+        let admin_token = pick(
+            &overrides.admin_token,
+            "RELAY_ADMIN_TOKEN",
+            &file.admin_token,
+        );
 
-        let lang_raw = pick(&None, "RELAY_LOG_LANG", &file.log_lang).unwrap_or_else(|| "zh".to_owned());
+        let lang_raw =
+            pick(&None, "RELAY_LOG_LANG", &file.log_lang).unwrap_or_else(|| "zh".to_owned());
         let log_lang = LogLang::parse(&lang_raw).ok_or_else(|| {
             ConfigError::Invalid(format!("RELAY_LOG_LANG={lang_raw}: must be zh or en"))
         })?;
@@ -165,7 +171,11 @@ impl ServerConfig {
             log_lang,
             ..RelaySettings::default()
         };
-        if let Some(raw) = pick(&None, "RELAY_BODY_LIMIT_BYTES", &file.body_limit_bytes.map(|b| b.to_string())) {
+        if let Some(raw) = pick(
+            &None,
+            "RELAY_BODY_LIMIT_BYTES",
+            &file.body_limit_bytes.map(|b| b.to_string()),
+        ) {
             relay.body_limit_bytes = raw
                 .parse::<usize>()
                 .ok()
@@ -187,8 +197,13 @@ impl ServerConfig {
                 "RELAY_CONNECT_TIMEOUT and RELAY_IDLE_TIMEOUT must be longer than 0s".to_owned(),
             ));
         }
-        if let Some(raw) = pick(&None, "RELAY_DEFAULT_RATE_LIMIT_COOLDOWN", &file.default_rate_limit_cooldown) {
-            relay.default_rate_limit_cooldown = duration_setting("RELAY_DEFAULT_RATE_LIMIT_COOLDOWN", &raw)?;
+        if let Some(raw) = pick(
+            &None,
+            "RELAY_DEFAULT_RATE_LIMIT_COOLDOWN",
+            &file.default_rate_limit_cooldown,
+        ) {
+            relay.default_rate_limit_cooldown =
+                duration_setting("RELAY_DEFAULT_RATE_LIMIT_COOLDOWN", &raw)?;
         }
         if let Some(model) = pick(&None, "RELAY_PROBE_MODEL", &file.probe_model) {
             relay.probe_model = model;

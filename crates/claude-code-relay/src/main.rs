@@ -9,7 +9,11 @@ use claude_code_relay::config::{Overrides, ServerConfig};
 use relay_core::config::ProcessEnv;
 
 #[derive(Debug, Parser)]
-#[command(name = "claude-code-relay", version, about = "A self-hosted relay for Claude Code and other Anthropic-API clients, with production-grade failover.")]
+#[command(
+    name = "claude-code-relay",
+    version,
+    about = "A self-hosted relay for Claude Code and other Anthropic-API clients, with production-grade failover."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -61,7 +65,10 @@ fn overrides(args: &ServeArgs) -> Overrides {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");
@@ -76,7 +83,10 @@ fn main() -> ExitCode {
                 println!("  listen: {}", config.listen);
                 println!(
                     "  database: {}",
-                    config.database_url.as_deref().unwrap_or("sqlite (./data/relay.db)")
+                    config
+                        .database_url
+                        .as_deref()
+                        .unwrap_or("sqlite (./data/relay.db)")
                 );
                 println!(
                     "  fallback: {}",

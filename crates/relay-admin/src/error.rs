@@ -38,7 +38,9 @@ impl IntoResponse for AdminError {
             AdminError::Invalid(_) => (ErrorKind::InvalidRequest, None),
             AdminError::Unauthorized(_) => (ErrorKind::Authentication, None),
             AdminError::NotFound(_) => (ErrorKind::NotFound, None),
-            AdminError::Conflict(_) => (ErrorKind::InvalidRequest, Some(http::StatusCode::CONFLICT)),
+            AdminError::Conflict(_) => {
+                (ErrorKind::InvalidRequest, Some(http::StatusCode::CONFLICT))
+            }
             AdminError::Internal(_) => (ErrorKind::Api, None),
         };
         let mut response = relay_proxy::error::envelope_response(kind, &self.to_string());

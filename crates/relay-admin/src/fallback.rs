@@ -35,7 +35,10 @@ async fn get_config(State(state): State<AdminState>) -> Json<Value> {
     Json(serde_json::to_value(state.relay.global_config().as_ref()).unwrap_or(Value::Null))
 }
 
-async fn put_config(State(state): State<AdminState>, body: Bytes) -> Result<Json<Value>, AdminError> {
+async fn put_config(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Json<Value>, AdminError> {
     let patch: FallbackConfigPatch = serde_json::from_slice(&body)
         .map_err(|e| AdminError::Invalid(format!("invalid config: {e}")))?;
     let _serialised = state.config_lock.lock().await;
@@ -78,20 +81,27 @@ fn find_account(
     Ok(runtime)
 }
 
-async fn disable_account(State(state): State<AdminState>, body: Bytes) -> Result<Json<Value>, AdminError> {
+async fn disable_account(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Json<Value>, AdminError> {
     let payload = Payload::parse(&body, &["group_id", "account_id", "duration", "reason"])?;
     let group_id = payload.optional::<i64>("group_id", "a group id")?;
     let account_id: i64 = payload.required("account_id", "an account id")?;
     let duration = match payload.optional::<String>("duration", "a duration such as \"30m\"")? {
-        Some(raw) => Some(
-            parse_duration(&raw).map_err(|e| AdminError::Invalid(format!("duration: {e}")))?,
-        ),
+        Some(raw) => {
+            Some(parse_duration(&raw).map_err(|e| AdminError::Invalid(format!("duration: {e}")))?)
+        }
         None => None,
     };
     if duration.is_some_and(|d| d.is_zero() || d > Duration::from_secs(365 * 86_400)) {
-        return Err(AdminError::Invalid("duration: must be between 1s and 365 days".to_owned()));
+        return Err(AdminError::Invalid(
+            "duration: must be between 1s and 365 days".to_owned(),
+        ));
     }
-    let reason = payload.optional::<String>("reason", "a string")?.unwrap_or_default();
+    let reason = payload
+        .optional::<String>("reason", "a string")?
+        .unwrap_or_default();
     let runtime = find_account(&state, group_id, account_id)?;
     let now = relay_proxy::now_millis();
     let until = duration.map(|d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
@@ -107,7 +117,10 @@ async fn disable_account(State(state): State<AdminState>, body: Bytes) -> Result
     })))
 }
 
-async fn enable_account(State(state): State<AdminState>, body: Bytes) -> Result<Json<Value>, AdminError> {
+async fn enable_account(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Json<Value>, AdminError> {
     let payload = Payload::parse(&body, &["group_id", "account_id"])?;
     let group_id = payload.optional::<i64>("group_id", "a group id")?;
     let account_id: i64 = payload.required("account_id", "an account id")?;
@@ -123,7 +136,8 @@ async fn enable_account(State(state): State<AdminState>, body: Bytes) -> Result<
 }
 
 fn time_or_null(time: Option<UnixMillis>) -> Value {
-    time.map(|t| Value::String(format_rfc3339(t))).unwrap_or(Value::Null)
+    time.map(|t| Value::String(format_rfc3339(t)))
+        .unwrap_or(Value::Null)
 }
 
 /// The seed's account-health object, plus `disabled_until` and `breaker`.
@@ -183,6 +197,9 @@ async fn account_health(
         .cloned()
         .collect();
     runtimes.sort_by_key(|r| r.id);
-    let items: Vec<Value> = runtimes.iter().map(|r| account_health_json(r, now)).collect();
+    let items: Vec<Value> = runtimes
+        .iter()
+        .map(|r| account_health_json(r, now))
+        .collect();
     Ok(Json(json!({ "items": items, "total": items.len() })))
 }

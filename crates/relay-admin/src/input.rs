@@ -34,7 +34,11 @@ impl Payload {
     }
 
     /// The field's value, or None when absent or null.
-    pub fn optional<T: DeserializeOwned>(&self, name: &str, expected: &str) -> Result<Option<T>, AdminError> {
+    pub fn optional<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        expected: &str,
+    ) -> Result<Option<T>, AdminError> {
         match self.fields.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(value) => serde_json::from_value(value.clone())
@@ -43,7 +47,11 @@ impl Payload {
         }
     }
 
-    pub fn required<T: DeserializeOwned>(&self, name: &str, expected: &str) -> Result<T, AdminError> {
+    pub fn required<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        expected: &str,
+    ) -> Result<T, AdminError> {
         self.optional(name, expected)?
             .ok_or_else(|| AdminError::Invalid(format!("{name}: is required ({expected})")))
     }
@@ -76,7 +84,9 @@ impl Payload {
                 .as_i64()
                 .filter(|s| *s >= 0)
                 .map(|s| Some(Some(s.saturating_mul(1000))))
-                .ok_or_else(|| AdminError::Invalid(format!("{name}: must be an RFC 3339 time or unix seconds"))),
+                .ok_or_else(|| {
+                    AdminError::Invalid(format!("{name}: must be an RFC 3339 time or unix seconds"))
+                }),
             Some(Value::String(s)) => relay_core::duration::parse_time(s)
                 .map(|t| Some(Some(t)))
                 .map_err(|e| AdminError::Invalid(format!("{name}: {e}"))),
@@ -94,7 +104,9 @@ pub fn check_name(field: &str, name: &str) -> Result<String, AdminError> {
         return Err(AdminError::Invalid(format!("{field}: must not be empty")));
     }
     if trimmed.chars().count() > 200 {
-        return Err(AdminError::Invalid(format!("{field}: must be at most 200 characters")));
+        return Err(AdminError::Invalid(format!(
+            "{field}: must be at most 200 characters"
+        )));
     }
     Ok(trimmed.to_owned())
 }

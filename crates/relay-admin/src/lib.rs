@@ -61,7 +61,9 @@ async fn require_admin(
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
     match presented {
-        Some(token) if token::matches(&state.admin_token_hash, token) => Ok(next.run(request).await),
+        Some(token) if token::matches(&state.admin_token_hash, token) => {
+            Ok(next.run(request).await)
+        }
         Some(_) => Err(AdminError::Unauthorized("invalid admin token".to_owned())),
         None => Err(AdminError::Unauthorized(
             "missing admin token: send Authorization: Bearer <admin token>".to_owned(),

@@ -66,7 +66,10 @@ async fn reload(state: &AdminState) -> Result<(), AdminError> {
 
 fn group_json(state: &AdminState, group: &Group) -> Value {
     let snapshot = state.relay.registry.load();
-    let effective = snapshot.groups.get(&group.id).map(|g| g.config.as_ref().clone());
+    let effective = snapshot
+        .groups
+        .get(&group.id)
+        .map(|g| g.config.as_ref().clone());
     let fallback = if group.fallback.is_null() {
         json!({})
     } else {
@@ -109,22 +112,34 @@ fn group_overrides(
     serde_json::to_value(&patch).map_err(|e| AdminError::Internal(e.to_string()))
 }
 
-async fn create_group(State(state): State<AdminState>, body: Bytes) -> Result<Response, AdminError> {
+async fn create_group(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
     let payload = Payload::parse(&body, &["name", "strategy", "fallback"])?;
     let name = check_name("name", &payload.required::<String>("name", "a string")?)?;
     let strategy = payload.optional::<String>("strategy", "a strategy name")?;
     let fallback = group_overrides(&state, strategy, payload.raw("fallback"))?;
-    let group = state.relay.store.create_group(NewGroup { name, fallback }).await?;
+    let group = state
+        .relay
+        .store
+        .create_group(NewGroup { name, fallback })
+        .await?;
     reload(&state).await?;
     Ok(created(group_json(&state, &group)))
 }
 
 async fn list_groups(State(state): State<AdminState>) -> Result<Json<Value>, AdminError> {
     let groups = state.relay.store.list_groups().await?;
-    Ok(items(groups.iter().map(|g| group_json(&state, g)).collect()))
+    Ok(items(
+        groups.iter().map(|g| group_json(&state, g)).collect(),
+    ))
 }
 
-async fn get_group(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
+async fn get_group(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     let id = path_id(&id, "group")?;
     let group = state
         .relay
@@ -174,7 +189,10 @@ async fn update_group(
     Ok(Json(group_json(&state, &group)))
 }
 
-async fn delete_group(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Response, AdminError> {
+async fn delete_group(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, AdminError> {
     let id = path_id(&id, "group")?;
     if !state.relay.store.delete_group(id).await? {
         return Err(AdminError::NotFound(format!("group {id} not found")));
@@ -191,7 +209,12 @@ fn redact_proxy(proxy_url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &proxy_url[scheme_end + 3..at];
             let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{}:***@{}", &proxy_url[..scheme_end + 3], user, &proxy_url[at + 1..])
+            format!(
+                "{}{}:***@{}",
+                &proxy_url[..scheme_end + 3],
+                user,
+                &proxy_url[at + 1..]
+            )
         }
         _ => proxy_url.to_owned(),
     }
@@ -265,7 +288,8 @@ fn check_base_url(raw: &str) -> Result<String, AdminError> {
         && !trimmed.contains(char::is_whitespace);
     if !valid {
         return Err(AdminError::Invalid(
-            "base_url: must be an http:// or https:// URL such as https://api.anthropic.com".to_owned(),
+            "base_url: must be an http:// or https:// URL such as https://api.anthropic.com"
+                .to_owned(),
         ));
     }
     Ok(trimmed.to_owned())
@@ -319,29 +343,39 @@ fn parse_oauth(payload: &Payload) -> Result<Option<OAuthCredential>, AdminError>
 
 fn check_weight(weight: u32) -> Result<u32, AdminError> {
     if weight > 1_000_000 {
-        return Err(AdminError::Invalid("weight: must be between 0 and 1000000".to_owned()));
+        return Err(AdminError::Invalid(
+            "weight: must be between 0 and 1000000".to_owned(),
+        ));
     }
     Ok(weight)
 }
 
 fn check_concurrency(max: Option<u32>) -> Result<Option<u32>, AdminError> {
     if max == Some(0) {
-        return Err(AdminError::Invalid("max_concurrency: must be at least 1, or null".to_owned()));
+        return Err(AdminError::Invalid(
+            "max_concurrency: must be at least 1, or null".to_owned(),
+        ));
     }
     Ok(max)
 }
 
 async fn require_group(state: &AdminState, group_id: i64) -> Result<(), AdminError> {
     if state.relay.store.get_group(group_id).await?.is_none() {
-        return Err(AdminError::Invalid(format!("group_id: group {group_id} does not exist")));
+        return Err(AdminError::Invalid(format!(
+            "group_id: group {group_id} does not exist"
+        )));
     }
     Ok(())
 }
 
-async fn create_account(State(state): State<AdminState>, body: Bytes) -> Result<Response, AdminError> {
+async fn create_account(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
     let payload = Payload::parse(&body, &ACCOUNT_FIELDS[..13])?;
     let name = check_name("name", &payload.required::<String>("name", "a string")?)?;
-    let platform = parse_platform(&payload.required::<String>("platform", "claude or claude_console")?)?;
+    let platform =
+        parse_platform(&payload.required::<String>("platform", "claude or claude_console")?)?;
     let group_id: i64 = payload.required("group_id", "a group id")?;
     require_group(&state, group_id).await?;
     let base_url = match payload.optional::<String>("base_url", "a URL")? {
@@ -372,15 +406,28 @@ async fn create_account(State(state): State<AdminState>, body: Bytes) -> Result<
         platform,
         base_url,
         group_id,
-        priority: payload.optional("priority", "an integer")?.unwrap_or(DEFAULT_PRIORITY),
-        weight: check_weight(payload.optional("weight", "a non-negative integer")?.unwrap_or(DEFAULT_WEIGHT))?,
+        priority: payload
+            .optional("priority", "an integer")?
+            .unwrap_or(DEFAULT_PRIORITY),
+        weight: check_weight(
+            payload
+                .optional("weight", "a non-negative integer")?
+                .unwrap_or(DEFAULT_WEIGHT),
+        )?,
         enabled: payload.optional("enabled", "a boolean")?.unwrap_or(true),
         proxy_url: check_proxy(payload.optional("proxy_url", "a proxy URL")?)?,
-        model_allowlist: payload.optional("model_allowlist", "an array of model names")?.unwrap_or_default(),
-        model_mapping: payload
-            .optional::<BTreeMap<String, String>>("model_mapping", "an object of model name to model name")?
+        model_allowlist: payload
+            .optional("model_allowlist", "an array of model names")?
             .unwrap_or_default(),
-        max_concurrency: check_concurrency(payload.optional("max_concurrency", "a positive integer")?)?,
+        model_mapping: payload
+            .optional::<BTreeMap<String, String>>(
+                "model_mapping",
+                "an object of model name to model name",
+            )?
+            .unwrap_or_default(),
+        max_concurrency: check_concurrency(
+            payload.optional("max_concurrency", "a positive integer")?,
+        )?,
         credential: credential.clone(),
     };
     let account = state.relay.store.create_account(new_account).await?;
@@ -405,7 +452,10 @@ async fn list_accounts(
     Ok(items(values))
 }
 
-async fn get_account(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
+async fn get_account(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     let id = path_id(&id, "account")?;
     let account = state
         .relay
@@ -435,11 +485,18 @@ async fn update_account(
         None => None,
     };
     let effective_platform = platform.unwrap_or(existing.platform);
-    let credential = match (payload.optional::<String>("api_key", "a string")?, parse_oauth(&payload)?) {
-        (Some(key), None) if effective_platform == Platform::ClaudeConsole && !key.trim().is_empty() => {
+    let credential = match (
+        payload.optional::<String>("api_key", "a string")?,
+        parse_oauth(&payload)?,
+    ) {
+        (Some(key), None)
+            if effective_platform == Platform::ClaudeConsole && !key.trim().is_empty() =>
+        {
             Some(Credential::ApiKey(key.trim().to_owned()))
         }
-        (None, Some(oauth)) if effective_platform == Platform::Claude => Some(Credential::OAuth(oauth)),
+        (None, Some(oauth)) if effective_platform == Platform::Claude => {
+            Some(Credential::OAuth(oauth))
+        }
         (None, None) => {
             if platform.is_some_and(|p| p != existing.platform) {
                 return Err(AdminError::Invalid(
@@ -451,7 +508,11 @@ async fn update_account(
         _ => {
             return Err(AdminError::Invalid(format!(
                 "{}: does not match platform {}",
-                if payload.has("api_key") { "api_key" } else { "oauth" },
+                if payload.has("api_key") {
+                    "api_key"
+                } else {
+                    "oauth"
+                },
                 effective_platform.as_str()
             )))
         }
@@ -481,7 +542,8 @@ async fn update_account(
             None => None,
         },
         model_allowlist: payload.optional("model_allowlist", "an array of model names")?,
-        model_mapping: payload.optional("model_mapping", "an object of model name to model name")?,
+        model_mapping: payload
+            .optional("model_mapping", "an object of model name to model name")?,
         max_concurrency: match payload.nullable::<u32>("max_concurrency", "a positive integer")? {
             Some(value) => Some(check_concurrency(value)?),
             None => None,
@@ -499,7 +561,10 @@ async fn update_account(
     Ok(Json(account_json(&state, &account, credential.as_ref())))
 }
 
-async fn delete_account(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Response, AdminError> {
+async fn delete_account(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, AdminError> {
     let id = path_id(&id, "account")?;
     if !state.relay.store.delete_account(id).await? {
         return Err(AdminError::NotFound(format!("account {id} not found")));
@@ -508,7 +573,10 @@ async fn delete_account(State(state): State<AdminState>, Path(id): Path<String>)
     Ok(Json(json!({ "id": id, "deleted": true })).into_response())
 }
 
-async fn test_account(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
+async fn test_account(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     let id = path_id(&id, "account")?;
     let runtime = state
         .relay
@@ -563,12 +631,17 @@ fn check_cost_limit(limit: Option<f64>) -> Result<Option<f64>, AdminError> {
 
 fn check_rpm(rpm: Option<u32>) -> Result<Option<u32>, AdminError> {
     if rpm == Some(0) {
-        return Err(AdminError::Invalid("rpm_limit: must be at least 1, or null".to_owned()));
+        return Err(AdminError::Invalid(
+            "rpm_limit: must be at least 1, or null".to_owned(),
+        ));
     }
     Ok(rpm)
 }
 
-async fn create_api_key(State(state): State<AdminState>, body: Bytes) -> Result<Response, AdminError> {
+async fn create_api_key(
+    State(state): State<AdminState>,
+    body: Bytes,
+) -> Result<Response, AdminError> {
     let payload = Payload::parse(&body, &API_KEY_FIELDS)?;
     let name = check_name("name", &payload.required::<String>("name", "a string")?)?;
     let group_id: i64 = payload.required("group_id", "a group id")?;
@@ -583,8 +656,12 @@ async fn create_api_key(State(state): State<AdminState>, body: Bytes) -> Result<
         key_prefix: plain.chars().take(14).collect(),
         enabled: payload.optional("enabled", "a boolean")?.unwrap_or(true),
         expires_at: payload.time("expires_at")?.flatten(),
-        model_allowlist: payload.optional("model_allowlist", "an array of model names")?.unwrap_or_default(),
-        daily_cost_limit_usd: check_cost_limit(payload.optional("daily_cost_limit_usd", "a number")?)?,
+        model_allowlist: payload
+            .optional("model_allowlist", "an array of model names")?
+            .unwrap_or_default(),
+        daily_cost_limit_usd: check_cost_limit(
+            payload.optional("daily_cost_limit_usd", "a number")?,
+        )?,
         rpm_limit: check_rpm(payload.optional("rpm_limit", "a positive integer")?)?,
     };
     let key = state.relay.store.create_api_key(new_key).await?;
@@ -603,7 +680,10 @@ async fn list_api_keys(
     Ok(items(keys.iter().map(api_key_json).collect()))
 }
 
-async fn get_api_key(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<Value>, AdminError> {
+async fn get_api_key(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AdminError> {
     let id = path_id(&id, "api key")?;
     let key = state
         .relay
@@ -652,7 +732,10 @@ async fn update_api_key(
     Ok(Json(api_key_json(&key)))
 }
 
-async fn delete_api_key(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Response, AdminError> {
+async fn delete_api_key(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Response, AdminError> {
     let id = path_id(&id, "api key")?;
     if !state.relay.store.delete_api_key(id).await? {
         return Err(AdminError::NotFound(format!("api key {id} not found")));
@@ -663,8 +746,18 @@ async fn delete_api_key(State(state): State<AdminState>, Path(id): Path<String>)
 
 // ---------------------------------------------------------------- logs and usage
 
-fn usage_filter(query: &HashMap<String, String>, default_limit: u32) -> Result<UsageFilter, AdminError> {
-    const KNOWN: [&str; 6] = ["api_key_id", "group_id", "account_id", "limit", "offset", "since"];
+fn usage_filter(
+    query: &HashMap<String, String>,
+    default_limit: u32,
+) -> Result<UsageFilter, AdminError> {
+    const KNOWN: [&str; 6] = [
+        "api_key_id",
+        "group_id",
+        "account_id",
+        "limit",
+        "offset",
+        "since",
+    ];
     if let Some(unknown) = query.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(AdminError::Invalid(format!(
             "{unknown}: unknown query parameter (allowed: {})",
@@ -678,7 +771,9 @@ fn usage_filter(query: &HashMap<String, String>, default_limit: u32) -> Result<U
                 .parse::<u32>()
                 .ok()
                 .filter(|n| *n <= max)
-                .ok_or_else(|| AdminError::Invalid(format!("{name}: must be an integer between 0 and {max}"))),
+                .ok_or_else(|| {
+                    AdminError::Invalid(format!("{name}: must be an integer between 0 and {max}"))
+                }),
         }
     };
     let since = match query.get("since") {
@@ -687,7 +782,11 @@ fn usage_filter(query: &HashMap<String, String>, default_limit: u32) -> Result<U
             raw.parse::<i64>()
                 .map(|s| s * 1000)
                 .or_else(|_| relay_core::duration::parse_time(raw))
-                .map_err(|_| AdminError::Invalid("since: must be an RFC 3339 time or unix seconds".to_owned()))?,
+                .map_err(|_| {
+                    AdminError::Invalid(
+                        "since: must be an RFC 3339 time or unix seconds".to_owned(),
+                    )
+                })?,
         ),
     };
     Ok(UsageFilter {

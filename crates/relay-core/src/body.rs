@@ -680,6 +680,64 @@ mod tests {
         );
     }
 
+    fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let text = proptest::string::string_regex(r#"[a-z"\\{}\[\]:, \u{e9}\u{1F600}]{0,8}"#)
+            .unwrap()
+            .boxed();
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            (-1e6f64..1e6).prop_map(serde_json::Value::from),
+            text.clone().prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, move |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(text.clone(), inner, 0..4)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// The byte scanner of `rewrite_model` agrees with serde_json on any document: only
+        /// the top-level `model` changes, whatever strings and nesting surround it.
+        #[test]
+        fn rewrite_matches_a_full_parse(
+            fields in proptest::collection::btree_map(
+                proptest::sample::select(vec!["model", "metadata", "messages", "mod\"el", "x"]),
+                arbitrary_json(),
+                0..5,
+            ),
+            model in proptest::option::of("[a-z0-9\\-\"]{0,12}"),
+            pretty in proptest::bool::ANY,
+        ) {
+            let mut object: serde_json::Map<String, serde_json::Value> =
+                fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            match &model {
+                Some(name) => { object.insert("model".to_string(), serde_json::Value::from(name.clone())); }
+                None => { object.remove("model"); }
+            }
+            let document = serde_json::Value::Object(object);
+            let body = if pretty {
+                serde_json::to_vec_pretty(&document).unwrap()
+            } else {
+                serde_json::to_vec(&document).unwrap()
+            };
+            let inspection = inspect_request(&body).unwrap();
+            proptest::prop_assert_eq!(inspection.model, model);
+            let rewritten = rewrite_model(&body, "new-\"model").unwrap();
+            let reparsed: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
+            // Compared with a re-parse of the same bytes: serde_json does not round-trip every
+            // float exactly, which is not what this test is about.
+            let mut expected: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            expected["model"] = serde_json::Value::from("new-\"model");
+            proptest::prop_assert_eq!(reparsed, expected);
+        }
+    }
+
     #[test]
     fn rewrite_refuses_what_inspection_refuses() {
         assert!(matches!(

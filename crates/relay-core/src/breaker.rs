@@ -898,4 +898,93 @@ mod tests {
             assert_eq!(transition, None);
         }
     }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Operation {
+        Admit,
+        Success,
+        Failure,
+        Release,
+        ForceClose,
+    }
+
+    fn arbitrary_operation() -> impl proptest::strategy::Strategy<Value = Operation> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => Just(Operation::Admit),
+            2 => Just(Operation::Success),
+            4 => Just(Operation::Failure),
+            1 => Just(Operation::Release),
+            1 => Just(Operation::ForceClose),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn breaker_invariants_hold_for_any_sequence(
+            steps in proptest::collection::vec(
+                (0i64..40_000, arbitrary_operation()),
+                1..200,
+            ),
+        ) {
+            let s = settings();
+            let mut breaker = CircuitBreaker::new(s);
+            let mut now = T0;
+            let mut trial_outstanding = false;
+            let mut trial_admitted_at = T0;
+            for (elapsed, operation) in steps {
+                now += elapsed;
+                if now - trial_admitted_at >= TRIAL_LEASE_MS {
+                    // An unreported trial's lease ran out: the slot may be handed out again.
+                    trial_outstanding = false;
+                }
+                let transition = match operation {
+                    Operation::Admit => {
+                        match breaker.admit(now) {
+                            Admission::Allowed => {
+                                proptest::prop_assert_eq!(breaker.phase(now), BreakerPhase::Closed);
+                            }
+                            Admission::Trial => {
+                                proptest::prop_assert!(!trial_outstanding, "two trials at once");
+                                trial_outstanding = true;
+                                trial_admitted_at = now;
+                            }
+                            Admission::Rejected { retry_at } => {
+                                proptest::prop_assert!(retry_at > now);
+                                proptest::prop_assert!(!breaker.is_available(now));
+                            }
+                        }
+                        None
+                    }
+                    Operation::Success => breaker.record_success(now),
+                    Operation::Failure => breaker.record_failure(now),
+                    Operation::Release => {
+                        breaker.release_trial(now);
+                        None
+                    }
+                    Operation::ForceClose => breaker.force_close(now),
+                };
+                if !matches!(operation, Operation::Admit) {
+                    // Any report settles or frees the trial slot unless the breaker is still
+                    // half-open with the slot taken, which only admit can cause.
+                    trial_outstanding = trial_outstanding
+                        && breaker.phase(now) == BreakerPhase::HalfOpen
+                        && !breaker.is_available(now);
+                }
+                if let Some(BreakerTransition::Opened { until, consecutive_opens }) = transition {
+                    proptest::prop_assert!(until - now >= s.base_open_ms);
+                    proptest::prop_assert!(until - now <= s.max_open_ms);
+                    proptest::prop_assert_eq!(until - now, s.open_duration_ms(consecutive_opens));
+                    proptest::prop_assert_eq!(breaker.phase(now), BreakerPhase::Open);
+                }
+                if transition == Some(BreakerTransition::Closed) {
+                    proptest::prop_assert_eq!(breaker.consecutive_failures(), 0);
+                    proptest::prop_assert!(breaker.is_available(now));
+                }
+                if let Some(until) = breaker.open_until() {
+                    proptest::prop_assert!(until <= now + s.max_open_ms);
+                }
+            }
+        }
+    }
 }

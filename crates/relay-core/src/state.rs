@@ -1302,4 +1302,76 @@ mod tests {
         assert!(!DisableReason::Manual.is_probed());
         assert!(DisableReason::Temporary.is_probed());
     }
+
+    fn arbitrary_class() -> impl proptest::strategy::Strategy<Value = OutcomeClass> {
+        proptest::sample::select(OutcomeClass::ALL.to_vec())
+    }
+
+    proptest::proptest! {
+        /// The original relay let client errors open breakers: here they must be invisible.
+        #[test]
+        fn client_errors_never_change_the_account_state(
+            steps in proptest::collection::vec((0i64..20_000, arbitrary_class(), 0u8..3), 0..120),
+        ) {
+            let mut without = fresh();
+            let mut with = fresh();
+            let mut now = T0;
+            for (elapsed, class, client_errors_before) in steps {
+                now += elapsed;
+                for _ in 0..client_errors_before {
+                    proptest::prop_assert!(
+                        record(&mut with, now, OutcomeClass::ClientError).is_empty()
+                    );
+                }
+                let class = if class == OutcomeClass::ClientError {
+                    OutcomeClass::Success
+                } else {
+                    class
+                };
+                let events_without = record(&mut without, now, class);
+                let events_with = record(&mut with, now, class);
+                proptest::prop_assert_eq!(events_without, events_with);
+                for family in [ModelFamily::Opus, SONNET] {
+                    proptest::prop_assert_eq!(
+                        without.eligibility(now, family),
+                        with.eligibility(now, family)
+                    );
+                }
+                proptest::prop_assert_eq!(
+                    without.health().window_counts(now),
+                    with.health().window_counts(now)
+                );
+                proptest::prop_assert_eq!(
+                    without.breaker().consecutive_failures(),
+                    with.breaker().consecutive_failures()
+                );
+            }
+        }
+
+        #[test]
+        fn only_service_failures_move_the_breaker(
+            steps in proptest::collection::vec(arbitrary_class(), 0..60),
+        ) {
+            let mut state = fresh();
+            let mut now = T0;
+            for class in steps {
+                now += 1;
+                let before = state.breaker().consecutive_failures();
+                let events = record(&mut state, now, class);
+                let after = state.breaker().consecutive_failures();
+                let opened = events
+                    .iter()
+                    .any(|event| matches!(event, StateEvent::BreakerOpened { .. }));
+                if class.counts_toward_breaker() {
+                    proptest::prop_assert_eq!(after, before + 1);
+                } else if class == OutcomeClass::Success {
+                    proptest::prop_assert!(after <= before);
+                    proptest::prop_assert!(!opened);
+                } else {
+                    proptest::prop_assert_eq!(after, before, "{:?}", class);
+                    proptest::prop_assert!(!opened);
+                }
+            }
+        }
+    }
 }

@@ -212,15 +212,42 @@ impl StrategyRegistry {
     }
 }
 
-/// Returns the indices of the `limit` smallest items under `compare`, in order, doing a
-/// linear-time partial selection first so that a small `limit` over a large group stays cheap.
+/// Up to this many picks, the best keys are kept in a small sorted buffer during a single pass
+/// (about one comparison per candidate, no allocation proportional to the group); for longer
+/// rankings every key is collected and partially selected.
+const STREAMING_TOP_K_MAX: usize = 16;
+
+/// The indices of the `limit` smallest keys under `compare` (a total order), best first.
+/// `key_count` is how many keys `keys` yields at most.
 fn best_indices<T>(
-    mut keyed: Vec<T>,
+    keys: impl Iterator<Item = T>,
+    key_count: usize,
     limit: usize,
     compare: impl Fn(&T, &T) -> Ordering,
     index_of: impl Fn(&T) -> usize,
 ) -> Vec<usize> {
-    let take = limit.min(keyed.len());
+    let take = limit.min(key_count);
+    if take == 0 {
+        return Vec::new();
+    }
+    if take <= STREAMING_TOP_K_MAX {
+        let mut best: Vec<T> = Vec::with_capacity(take);
+        for key in keys {
+            if best.len() == take {
+                match best.last() {
+                    Some(worst) if compare(&key, worst) == Ordering::Less => {
+                        best.pop();
+                    }
+                    _ => continue,
+                }
+            }
+            let position = best.partition_point(|held| compare(held, &key) == Ordering::Less);
+            best.insert(position, key);
+        }
+        return best.iter().map(index_of).collect();
+    }
+    let mut keyed: Vec<T> = keys.collect();
+    let take = take.min(keyed.len());
     if take == 0 {
         return Vec::new();
     }
@@ -232,21 +259,35 @@ fn best_indices<T>(
     keyed.iter().map(index_of).collect()
 }
 
-/// Puts `first` in front of the best `limit - 1` of the remaining keyed items.
+/// Puts candidate `first` in front of the best `limit - 1` of the others.
 fn first_then_best<T>(
-    mut keyed: Vec<T>,
-    first_position: usize,
+    first: usize,
+    candidate_count: usize,
     limit: usize,
+    key_of: impl Fn(usize) -> T,
     compare: impl Fn(&T, &T) -> Ordering,
     index_of: impl Fn(&T) -> usize,
 ) -> Vec<usize> {
-    if limit == 0 || first_position >= keyed.len() {
-        return best_indices(keyed, limit, compare, index_of);
+    if limit == 0 || first >= candidate_count {
+        return best_indices(
+            (0..candidate_count).map(key_of),
+            candidate_count,
+            limit,
+            compare,
+            index_of,
+        );
     }
-    let first = keyed.swap_remove(first_position);
-    let mut ranked = Vec::with_capacity(limit.min(keyed.len() + 1));
-    ranked.push(index_of(&first));
-    ranked.extend(best_indices(keyed, limit - 1, compare, index_of));
+    let mut ranked = Vec::with_capacity(limit.min(candidate_count));
+    ranked.push(first);
+    ranked.extend(best_indices(
+        (0..candidate_count)
+            .filter(|index| *index != first)
+            .map(key_of),
+        candidate_count - 1,
+        limit - 1,
+        compare,
+        index_of,
+    ));
     ranked
 }
 
@@ -272,122 +313,37 @@ impl SelectionStrategy for PriorityFirst {
         _ctx: &mut SelectionContext<'_>,
         limit: usize,
     ) -> Vec<usize> {
-        let keyed: Vec<(i32, u8, u64, AccountId, usize)> = candidates
-            .iter()
-            .enumerate()
-            .map(|(index, c)| {
-                (
-                    c.priority,
-                    c.health.badness(),
-                    c.requests_in_window,
-                    c.account_id,
-                    index,
-                )
-            })
-            .collect();
-        best_indices(keyed, limit, Ord::cmp, |key| key.4)
+        let keys = candidates.iter().enumerate().map(|(index, c)| {
+            (
+                c.priority,
+                c.health.badness(),
+                c.requests_in_window,
+                c.account_id,
+                index,
+            )
+        });
+        best_indices(keys, candidates.len(), limit, Ord::cmp, |key| key.4)
     }
 }
 
 /// `weighted`: weighted random choice by `weight × health factor` (healthy 1.0, degraded 0.25,
-/// unhealthy 0.05); the fallback order is also weighted random, without replacement.
+/// unhealthy 0.05); the fallback order is also weighted random, without replacement
+/// (successive draws, each among the candidates not drawn yet).
 ///
-/// For a small `limit` the choice is made by successive roulette-wheel draws (one linear pass
-/// per pick). For a long ranking it uses the keys of Efraimidis and Spirakis ("Weighted random
-/// sampling with a reservoir", Information Processing Letters 97(5), 2006): each candidate draws
-/// `u ∈ (0, 1]` and gets the key `ln(u) / w`; ordering by descending key is distributed exactly
-/// like successive weighted draws without replacement, and a partial selection gives the top.
-/// Accounts of weight 0 only come after every positive-weight account, in uniform random order.
+/// The weights live in a Fenwick tree (P. M. Fenwick, "A new data structure for cumulative
+/// frequency tables", Software: Practice and Experience 24(3), 1994): building it is linear,
+/// and each draw — find the candidate whose cumulative-weight interval holds a uniform point,
+/// then remove its weight — takes O(log n). A ranking of `limit` over `n` accounts therefore
+/// costs O(n + limit · log n), instead of a full pass per draw. Accounts of weight 0 only come
+/// after every positive-weight account, in uniform random order.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Weighted;
 
 impl Weighted {
     pub const NAME: &'static str = "weighted";
-    /// Up to this many picks, successive roulette draws beat computing a key per candidate.
-    const ROULETTE_MAX_PICKS: usize = 8;
 
     fn effective_weight(candidate: &Candidate) -> f64 {
         f64::from(candidate.weight) * candidate.health.traffic_factor()
-    }
-
-    /// Successive weighted draws without replacement; a taken candidate is marked with a
-    /// negative weight, zero-weight candidates are drawn uniformly once no positive weight is left.
-    fn rank_by_roulette(
-        candidates: &[Candidate],
-        rng: &mut dyn rand::RngCore,
-        take: usize,
-    ) -> Vec<usize> {
-        const TAKEN: f64 = -1.0;
-        let mut weights: Vec<f64> = candidates.iter().map(Self::effective_weight).collect();
-        let mut ranked = Vec::with_capacity(take);
-        while ranked.len() < take {
-            let total: f64 = weights.iter().filter(|w| **w > 0.0).sum();
-            let pick = if total > 0.0 {
-                let mut remaining = rng.gen::<f64>() * total;
-                let mut chosen = None;
-                let mut last_positive = None;
-                for (index, weight) in weights.iter().enumerate() {
-                    if *weight > 0.0 {
-                        last_positive = Some(index);
-                        if remaining < *weight {
-                            chosen = Some(index);
-                            break;
-                        }
-                        remaining -= *weight;
-                    }
-                }
-                // Rounding can leave `remaining` a hair above the last weight: take the last.
-                chosen.or(last_positive)
-            } else {
-                let untaken = weights.iter().filter(|w| **w == 0.0).count();
-                if untaken == 0 {
-                    None
-                } else {
-                    let nth = rng.gen_range(0..untaken);
-                    weights
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, w)| **w == 0.0)
-                        .nth(nth)
-                        .map(|(index, _)| index)
-                }
-            };
-            match pick {
-                Some(index) => {
-                    weights[index] = TAKEN;
-                    ranked.push(index);
-                }
-                None => break,
-            }
-        }
-        ranked
-    }
-
-    fn rank_by_sampling_keys(
-        candidates: &[Candidate],
-        rng: &mut dyn rand::RngCore,
-        limit: usize,
-    ) -> Vec<usize> {
-        // (has positive weight, key, index); larger is better for the first two.
-        let keyed: Vec<(bool, f64, usize)> = candidates
-            .iter()
-            .enumerate()
-            .map(|(index, c)| {
-                let weight = Self::effective_weight(c);
-                let uniform_in_open_closed = 1.0 - rng.gen::<f64>();
-                if weight > 0.0 {
-                    (true, uniform_in_open_closed.ln() / weight, index)
-                } else {
-                    (false, uniform_in_open_closed, index)
-                }
-            })
-            .collect();
-        best_indices(
-            keyed,
-            limit,
-            |a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2)),
-            |key| key.2,
-        )
     }
 }
 
@@ -403,11 +359,102 @@ impl SelectionStrategy for Weighted {
         limit: usize,
     ) -> Vec<usize> {
         let take = limit.min(candidates.len());
-        if take <= Self::ROULETTE_MAX_PICKS {
-            Self::rank_by_roulette(candidates, ctx.rng, take)
-        } else {
-            Self::rank_by_sampling_keys(candidates, ctx.rng, take)
+        if take == 0 {
+            return Vec::new();
         }
+        let mut weights: Vec<f64> = candidates.iter().map(Self::effective_weight).collect();
+        let mut ranked = Vec::with_capacity(take);
+        let mut positive_left = weights.iter().filter(|w| **w > 0.0).count();
+        if positive_left > 0 {
+            let mut tree = CumulativeWeights::new(&weights);
+            let mut remaining_total: f64 = weights.iter().sum();
+            while ranked.len() < take && positive_left > 0 {
+                let point = ctx.rng.gen::<f64>() * remaining_total;
+                // Rounding in the running sums can, very rarely, point at a drawn candidate or
+                // past the end: then take the first candidate still holding weight.
+                let Some(index) = tree
+                    .find(point)
+                    .filter(|index| weights[*index] > 0.0)
+                    .or_else(|| weights.iter().position(|w| *w > 0.0))
+                else {
+                    break;
+                };
+                tree.add(index, -weights[index]);
+                remaining_total -= weights[index];
+                weights[index] = WEIGHT_DRAWN;
+                positive_left -= 1;
+                ranked.push(index);
+            }
+        }
+        if ranked.len() < take {
+            // Only zero-weight candidates are left: a partial Fisher–Yates shuffle of them.
+            let mut zero_weight: Vec<usize> = (0..weights.len())
+                .filter(|index| weights[*index] == 0.0)
+                .collect();
+            let wanted = (take - ranked.len()).min(zero_weight.len());
+            for slot in 0..wanted {
+                let chosen = ctx.rng.gen_range(slot..zero_weight.len());
+                zero_weight.swap(slot, chosen);
+                ranked.push(zero_weight[slot]);
+            }
+        }
+        ranked
+    }
+}
+
+/// Marks a candidate already drawn by `weighted` (real weights are never negative).
+const WEIGHT_DRAWN: f64 = -1.0;
+
+/// A Fenwick (binary indexed) tree over non-negative weights: prefix sums and point updates in
+/// O(log n), and the search for the element whose cumulative interval holds a point.
+struct CumulativeWeights {
+    /// 1-based: `tree[i]` holds the sum of the `i & -i` weights ending at element `i - 1`.
+    tree: Vec<f64>,
+}
+
+impl CumulativeWeights {
+    fn new(weights: &[f64]) -> Self {
+        let count = weights.len();
+        let mut tree = Vec::with_capacity(count + 1);
+        tree.push(0.0);
+        tree.extend(weights.iter().map(|w| w.max(0.0)));
+        for node in 1..=count {
+            let parent = node + (node & node.wrapping_neg());
+            if parent <= count {
+                tree[parent] += tree[node];
+            }
+        }
+        CumulativeWeights { tree }
+    }
+
+    fn add(&mut self, index: usize, delta: f64) {
+        let mut node = index + 1;
+        while node < self.tree.len() {
+            self.tree[node] += delta;
+            node += node & node.wrapping_neg();
+        }
+    }
+
+    /// The element whose interval `[sum before it, sum through it)` holds `point`; `None` when
+    /// `point` is at or past the total.
+    fn find(&self, point: f64) -> Option<usize> {
+        let count = self.tree.len() - 1;
+        let mut position = 0;
+        let mut remaining = point;
+        let mut step = if count == 0 {
+            0
+        } else {
+            1 << (usize::BITS - 1 - count.leading_zeros())
+        };
+        while step > 0 {
+            let next = position + step;
+            if next <= count && self.tree[next] <= remaining {
+                position = next;
+                remaining -= self.tree[next];
+            }
+            step >>= 1;
+        }
+        (position < count).then_some(position)
     }
 }
 
@@ -416,8 +463,10 @@ impl SelectionStrategy for Weighted {
 /// cursors every account is tried first exactly once. The caller increments the cursor once per
 /// request (in cluster mode the counter is shared, so the rotation spans instances).
 ///
-/// Only the needed part of the ring is ordered: the start is found by linear-time selection, and
-/// the following `limit - 1` positions by partial selection on either side of it.
+/// A snapshot already sorted by account id (the cheapest to build it as) is used as the ring
+/// directly. Otherwise only the needed part of the ring is ordered: the start is found by
+/// linear-time selection, and the following `limit - 1` positions by partial selection on
+/// either side of it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RoundRobin;
 
@@ -441,13 +490,19 @@ impl SelectionStrategy for RoundRobin {
         if take == 0 {
             return Vec::new();
         }
+        // `count` fits in u64 on every supported platform, and the remainder is below `count`.
+        let start = (ctx.cursor % count as u64) as usize;
+        let already_sorted = candidates
+            .windows(2)
+            .all(|pair| pair[0].account_id < pair[1].account_id);
+        if already_sorted {
+            return (start..count).chain(0..start).take(take).collect();
+        }
         let mut ring: Vec<(AccountId, usize)> = candidates
             .iter()
             .enumerate()
             .map(|(index, c)| (c.account_id, index))
             .collect();
-        // `count` fits in u64 on every supported platform, and the remainder is below `count`.
-        let start = (ctx.cursor % count as u64) as usize;
         if take == count {
             ring.sort_unstable();
             ring.rotate_left(start);
@@ -503,21 +558,18 @@ impl SelectionStrategy for LeastUsed {
         _ctx: &mut SelectionContext<'_>,
         limit: usize,
     ) -> Vec<usize> {
-        let keyed: Vec<(f64, u8, i32, AccountId, usize)> = candidates
-            .iter()
-            .enumerate()
-            .map(|(index, c)| {
-                (
-                    c.requests_in_window as f64 / c.health.traffic_factor(),
-                    c.health.badness(),
-                    c.priority,
-                    c.account_id,
-                    index,
-                )
-            })
-            .collect();
+        let keys = candidates.iter().enumerate().map(|(index, c)| {
+            (
+                c.requests_in_window as f64 / c.health.traffic_factor(),
+                c.health.badness(),
+                c.priority,
+                c.account_id,
+                index,
+            )
+        });
         best_indices(
-            keyed,
+            keys,
+            candidates.len(),
             limit,
             |a, b| {
                 a.0.total_cmp(&b.0)
@@ -580,20 +632,17 @@ impl SelectionStrategy for Hybrid {
             .map(|c| c.requests_in_window)
             .max()
             .unwrap_or(0);
-        let keyed: Vec<(f64, i32, AccountId, usize)> = candidates
-            .iter()
-            .enumerate()
-            .map(|(index, c)| {
-                (
-                    Self::score(c, max_weight, max_requests),
-                    c.priority,
-                    c.account_id,
-                    index,
-                )
-            })
-            .collect();
+        let keys = candidates.iter().enumerate().map(|(index, c)| {
+            (
+                Self::score(c, max_weight, max_requests),
+                c.priority,
+                c.account_id,
+                index,
+            )
+        });
         best_indices(
-            keyed,
+            keys,
+            candidates.len(),
             limit,
             |a, b| {
                 b.0.total_cmp(&a.0)
@@ -644,19 +693,16 @@ impl SelectionStrategy for Adaptive {
         ctx: &mut SelectionContext<'_>,
         limit: usize,
     ) -> Vec<usize> {
-        let keyed: Vec<(f64, u64, i32, AccountId, usize)> = candidates
-            .iter()
-            .enumerate()
-            .map(|(index, c)| {
-                (
-                    Self::score(c),
-                    c.requests_in_window,
-                    c.priority,
-                    c.account_id,
-                    index,
-                )
-            })
-            .collect();
+        let key_of = |index: usize| {
+            let c = &candidates[index];
+            (
+                Self::score(c),
+                c.requests_in_window,
+                c.priority,
+                c.account_id,
+                index,
+            )
+        };
         let compare = |a: &(f64, u64, i32, AccountId, usize),
                        b: &(f64, u64, i32, AccountId, usize)| {
             b.0.total_cmp(&a.0)
@@ -665,12 +711,13 @@ impl SelectionStrategy for Adaptive {
                 .then(a.3.cmp(&b.3))
                 .then(a.4.cmp(&b.4))
         };
-        let explore = candidates.len() > 1 && ctx.rng.gen::<f64>() < Self::EXPLORATION_PROBABILITY;
+        let count = candidates.len();
+        let explore = count > 1 && ctx.rng.gen::<f64>() < Self::EXPLORATION_PROBABILITY;
         if explore {
-            let explored = ctx.rng.gen_range(0..candidates.len());
-            first_then_best(keyed, explored, limit, compare, |key| key.4)
+            let explored = ctx.rng.gen_range(0..count);
+            first_then_best(explored, count, limit, key_of, compare, |key| key.4)
         } else {
-            best_indices(keyed, limit, compare, |key| key.4)
+            best_indices((0..count).map(key_of), count, limit, compare, |key| key.4)
         }
     }
 }
@@ -725,38 +772,36 @@ impl SelectionStrategy for SmartLoadBalance {
             known_latency_sum / f64::from(known_latency_count)
         };
         // (at capacity, cost, account id, index); smaller is better.
-        let keyed: Vec<(bool, f64, AccountId, usize)> = candidates
-            .iter()
-            .enumerate()
-            .map(|(index, c)| {
-                (
-                    c.is_at_capacity(),
-                    Self::cost(c, latency_when_unknown_ms),
-                    c.account_id,
-                    index,
-                )
-            })
-            .collect();
+        let key_of = |index: usize| {
+            let c = &candidates[index];
+            (
+                c.is_at_capacity(),
+                Self::cost(c, latency_when_unknown_ms),
+                c.account_id,
+                index,
+            )
+        };
         let compare = |a: &(bool, f64, AccountId, usize), b: &(bool, f64, AccountId, usize)| {
             a.0.cmp(&b.0)
                 .then(a.1.total_cmp(&b.1))
                 .then(a.2.cmp(&b.2))
                 .then(a.3.cmp(&b.3))
         };
-        if candidates.len() < 2 || limit == 0 {
-            return best_indices(keyed, limit, compare, |key| key.3);
+        let count = candidates.len();
+        if count < 2 || limit == 0 {
+            return best_indices((0..count).map(key_of), count, limit, compare, |key| key.3);
         }
-        let first_pick = ctx.rng.gen_range(0..candidates.len());
-        let mut second_pick = ctx.rng.gen_range(0..candidates.len() - 1);
+        let first_pick = ctx.rng.gen_range(0..count);
+        let mut second_pick = ctx.rng.gen_range(0..count - 1);
         if second_pick >= first_pick {
             second_pick += 1;
         }
-        let winner = if compare(&keyed[first_pick], &keyed[second_pick]) == Ordering::Greater {
+        let winner = if compare(&key_of(first_pick), &key_of(second_pick)) == Ordering::Greater {
             second_pick
         } else {
             first_pick
         };
-        first_then_best(keyed, winner, limit, compare, |key| key.3)
+        first_then_best(winner, count, limit, key_of, compare, |key| key.3)
     }
 }
 
@@ -923,13 +968,13 @@ mod tests {
             Candidate::new(3, 1, 30),
             Candidate::new(4, 1, 40),
         ];
-        // A small group or a short ranking takes the roulette path...
+        // A short ranking of a small group...
         let shares = first_pick_shares(&Weighted, &candidates, 40_000, 2);
         for (share, expected) in shares.iter().zip([0.1, 0.2, 0.3, 0.4]) {
             assert!((share - expected).abs() < 0.015, "{shares:?}");
         }
 
-        // ...and a ranking longer than the roulette cap takes the sampling-key path.
+        // ...and a long ranking of a larger group.
         let mut large_group: Vec<Candidate> = (0..20).map(|id| Candidate::new(id, 1, 1)).collect();
         large_group[0].weight = 20; // 20 of a total weight of 39
         let shares = first_pick_shares(&Weighted, &large_group, 40_000, 20);
@@ -960,7 +1005,7 @@ mod tests {
             let share = f64::from(second_is_a) / f64::from(draws);
             assert!((share - 0.192_86).abs() < 0.01, "limit {limit}: {share}");
         }
-        // The key path (a long ranking) must agree with the roulette path.
+        // The same holds in a long ranking where zero-weight accounts follow.
         let mut long: Vec<Candidate> = vec![
             Candidate::new(1, 1, 1),
             Candidate::new(2, 1, 3),
@@ -979,6 +1024,22 @@ mod tests {
         }
         let share = f64::from(second_is_a) / 60_000.0;
         assert!((share - 0.192_86).abs() < 0.01, "{share}");
+    }
+
+    #[test]
+    fn cumulative_weights_find_the_interval_holding_a_point() {
+        let mut tree = CumulativeWeights::new(&[1.0, 0.0, 2.0, 3.0]);
+        assert_eq!(tree.find(0.0), Some(0));
+        assert_eq!(tree.find(0.999), Some(0));
+        assert_eq!(tree.find(1.0), Some(2), "zero weights own no interval");
+        assert_eq!(tree.find(2.999), Some(2));
+        assert_eq!(tree.find(3.0), Some(3));
+        assert_eq!(tree.find(5.999), Some(3));
+        assert_eq!(tree.find(6.0), None);
+        tree.add(2, -2.0);
+        assert_eq!(tree.find(1.0), Some(3));
+        assert_eq!(tree.find(3.999), Some(3));
+        assert_eq!(CumulativeWeights::new(&[]).find(0.0), None);
     }
 
     #[test]
@@ -1040,6 +1101,27 @@ mod tests {
             for limit in 0..=7 {
                 let partial = rank_with(&RoundRobin, &candidates, 0, cursor, limit);
                 assert_eq!(partial, full[..limit], "cursor {cursor}, limit {limit}");
+            }
+        }
+    }
+
+    #[test]
+    fn round_robin_sorted_snapshot_fast_path_agrees_with_the_general_path() {
+        let scrambled: Vec<Candidate> = [17, 3, 99, 42, 8, 61, 5]
+            .iter()
+            .map(|id| Candidate::new(*id, 1, 1))
+            .collect();
+        let mut sorted = scrambled.clone();
+        sorted.sort_by_key(|c| c.account_id);
+        for cursor in 0..14 {
+            for limit in 0..=8 {
+                let from_scrambled = rank_with(&RoundRobin, &scrambled, 0, cursor, limit);
+                let from_sorted = rank_with(&RoundRobin, &sorted, 0, cursor, limit);
+                assert_eq!(
+                    ids(&scrambled, &from_scrambled),
+                    ids(&sorted, &from_sorted),
+                    "cursor {cursor}, limit {limit}"
+                );
             }
         }
     }
@@ -1315,6 +1397,70 @@ mod tests {
                 if limit >= group.len() {
                     prop_assert!(seen.iter().all(|s| *s), "{}: not a permutation", strategy.name());
                 }
+            }
+        }
+
+        #[test]
+        fn weighted_never_ranks_a_zero_weight_before_a_positive_one(
+            group in arbitrary_group(),
+            limit in 0usize..30,
+            seed in any::<u64>(),
+        ) {
+            let ranked = rank_with(&Weighted, &group, seed, 0, limit);
+            let positive = |index: &usize| group[*index].weight > 0;
+            let first_zero = ranked.iter().position(|index| !positive(index));
+            if let Some(first_zero) = first_zero {
+                prop_assert!(ranked[first_zero..].iter().all(|index| !positive(index)));
+                // And no positive-weight account was left out in favour of a zero-weight one.
+                prop_assert_eq!(
+                    ranked[..first_zero].len(),
+                    group.iter().filter(|c| c.weight > 0).count()
+                );
+            }
+        }
+
+        #[test]
+        fn cumulative_weights_agree_with_a_linear_scan(
+            weights in proptest::collection::vec(0u32..5, 0..40),
+            removals in proptest::collection::vec(any::<proptest::sample::Index>(), 0..10),
+            point_share in 0.0f64..1.0,
+        ) {
+            // Integer weights keep every sum exact, so the comparison is exact too.
+            let mut weights: Vec<f64> = weights.into_iter().map(f64::from).collect();
+            let mut tree = CumulativeWeights::new(&weights);
+            if !weights.is_empty() {
+                for removal in removals {
+                    let index = removal.index(weights.len());
+                    tree.add(index, -weights[index]);
+                    weights[index] = 0.0;
+                }
+            }
+            let total: f64 = weights.iter().sum();
+            let point = (point_share * total).floor();
+            let mut before = 0.0;
+            let mut expected = None;
+            for (index, weight) in weights.iter().enumerate() {
+                if point < before + weight {
+                    expected = Some(index);
+                    break;
+                }
+                before += weight;
+            }
+            prop_assert_eq!(tree.find(point), expected);
+        }
+
+        #[test]
+        fn priority_first_never_ranks_a_larger_priority_first(
+            group in arbitrary_group(),
+            limit in 0usize..30,
+        ) {
+            let ranked = rank_with(&PriorityFirst, &group, 0, 0, limit);
+            prop_assert!(ranked
+                .windows(2)
+                .all(|pair| group[pair[0]].priority <= group[pair[1]].priority));
+            if let Some(first) = ranked.first() {
+                let smallest = group.iter().map(|c| c.priority).min();
+                prop_assert_eq!(Some(group[*first].priority), smallest);
             }
         }
 

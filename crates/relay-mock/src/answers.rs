@@ -22,16 +22,46 @@ pub fn expected_event_names(text_chunks: usize) -> Vec<&'static str> {
     names
 }
 
-/// Anthropic's error envelope: `{"type":"error","error":{"type":..,"message":..}}`.
+/// Anthropic's error envelope: `{"type":"error","error":{"type":..,"message":..}}`, keys in
+/// Anthropic's order.
 pub(crate) fn error_envelope(error_type: &str, message: &str) -> Bytes {
-    Bytes::from(
-        json!({"type": "error", "error": {"type": error_type, "message": message}}).to_string(),
-    )
+    let mut rendered = String::with_capacity(48 + error_type.len() + message.len());
+    rendered.push_str(r#"{"type":"error","error":{"type":"#);
+    push_json_string(&mut rendered, error_type);
+    rendered.push_str(r#","message":"#);
+    push_json_string(&mut rendered, message);
+    rendered.push_str("}}");
+    Bytes::from(rendered)
+}
+
+/// The in-band `event: error` Anthropic sends once a stream has started.
+pub(crate) fn stream_error_event(error_type: &str, message: &str) -> Bytes {
+    let envelope = error_envelope(error_type, message);
+    sse_event("error", &String::from_utf8_lossy(&envelope))
 }
 
 /// One SSE event on the wire: `event: NAME\ndata: JSON\n\n`.
-pub(crate) fn sse_event(name: &str, data: &serde_json::Value) -> Bytes {
+pub(crate) fn sse_event(name: &str, data: &str) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+/// Appends `value` as a JSON string literal (quotes and escapes included).
+pub(crate) fn push_json_string(output: &mut String, value: &str) {
+    output.push('"');
+    for character in value.chars() {
+        match character {
+            '"' => output.push_str("\\\""),
+            '\\' => output.push_str("\\\\"),
+            '\n' => output.push_str("\\n"),
+            '\r' => output.push_str("\\r"),
+            '\t' => output.push_str("\\t"),
+            control if u32::from(control) < 0x20 => {
+                output.push_str(&format!("\\u{:04x}", u32::from(control)));
+            }
+            other => output.push(other),
+        }
+    }
+    output.push('"');
 }
 
 /// The status Anthropic uses for an error type, for answering a non-stream request whose script
@@ -82,86 +112,103 @@ pub(crate) fn count_tokens_for_body(body: &[u8]) -> u64 {
     (body.len() as u64).div_ceil(4).max(1)
 }
 
-/// Everything of a successful answer that does not depend on the request.
+/// Everything of a successful answer that does not depend on the request, rendered once with
+/// keys in Anthropic's order (some clients and relays scan for `{"type":"message_start"` as a
+/// prefix, so the order is part of the imitation).
 #[derive(Debug)]
 pub(crate) struct PreparedAnswers {
+    /// `message_start` from its `"usage"` to the end: everything after the model.
+    message_start_tail: String,
     /// `content_block_start` … `message_stop`: every stream event after `message_start`.
     stream_events_after_start: Vec<Bytes>,
-    config: MockConfig,
+    /// The non-stream Messages JSON from its `"content"` to the end: everything after the model.
+    message_json_tail: String,
 }
 
 impl PreparedAnswers {
     pub(crate) fn new(config: &MockConfig) -> PreparedAnswers {
+        let usage = &config.usage;
+        let message_start_tail = format!(
+            concat!(
+                r#","content":[],"stop_reason":null,"stop_sequence":null,"#,
+                r#""usage":{{"input_tokens":{},"cache_creation_input_tokens":{},"#,
+                r#""cache_read_input_tokens":{},"output_tokens":1}}}}}}"#
+            ),
+            usage.input_tokens, usage.cache_creation_input_tokens, usage.cache_read_input_tokens,
+        );
         let mut events = vec![
             sse_event(
                 "content_block_start",
-                &json!({"type": "content_block_start", "index": 0,
-                        "content_block": {"type": "text", "text": ""}}),
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
             ),
-            sse_event("ping", &json!({"type": "ping"})),
+            sse_event("ping", r#"{"type": "ping"}"#),
         ];
         for piece in split_text(&config.text, config.text_chunks) {
-            events.push(sse_event(
-                "content_block_delta",
-                &json!({"type": "content_block_delta", "index": 0,
-                        "delta": {"type": "text_delta", "text": piece}}),
-            ));
+            let mut delta = String::from(
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"#,
+            );
+            push_json_string(&mut delta, piece);
+            delta.push_str("}}");
+            events.push(sse_event("content_block_delta", &delta));
         }
         events.push(sse_event(
             "content_block_stop",
-            &json!({"type": "content_block_stop", "index": 0}),
+            r#"{"type":"content_block_stop","index":0}"#,
         ));
         events.push(sse_event(
             "message_delta",
-            &json!({"type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-                    "usage": {"output_tokens": config.usage.output_tokens}}),
+            &format!(
+                r#"{{"type":"message_delta","delta":{{"stop_reason":"end_turn","stop_sequence":null}},"usage":{{"output_tokens":{}}}}}"#,
+                usage.output_tokens
+            ),
         ));
-        events.push(sse_event("message_stop", &json!({"type": "message_stop"})));
+        events.push(sse_event("message_stop", r#"{"type":"message_stop"}"#));
+
+        let mut message_json_tail = String::from(r#","content":[{"type":"text","text":"#);
+        push_json_string(&mut message_json_tail, &config.text);
+        message_json_tail.push_str(&format!(
+            concat!(
+                r#"}}],"stop_reason":"end_turn","stop_sequence":null,"#,
+                r#""usage":{{"input_tokens":{},"cache_creation_input_tokens":{},"#,
+                r#""cache_read_input_tokens":{},"output_tokens":{}}}}}"#
+            ),
+            usage.input_tokens,
+            usage.cache_creation_input_tokens,
+            usage.cache_read_input_tokens,
+            usage.output_tokens,
+        ));
         PreparedAnswers {
+            message_start_tail,
             stream_events_after_start: events,
-            config: config.clone(),
+            message_json_tail,
         }
     }
 
     /// The full SSE event sequence of one streamed answer.
     pub(crate) fn stream_events(&self, message_id: &str, model: &str) -> Vec<Bytes> {
-        let usage = &self.config.usage;
-        let message_start = sse_event(
-            "message_start",
-            &json!({"type": "message_start", "message": {
-            "id": message_id, "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {
-                "input_tokens": usage.input_tokens,
-                "cache_creation_input_tokens": usage.cache_creation_input_tokens,
-                "cache_read_input_tokens": usage.cache_read_input_tokens,
-                "output_tokens": 1,
-            }}}),
-        );
+        let mut message_start = String::with_capacity(160 + self.message_start_tail.len());
+        message_start.push_str("event: message_start\ndata: ");
+        message_start.push_str(r#"{"type":"message_start","message":{"id":"#);
+        push_json_string(&mut message_start, message_id);
+        message_start.push_str(r#","type":"message","role":"assistant","model":"#);
+        push_json_string(&mut message_start, model);
+        message_start.push_str(&self.message_start_tail);
+        message_start.push_str("\n\n");
         let mut events = Vec::with_capacity(1 + self.stream_events_after_start.len());
-        events.push(message_start);
+        events.push(Bytes::from(message_start));
         events.extend(self.stream_events_after_start.iter().cloned());
         events
     }
 
     /// The Messages JSON of one non-streamed answer.
     pub(crate) fn message_json(&self, message_id: &str, model: &str) -> Bytes {
-        let usage = &self.config.usage;
-        Bytes::from(
-            json!({
-                "id": message_id, "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": self.config.text}],
-                "stop_reason": "end_turn", "stop_sequence": null,
-                "usage": {
-                    "input_tokens": usage.input_tokens,
-                    "output_tokens": usage.output_tokens,
-                    "cache_creation_input_tokens": usage.cache_creation_input_tokens,
-                    "cache_read_input_tokens": usage.cache_read_input_tokens,
-                }
-            })
-            .to_string(),
-        )
+        let mut rendered = String::with_capacity(96 + self.message_json_tail.len());
+        rendered.push_str(r#"{"id":"#);
+        push_json_string(&mut rendered, message_id);
+        rendered.push_str(r#","type":"message","role":"assistant","model":"#);
+        push_json_string(&mut rendered, model);
+        rendered.push_str(&self.message_json_tail);
+        Bytes::from(rendered)
     }
 }
 
@@ -266,6 +313,49 @@ mod tests {
         assert_eq!(count_tokens_for_body(b""), 1);
         assert_eq!(count_tokens_for_body(b"abcd"), 1);
         assert_eq!(count_tokens_for_body(b"abcde"), 2);
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut rendered = String::new();
+        push_json_string(&mut rendered, "a\"b\\c\nd\u{1}é");
+        assert_eq!(rendered, r#""a\"b\\c\nd\u0001é""#);
+        assert_eq!(
+            serde_json::from_str::<String>(&rendered).unwrap(),
+            "a\"b\\c\nd\u{1}é"
+        );
+    }
+
+    #[test]
+    fn prepared_answers_are_valid_json_in_anthropics_key_order() {
+        let config = MockConfig {
+            text: "quote \" and\nnewline".to_owned(),
+            ..MockConfig::default()
+        };
+        let answers = PreparedAnswers::new(&config);
+        let message = answers.message_json("msg_1", "claude-\"x");
+        let message_text = std::str::from_utf8(&message).unwrap();
+        assert!(message_text.starts_with(r#"{"id":"msg_1","type":"message""#));
+        let parsed: serde_json::Value = serde_json::from_str(message_text).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-\"x",
+                   "content": [{"type": "text", "text": "quote \" and\nnewline"}],
+                   "stop_reason": "end_turn", "stop_sequence": null,
+                   "usage": {"input_tokens": 12, "cache_creation_input_tokens": 0,
+                             "cache_read_input_tokens": 0, "output_tokens": 7}})
+        );
+        for event in answers.stream_events("msg_1", "claude-\"x") {
+            let text = std::str::from_utf8(&event).unwrap();
+            let data = text.lines().nth(1).unwrap().strip_prefix("data: ").unwrap();
+            assert!(data.starts_with(r#"{"type":"#), "type comes first: {data}");
+            serde_json::from_str::<serde_json::Value>(data).unwrap();
+        }
+        let envelope = error_envelope("api_error", "bad \"thing\"");
+        assert_eq!(
+            std::str::from_utf8(&envelope).unwrap(),
+            r#"{"type":"error","error":{"type":"api_error","message":"bad \"thing\""}}"#
+        );
     }
 
     #[test]

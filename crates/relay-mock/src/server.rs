@@ -24,8 +24,8 @@ use serde_json::json;
 use tokio::sync::{watch, Notify};
 
 use crate::answers::{
-    count_tokens_for_body, error_envelope, models_page, rfc3339_from_now, sse_event,
-    status_for_error_type, PreparedAnswers,
+    count_tokens_for_body, error_envelope, models_page, rfc3339_from_now, status_for_error_type,
+    stream_error_event, PreparedAnswers,
 };
 use crate::behavior::{Behavior, ControlScript};
 use crate::config::{MockConfig, DEFAULT_MOCK_MODEL};
@@ -332,11 +332,8 @@ async fn deliver_with_behavior(
         ),
         Behavior::StreamErrorEvent { error_type } => match answer {
             SuccessfulAnswer::EventStream(_) => {
-                let error_event = sse_event(
-                    "error",
-                    &json!({"type": "error", "error": {
-                        "type": error_type, "message": message_for_error_type(&error_type)}}),
-                );
+                let error_event =
+                    stream_error_event(&error_type, message_for_error_type(&error_type));
                 deliver(
                     state,
                     SuccessfulAnswer::EventStream(vec![error_event]),
@@ -401,41 +398,37 @@ fn invalid_json_response(error: &serde_json::Error) -> Response {
     )
 }
 
-/// Sends a normal answer, optionally cut after `cut_after_pieces` pieces and ended as `ending`.
-/// A JSON answer counts as two pieces (its two halves), so a cut JSON answer is half sent.
+/// Sends a normal answer, optionally cut after `cut_after_events` stream events and ended as
+/// `ending`. A JSON answer that is cut at all sends its first half.
 fn deliver(
     state: &MockState,
     answer: SuccessfulAnswer,
-    cut_after_pieces: Option<usize>,
+    cut_after_events: Option<usize>,
     ending: BodyEnding,
     request_id: Option<&str>,
 ) -> Response {
     let (content_type, pieces) = match answer {
-        SuccessfulAnswer::Json(json_body) => {
-            if cut_after_pieces.is_none() && ending == BodyEnding::Finish {
-                let mut response = Response::new(Body::from(json_body));
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_JSON));
-                set_request_id(&mut response, request_id);
-                return response;
-            }
-            let middle = json_body.len() / 2;
-            let pieces = vec![json_body.slice(..middle), json_body.slice(middle..)];
-            (CONTENT_TYPE_JSON, pieces)
+        SuccessfulAnswer::Json(json_body)
+            if cut_after_events.is_none() && ending == BodyEnding::Finish =>
+        {
+            let mut response = Response::new(Body::from(json_body));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_JSON));
+            set_request_id(&mut response, request_id);
+            return response;
         }
-        SuccessfulAnswer::EventStream(events) => (CONTENT_TYPE_EVENT_STREAM, events),
+        SuccessfulAnswer::Json(json_body) => {
+            let first_half = json_body.slice(..json_body.len() / 2);
+            (CONTENT_TYPE_JSON, vec![first_half])
+        }
+        SuccessfulAnswer::EventStream(mut events) => {
+            if let Some(cut_after_events) = cut_after_events {
+                events.truncate(cut_after_events);
+            }
+            (CONTENT_TYPE_EVENT_STREAM, events)
+        }
     };
-    let mut pieces = pieces;
-    if let Some(cut_after_pieces) = cut_after_pieces {
-        // A JSON answer is always cut after its first half, whatever the event count says.
-        let keep = if content_type == CONTENT_TYPE_JSON {
-            1
-        } else {
-            cut_after_pieces
-        };
-        pieces.truncate(keep);
-    }
     let body = paced_body(
         pieces,
         state.config.chunk_delay,

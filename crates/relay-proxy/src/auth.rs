@@ -72,10 +72,14 @@ pub async fn authenticate(
         return Err(RelayError::Authentication("invalid x-api-key".to_owned()));
     };
     if !key.enabled {
-        return Err(RelayError::Permission("this API key is disabled".to_owned()));
+        return Err(RelayError::Permission(
+            "this API key is disabled".to_owned(),
+        ));
     }
     if key.expires_at.is_some_and(|expires| expires <= now) {
-        return Err(RelayError::Permission("this API key has expired".to_owned()));
+        return Err(RelayError::Permission(
+            "this API key has expired".to_owned(),
+        ));
     }
     let snapshot = state.registry.load();
     let Some(group) = snapshot.groups.get(&key.group_id).cloned() else {
@@ -94,7 +98,11 @@ fn lookup(state: &RelayState, hash: &str) -> Option<(Arc<ApiKey>, Arc<KeyRuntime
     if !bool::from(key.key_hash.as_bytes().ct_eq(hash.as_bytes())) {
         return None;
     }
-    let limits = snapshot.key_runtime.get(&key.id).cloned().unwrap_or_default();
+    let limits = snapshot
+        .key_runtime
+        .get(&key.id)
+        .cloned()
+        .unwrap_or_default();
     Some((Arc::clone(key), limits))
 }
 
@@ -149,7 +157,11 @@ pub async fn check_limits(
             let mut limits = lock(&identity.limits.limits);
             if !(limits.cost_day == day && limits.cost_seeded) {
                 // Costs added in memory before the seed may not be in the store yet.
-                let in_memory = if limits.cost_day == day { limits.cost_today_usd } else { 0.0 };
+                let in_memory = if limits.cost_day == day {
+                    limits.cost_today_usd
+                } else {
+                    0.0
+                };
                 limits.cost_day = day;
                 limits.cost_seeded = true;
                 limits.cost_today_usd = spent.max(in_memory);

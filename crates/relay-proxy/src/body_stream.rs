@@ -111,7 +111,8 @@ impl CommittedAttempt {
             cache_read_input_tokens: usage.cache_read_input_tokens,
             cache_creation_input_tokens: usage.cache_creation_input_tokens,
             cost_usd,
-            duration_ms: u64::try_from(self.record.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            duration_ms: u64::try_from(self.record.started.elapsed().as_millis())
+                .unwrap_or(u64::MAX),
             ttfb_ms: Some(self.record.ttfb_ms),
             created_at: self.record.created_at,
         });
@@ -201,11 +202,8 @@ impl Drop for Relaying {
 
 /// The SSE event that tells a client its stream was cut.
 pub fn stream_error_event(message: &str) -> Bytes {
-    let body = relay_core::envelope::error_json::<()>(
-        relay_core::envelope::ErrorKind::Api,
-        message,
-        None,
-    );
+    let body =
+        relay_core::envelope::error_json::<()>(relay_core::envelope::ErrorKind::Api, message, None);
     let mut event = Vec::with_capacity(body.len() + 24);
     event.extend_from_slice(b"event: error\ndata: ");
     event.extend_from_slice(&body);
@@ -255,7 +253,10 @@ pub fn relay_body(
                 let end = relaying.end_of_upstream();
                 let cut_short = matches!(
                     &end,
-                    StreamEnd::Broken { class: OutcomeClass::MidStream, .. }
+                    StreamEnd::Broken {
+                        class: OutcomeClass::MidStream,
+                        ..
+                    }
                 );
                 relaying.finish(end);
                 if cut_short && is_sse {

@@ -144,9 +144,8 @@ pub fn log_state_events(state: &RelayState, account: &str, events: &[StateEvent]
             ),
             StateEvent::BreakerOpened { until, .. } => {
                 tracing::warn!(account, "{}", logs::breaker_opened(lang));
-                let wait = Duration::from_millis(
-                    u64::try_from(until - crate::now_millis()).unwrap_or(0),
-                );
+                let wait =
+                    Duration::from_millis(u64::try_from(until - crate::now_millis()).unwrap_or(0));
                 tracing::warn!(account, "{}", logs::half_open_in(lang, wait));
             }
             StateEvent::BreakerHalfOpen => {}
@@ -283,11 +282,18 @@ pub fn plan(
 }
 
 fn retry_after_secs(until: Option<UnixMillis>, now: UnixMillis) -> Option<u64> {
-    until.map(|until| u64::try_from((until - now + 999) / 1000).unwrap_or(1).max(1))
+    until.map(|until| {
+        u64::try_from((until - now + 999) / 1000)
+            .unwrap_or(1)
+            .max(1)
+    })
 }
 
 /// Runs the attempt loop for one request.
-pub async fn forward(state: &Arc<RelayState>, request: ForwardRequest) -> Result<Response, RelayError> {
+pub async fn forward(
+    state: &Arc<RelayState>,
+    request: ForwardRequest,
+) -> Result<Response, RelayError> {
     let group = Arc::clone(&request.identity.group);
     let config: Arc<FallbackConfig> = Arc::clone(&group.config);
     let lang = state.settings.log_lang;
@@ -496,7 +502,9 @@ pub async fn forward(state: &Arc<RelayState>, request: ForwardRequest) -> Result
                     _ => None,
                 };
                 if let Some(cooldown) = &cooldown {
-                    retry_at = Some(retry_at.map_or(cooldown.until, |r: UnixMillis| r.min(cooldown.until)));
+                    retry_at = Some(
+                        retry_at.map_or(cooldown.until, |r: UnixMillis| r.min(cooldown.until)),
+                    );
                 }
                 let events = lock(&runtime.state).record_outcome(
                     now,
@@ -536,7 +544,8 @@ pub async fn forward(state: &Arc<RelayState>, request: ForwardRequest) -> Result
                 classes_seen.push(failure.class);
                 if attempts.len() < max_attempts {
                     tracing::info!(request_id = %request.request_id, "{}", logs::switching(lang));
-                    if failure.class.backoff_before_next_attempt() && !config.retry_delay.is_zero() {
+                    if failure.class.backoff_before_next_attempt() && !config.retry_delay.is_zero()
+                    {
                         backoff_failures += 1;
                         let wait = backoff(config.retry_delay, backoff_failures);
                         let wake = (tokio::time::Instant::now() + wait).min(deadline);
@@ -572,8 +581,10 @@ pub async fn forward(state: &Arc<RelayState>, request: ForwardRequest) -> Result
         (ErrorKind::Overloaded, "no_available_account")
     } else if every_rate_limited {
         (ErrorKind::RateLimit, "all_accounts_failed")
-    } else if matches!(last_class, OutcomeClass::ServerError | OutcomeClass::Network)
-        && classes_seen.iter().all(|c| *c == last_class)
+    } else if matches!(
+        last_class,
+        OutcomeClass::ServerError | OutcomeClass::Network
+    ) && classes_seen.iter().all(|c| *c == last_class)
     {
         (ErrorKind::Api, "all_accounts_failed")
     } else {
@@ -808,9 +819,15 @@ async fn send_once(
         }
         _ => request.body.clone(),
     };
-    let url = upstream_url(&account.base_url, request.endpoint.path(), request.query.as_deref());
+    let url = upstream_url(
+        &account.base_url,
+        request.endpoint.path(),
+        request.query.as_deref(),
+    );
     let headers = upstream_headers(&request.headers, &account, secret);
-    let mut builder = client.request(request.endpoint.method(), url).headers(headers);
+    let mut builder = client
+        .request(request.endpoint.method(), url)
+        .headers(headers);
     if request.endpoint.method() == Method::POST {
         builder = builder.body(body);
     }
@@ -842,7 +859,11 @@ async fn send_once(
         let error_body = read_error_body(&mut response, state.settings.idle_timeout).await;
         let class = classify_response(status.as_u16(), &error_body);
         if class == OutcomeClass::ClientError || !class.fails_over() {
-            return AttemptOutcome::PassThrough(plain_response(status, &upstream_headers_map, error_body));
+            return AttemptOutcome::PassThrough(plain_response(
+                status,
+                &upstream_headers_map,
+                error_body,
+            ));
         }
         let reason = format!("HTTP {}: {}", status.as_u16(), error_summary(&error_body));
         return AttemptOutcome::Failed(AttemptFailure {
@@ -894,7 +915,11 @@ async fn send_once(
                 }
             }
         }
-        if let Some(FirstEvent::Error { error_type, message }) = parser.first_event() {
+        if let Some(FirstEvent::Error {
+            error_type,
+            message,
+        }) = parser.first_event()
+        {
             let class = classify_stream_error_event(error_type);
             if class.fails_over() {
                 return AttemptOutcome::Failed(AttemptFailure {

@@ -82,7 +82,10 @@ pub fn attempt_succeeded(lang: LogLang, account: &str, took: Duration) -> String
 /// 💥 Every allowed account failed.
 pub fn all_failed(lang: LogLang, attempts: usize, took: Duration) -> String {
     match lang {
-        LogLang::Zh => format!("💥 所有账号都失败，尝试次数: {attempts}，耗时: {}", seconds(took)),
+        LogLang::Zh => format!(
+            "💥 所有账号都失败，尝试次数: {attempts}，耗时: {}",
+            seconds(took)
+        ),
         LogLang::En => format!(
             "💥 All accounts failed after {attempts} attempts in {}",
             seconds(took)
@@ -102,9 +105,9 @@ pub fn none_eligible(lang: LogLang, group: &str) -> String {
 pub fn group_threshold(lang: LogLang, group: &str, threshold: u32) -> String {
     match lang {
         LogLang::Zh => format!("⚠️ 检测到分组 {group} 连续失败次数达到阈值 {threshold}"),
-        LogLang::En => format!(
-            "⚠️ Group {group} reached the consecutive failure threshold {threshold}"
-        ),
+        LogLang::En => {
+            format!("⚠️ Group {group} reached the consecutive failure threshold {threshold}")
+        }
     }
 }
 
@@ -119,10 +122,7 @@ pub fn breaker_opened(lang: LogLang) -> String {
 /// ⏳ When the breaker will let a trial through.
 pub fn half_open_in(lang: LogLang, wait: Duration) -> String {
     match lang {
-        LogLang::Zh => format!(
-            "⏳ {}后将进入半开状态进行恢复检测",
-            human_zh(wait)
-        ),
+        LogLang::Zh => format!("⏳ {}后将进入半开状态进行恢复检测", human_zh(wait)),
         LogLang::En => format!(
             "⏳ Half-open recovery check in {}",
             relay_core::duration::format_duration(wait)
@@ -177,7 +177,9 @@ pub fn disabled(lang: LogLang, account: &str, reason: &str) -> String {
 pub fn cooling_down(lang: LogLang, account: &str, until_rfc3339: &str) -> String {
     match lang {
         LogLang::Zh => format!("🧊 账号 {account} 被限流，冷却至 {until_rfc3339}"),
-        LogLang::En => format!("🧊 Account {account} rate-limited, cooling down until {until_rfc3339}"),
+        LogLang::En => {
+            format!("🧊 Account {account} rate-limited, cooling down until {until_rfc3339}")
+        }
     }
 }
 
@@ -185,7 +187,9 @@ pub fn cooling_down(lang: LogLang, account: &str, until_rfc3339: &str) -> String
 pub fn recovered(lang: LogLang, account: &str) -> String {
     match lang {
         LogLang::Zh => format!("✅ 账号 {account} 恢复检测成功，重新启用"),
-        LogLang::En => format!("✅ Account {account} passed its recovery probe and is enabled again"),
+        LogLang::En => {
+            format!("✅ Account {account} passed its recovery probe and is enabled again")
+        }
     }
 }
 

@@ -58,8 +58,8 @@ pub async fn send_probe(state: &RelayState, runtime: &Arc<AccountRuntime>) -> Pr
     let account = runtime.account();
     let model = probe_model(state, runtime);
     let started = Instant::now();
-    let outcome = |success: bool, status: Option<u16>, class: OutcomeClass, message: String| {
-        ProbeResult {
+    let outcome =
+        |success: bool, status: Option<u16>, class: OutcomeClass, message: String| ProbeResult {
             account_id: account.id,
             success,
             status,
@@ -67,8 +67,7 @@ pub async fn send_probe(state: &RelayState, runtime: &Arc<AccountRuntime>) -> Pr
             latency_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             model: model.clone(),
             message,
-        }
-    };
+        };
     let secret = match oauth::account_secret(state, runtime).await {
         Ok(secret) => secret,
         Err(error) => return outcome(false, None, OutcomeClass::Auth, error.to_string()),

@@ -20,7 +20,9 @@ use relay_core::strategy::{SelectionStrategy, StrategyRegistry};
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: the state machines
 /// stay internally consistent between calls, so the data is still good.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One upstream account at run time.
@@ -234,11 +236,14 @@ impl Registry {
             members.sort_by_key(|a| a.id);
             let (breaker, cursor) = match previous.groups.get(&group.id) {
                 Some(existing) => {
-                    lock(&existing.breaker).set_settings(GroupBreakerSettings::from_config(&config));
+                    lock(&existing.breaker)
+                        .set_settings(GroupBreakerSettings::from_config(&config));
                     (Arc::clone(&existing.breaker), Arc::clone(&existing.cursor))
                 }
                 None => (
-                    Arc::new(Mutex::new(GroupBreaker::new(GroupBreakerSettings::from_config(&config)))),
+                    Arc::new(Mutex::new(GroupBreaker::new(
+                        GroupBreakerSettings::from_config(&config),
+                    ))),
                     Arc::new(AtomicU64::new(0)),
                 ),
             };

@@ -136,7 +136,11 @@ mod tests {
     #[test]
     fn url_joins_base_path_and_query() {
         assert_eq!(
-            upstream_url("https://api.anthropic.com/", "/v1/messages", Some("beta=true")),
+            upstream_url(
+                "https://api.anthropic.com/",
+                "/v1/messages",
+                Some("beta=true")
+            ),
             "https://api.anthropic.com/v1/messages?beta=true"
         );
         assert_eq!(

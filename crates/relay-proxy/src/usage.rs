@@ -116,7 +116,10 @@ impl UsageWriter {
             }
         }
         if !pending.is_empty() {
-            tracing::error!(rows = pending.len(), "usage rows could not be written before exit");
+            tracing::error!(
+                rows = pending.len(),
+                "usage rows could not be written before exit"
+            );
         }
         for waiter in waiters {
             let _ = waiter.send(());
@@ -138,7 +141,10 @@ impl UsageWriter {
                     if pending.len() > MAX_PENDING_ROWS {
                         let excess = pending.len() - MAX_PENDING_ROWS;
                         pending.drain(..excess);
-                        tracing::error!(dropped = excess, "usage backlog over its bound; oldest rows dropped");
+                        tracing::error!(
+                            dropped = excess,
+                            "usage backlog over its bound; oldest rows dropped"
+                        );
                     }
                     return failures.saturating_add(1);
                 }

@@ -1,0 +1,251 @@
+//! The client API: messages (JSON and SSE), count_tokens, models, prefixes, headers.
+
+use futures_util::StreamExt;
+use relay_mock::{Behavior, MockConfig};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn non_stream_message_is_relayed_with_headers_and_query() {
+    let h = Harness::start().await;
+    let (_, _, key) = h.simple_setup().await;
+    let response = h
+        .client
+        .post(h.url("/v1/messages?beta=true"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .header(
+            "anthropic-beta",
+            "claude-code-20250219,fine-grained-tool-streaming-2025-05-14",
+        )
+        .header("x-app", "cli")
+        .json(&message_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-relay-request-id"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["content"][0]["text"], relay_mock::DEFAULT_MOCK_TEXT);
+
+    let seen = h.mock.requests_for("sk-a");
+    assert_eq!(seen.len(), 1);
+    let upstream = &seen[0];
+    assert_eq!(upstream.path, "/v1/messages");
+    assert_eq!(upstream.query.as_deref(), Some("beta=true"));
+    assert_eq!(upstream.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(
+        upstream.header("anthropic-beta"),
+        Some("claude-code-20250219,fine-grained-tool-streaming-2025-05-14")
+    );
+    assert_eq!(upstream.header("x-app"), Some("cli"));
+    // The relay key never goes upstream; the account's key does.
+    assert_eq!(upstream.header("x-api-key"), Some("sk-a"));
+    assert!(!upstream.headers.iter().any(|(_, v)| v == &key));
+    // The body goes upstream byte for byte.
+    assert_eq!(
+        upstream.body,
+        serde_json::to_vec(&message_body(false)).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn bearer_authorization_is_accepted_like_x_api_key() {
+    let h = Harness::start().await;
+    let (_, _, key) = h.simple_setup().await;
+    let response = h
+        .client
+        .post(h.url("/v1/messages"))
+        .bearer_auth(&key)
+        .json(&message_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(h.mock.requests_for("sk-a")[0].header("authorization"), None);
+}
+
+#[tokio::test]
+async fn stream_passes_the_exact_event_sequence_through() {
+    let h = Harness::start().await;
+    let (_, _, key) = h.simple_setup().await;
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let body = response.text().await.unwrap();
+    assert_eq!(event_names(&body), relay_mock::expected_event_names(4));
+    let text: String = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|v| v["type"] == "content_block_delta")
+        .map(|v| v["delta"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(text, relay_mock::DEFAULT_MOCK_TEXT);
+}
+
+/// The first text delta reaches the client while the upstream is still streaming: the
+/// upstream stops after its first delta and never ends, so a relay that buffered would
+/// deliver nothing.
+#[tokio::test]
+async fn first_text_delta_arrives_before_the_stream_ends() {
+    let h = Harness::start().await;
+    let (_, _, key) = h.simple_setup().await;
+    // message_start, content_block_start, ping, first content_block_delta; then silence.
+    h.mock
+        .set_default("sk-a", Behavior::StallMidStream { after_events: 4 });
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut received = String::new();
+    while !received.contains("content_block_delta") {
+        let chunk = stream.next().await.expect("stream open").unwrap();
+        received.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(received.contains("message_start"));
+    assert!(!received.contains("message_stop"));
+}
+
+#[tokio::test]
+async fn count_tokens_and_models_are_relayed() {
+    let h = Harness::start().await;
+    let (_, _, key) = h.simple_setup().await;
+    let response = h
+        .client
+        .post(h.url("/v1/messages/count_tokens"))
+        .header("x-api-key", &key)
+        .json(
+            &json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(
+        h.mock.requests_for("sk-a")[0].path,
+        "/v1/messages/count_tokens"
+    );
+
+    let response = h
+        .client
+        .get(h.url("/v1/models"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["data"].as_array().is_some_and(|d| !d.is_empty()));
+}
+
+#[tokio::test]
+async fn claude_code_prefix_serves_the_same_routes() {
+    let h = Harness::start().await;
+    let (_, _, key) = h.simple_setup().await;
+    let response = h
+        .client
+        .post(h.url("/claude-code/v1/messages?beta=true"))
+        .header("x-api-key", &key)
+        .json(&message_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = h
+        .client
+        .get(h.url("/claude-code/v1/models"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        h.mock.requests_for("sk-a")[0].query.as_deref(),
+        Some("beta=true")
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness_need_no_credentials() {
+    let h = Harness::start().await;
+    let response = h.client.get(h.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = h.client.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+}
+
+#[tokio::test]
+async fn model_mapping_rewrites_only_that_accounts_body() {
+    let h = Harness::start().await;
+    let group = h.group("mapped", None).await;
+    h.post_admin(
+        "/accounts",
+        json!({
+            "name": "glm", "platform": "claude_console", "group_id": group,
+            "base_url": h.mock.base_url(), "api_key": "sk-glm",
+            "model_mapping": {"claude-sonnet-4-5": "glm-4.6"}
+        }),
+    )
+    .await;
+    let key = h.key(group).await;
+    let response = h.messages(&key, message_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let sent = h.mock.requests_for("sk-glm")[0].json_body().unwrap();
+    assert_eq!(sent["model"], "glm-4.6");
+    assert_eq!(sent["messages"][0]["content"], "hello");
+}
+
+/// An account's HTTP proxy is used: the account's base URL names a host that does not
+/// exist, and the mock, acting as the proxy, receives the request in absolute form.
+#[tokio::test]
+async fn account_proxy_is_used_for_upstream_requests() {
+    let h = Harness::start().await;
+    let group = h.group("proxied", None).await;
+    h.post_admin(
+        "/accounts",
+        json!({
+            "name": "via-proxy", "platform": "claude_console", "group_id": group,
+            "base_url": "http://upstream.invalid", "api_key": "sk-proxied",
+            "proxy_url": h.mock.base_url(),
+        }),
+    )
+    .await;
+    let key = h.key(group).await;
+    let response = h.messages(&key, message_body(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(h.mock.count_for("sk-proxied"), 1);
+}
+
+#[tokio::test]
+async fn slow_chunks_are_not_held_back() {
+    // With a delay between upstream events, every event still arrives as its own chunk
+    // in order; the whole stream is intact.
+    let h = Harness::start_with(
+        MockConfig {
+            chunk_delay: std::time::Duration::from_millis(20),
+            ..MockConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    let (_, _, key) = h.simple_setup().await;
+    let response = h.messages(&key, message_body(true)).await;
+    let mut stream = response.bytes_stream();
+    let mut chunks = 0;
+    let mut body = String::new();
+    while let Some(chunk) = stream.next().await {
+        chunks += 1;
+        body.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(chunks >= 5, "events were merged into {chunks} chunks");
+    assert_eq!(event_names(&body), relay_mock::expected_event_names(4));
+}
