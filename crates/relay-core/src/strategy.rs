@@ -1495,3 +1495,49 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod temporary_timing_probe {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    #[test]
+    fn print_selection_costs() {
+        for size in [100usize, 10_000] {
+            let group: Vec<Candidate> = (0..size)
+                .map(|i| {
+                    let mut c = Candidate::new(
+                        ((i * 7919) % 100_003) as i64,
+                        (i % 5) as i32,
+                        (i % 7 + 1) as u32,
+                    );
+                    c.requests_in_window = (i % 13) as u64;
+                    c.latency_ewma_ms = 1000.0 + (i % 17) as f64;
+                    c.in_flight = (i % 3) as u32;
+                    c
+                })
+                .collect();
+            let mut sorted = group.clone();
+            sorted.sort_by_key(|c| c.account_id);
+            let mut rng = SmallRng::seed_from_u64(1);
+            for strategy in StrategyRegistry::with_builtin().names() {
+                let strategy = StrategyRegistry::with_builtin().get(&strategy).unwrap();
+                for (label, g) in [("scrambled", &group), ("sorted", &sorted)] {
+                    let iterations = if size == 100 { 200_000 } else { 2_000 };
+                    let start = std::time::Instant::now();
+                    let mut sink = 0usize;
+                    for cursor in 0..iterations {
+                        let mut ctx = SelectionContext::new(0, &mut rng, cursor as u64);
+                        sink += strategy.rank(g, &mut ctx, 11)[0];
+                    }
+                    let per = start.elapsed().as_nanos() as f64 / iterations as f64;
+                    println!(
+                        "{size:>6} {label:<9} {:<20} {per:>10.0} ns  ({sink})",
+                        strategy.name()
+                    );
+                }
+            }
+        }
+    }
+}

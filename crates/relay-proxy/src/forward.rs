@@ -108,7 +108,7 @@ pub struct ForwardRequest {
 /// What one attempt came to.
 enum AttemptOutcome {
     /// The answer is going to the client.
-    Committed(CommittedAnswer),
+    Committed(Box<CommittedAnswer>),
     /// A client error: the upstream's answer goes back unchanged.
     PassThrough(Response),
     Failed(AttemptFailure),
@@ -453,7 +453,7 @@ pub async fn forward(
                 );
                 return Ok(finish_commit(
                     state,
-                    answer,
+                    *answer,
                     &request,
                     &runtime,
                     attempt_number,
@@ -941,13 +941,13 @@ async fn send_once(
     if let Ok(value) = HeaderValue::from_str(&request.request_id) {
         headers.insert("x-relay-request-id", value);
     }
-    AttemptOutcome::Committed(CommittedAnswer {
+    AttemptOutcome::Committed(Box::new(CommittedAnswer {
         status,
         headers,
         prefetched,
         upstream: response,
         reader,
-    })
+    }))
 }
 
 async fn read_error_body(response: &mut reqwest::Response, idle: Duration) -> Bytes {

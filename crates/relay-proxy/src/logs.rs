@@ -132,7 +132,7 @@ pub fn half_open_in(lang: LogLang, wait: Duration) -> String {
 
 fn human_zh(d: Duration) -> String {
     let secs = d.as_secs();
-    if secs >= 60 && secs % 60 == 0 {
+    if secs >= 60 && secs.is_multiple_of(60) {
         format!("{}分钟", secs / 60)
     } else {
         format!("{secs}秒")
