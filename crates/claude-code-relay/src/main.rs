@@ -24,27 +24,27 @@ struct Cli {
 #[derive(Debug, Clone, Default, clap::Args)]
 struct ServeArgs {
     /// Address to listen on (RELAY_LISTEN; default 0.0.0.0:8080).
-    #[arg(long, global = true)]
+    #[arg(long)]
     listen: Option<String>,
     /// Database URL (DATABASE_URL; default sqlite file ./data/relay.db).
-    #[arg(long, global = true)]
+    #[arg(long)]
     database_url: Option<String>,
     /// TOML configuration file (RELAY_CONFIG).
-    #[arg(long, global = true)]
+    #[arg(long)]
     config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the relay (the default).
-    Serve,
+    Serve(ServeArgs),
     /// Validate the configuration (file, environment, flags) and exit.
-    CheckConfig,
+    CheckConfig(ServeArgs),
     /// Run the scriptable mock of the Anthropic API, for demos and benchmarks.
     MockUpstream {
         /// Address to listen on.
-        #[arg(long = "mock-listen", default_value = "127.0.0.1:9090")]
-        mock_listen: String,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        listen: String,
         /// Delay between stream events, e.g. "50ms".
         #[arg(long, default_value = "0ms")]
         chunk_delay: String,
@@ -75,9 +75,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime.block_on(serve(cli.serve)),
-        Command::CheckConfig => match ServerConfig::load(&ProcessEnv, &overrides(&cli.serve)) {
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::CheckConfig(args) => match ServerConfig::load(&ProcessEnv, &overrides(&args)) {
             Ok(config) => {
                 println!("configuration is valid");
                 println!("  listen: {}", config.listen);
@@ -100,10 +100,10 @@ fn main() -> ExitCode {
             }
         },
         Command::MockUpstream {
-            mock_listen,
+            listen,
             chunk_delay,
             no_record,
-        } => runtime.block_on(mock(mock_listen, chunk_delay, no_record)),
+        } => runtime.block_on(mock(listen, chunk_delay, no_record)),
     }
 }
 

@@ -6,10 +6,16 @@
 //! are the fallback order of the attempt loop. Time and randomness come in through
 //! [`SelectionContext`], so every strategy is deterministic under a seeded generator.
 //!
-//! The attempt loop rarely needs more than `max_retries + 1` candidates, so every strategy does
-//! only partial work when `limit` is small: it computes one key per candidate (one allocation,
-//! no map) and uses a linear-time selection (`select_nth_unstable`) before sorting the few
-//! winners. A full permutation is still available with `limit >= candidates.len()`.
+//! The attempt loop rarely needs more than `max_retries + 1` (at most 11) candidates, so every
+//! strategy does only partial work when `limit` is small: one pass computes each candidate's
+//! key and keeps the best `limit` in a small sorted buffer (no map, no allocation proportional
+//! to the group). Longer rankings collect the keys and use a linear-time selection
+//! (`select_nth_unstable`) before sorting the winners; `weighted` draws from a Fenwick tree;
+//! `round_robin` indexes a snapshot sorted by account id directly. A full permutation is
+//! available with `limit >= candidates.len()`.
+//!
+//! Snapshots are cheapest when built sorted by account id (round robin then needs no
+//! selection at all); any order is correct.
 //!
 //! Health is taken into account everywhere it does not contradict the strategy's promise:
 //! degraded accounts get less traffic than healthy ones (see [`HealthStatus::traffic_factor`]),
@@ -54,6 +60,17 @@ impl HealthStatus {
             HealthStatus::Healthy => 1.0,
             HealthStatus::Degraded => 0.25,
             HealthStatus::Unhealthy => 0.05,
+        }
+    }
+
+    /// The reciprocal of [`HealthStatus::traffic_factor`]: how much more a unit of load or
+    /// cost weighs on an account in this state (a multiplication is cheaper than a division in
+    /// the selection loop).
+    pub fn load_penalty(self) -> f64 {
+        match self {
+            HealthStatus::Healthy => 1.0,
+            HealthStatus::Degraded => 4.0,
+            HealthStatus::Unhealthy => 20.0,
         }
     }
 
@@ -560,7 +577,7 @@ impl SelectionStrategy for LeastUsed {
     ) -> Vec<usize> {
         let keys = candidates.iter().enumerate().map(|(index, c)| {
             (
-                c.requests_in_window as f64 / c.health.traffic_factor(),
+                c.requests_in_window as f64 * c.health.load_penalty(),
                 c.health.badness(),
                 c.priority,
                 c.account_id,
@@ -573,10 +590,10 @@ impl SelectionStrategy for LeastUsed {
             limit,
             |a, b| {
                 a.0.total_cmp(&b.0)
-                    .then(a.1.cmp(&b.1))
-                    .then(a.2.cmp(&b.2))
-                    .then(a.3.cmp(&b.3))
-                    .then(a.4.cmp(&b.4))
+                    .then_with(|| a.1.cmp(&b.1))
+                    .then_with(|| a.2.cmp(&b.2))
+                    .then_with(|| a.3.cmp(&b.3))
+                    .then_with(|| a.4.cmp(&b.4))
             },
             |key| key.4,
         )
@@ -599,19 +616,38 @@ impl Hybrid {
 
     /// The score of one candidate given the group's largest weight and usage.
     pub fn score(candidate: &Candidate, max_weight: u32, max_requests: u64) -> f64 {
-        let weight_term = if max_weight == 0 {
-            0.0
-        } else {
-            f64::from(candidate.weight) / f64::from(max_weight)
-        };
-        let usage_term = if max_requests == 0 {
-            1.0
-        } else {
-            1.0 - candidate.requests_in_window as f64 / max_requests as f64
-        };
-        Self::WEIGHT_SHARE * weight_term
-            + Self::USAGE_SHARE * usage_term
-            + Self::STATUS_SHARE * candidate.health.hybrid_score()
+        HybridNormaliser::new(max_weight, max_requests).score(candidate)
+    }
+}
+
+/// The group-wide figures of the hybrid score, inverted once so that scoring each candidate
+/// needs no division.
+#[derive(Debug, Clone, Copy)]
+struct HybridNormaliser {
+    weight_scale: f64,
+    usage_scale: f64,
+}
+
+impl HybridNormaliser {
+    fn new(max_weight: u32, max_requests: u64) -> Self {
+        HybridNormaliser {
+            weight_scale: if max_weight == 0 {
+                0.0
+            } else {
+                Hybrid::WEIGHT_SHARE / f64::from(max_weight)
+            },
+            usage_scale: if max_requests == 0 {
+                0.0
+            } else {
+                Hybrid::USAGE_SHARE / max_requests as f64
+            },
+        }
+    }
+
+    fn score(&self, candidate: &Candidate) -> f64 {
+        f64::from(candidate.weight) * self.weight_scale
+            + (Hybrid::USAGE_SHARE - candidate.requests_in_window as f64 * self.usage_scale)
+            + Hybrid::STATUS_SHARE * candidate.health.hybrid_score()
     }
 }
 
@@ -632,23 +668,20 @@ impl SelectionStrategy for Hybrid {
             .map(|c| c.requests_in_window)
             .max()
             .unwrap_or(0);
-        let keys = candidates.iter().enumerate().map(|(index, c)| {
-            (
-                Self::score(c, max_weight, max_requests),
-                c.priority,
-                c.account_id,
-                index,
-            )
-        });
+        let normaliser = HybridNormaliser::new(max_weight, max_requests);
+        let keys = candidates
+            .iter()
+            .enumerate()
+            .map(|(index, c)| (normaliser.score(c), c.priority, c.account_id, index));
         best_indices(
             keys,
             candidates.len(),
             limit,
             |a, b| {
                 b.0.total_cmp(&a.0)
-                    .then(a.1.cmp(&b.1))
-                    .then(a.2.cmp(&b.2))
-                    .then(a.3.cmp(&b.3))
+                    .then_with(|| a.1.cmp(&b.1))
+                    .then_with(|| a.2.cmp(&b.2))
+                    .then_with(|| a.3.cmp(&b.3))
             },
             |key| key.3,
         )
@@ -706,10 +739,10 @@ impl SelectionStrategy for Adaptive {
         let compare = |a: &(f64, u64, i32, AccountId, usize),
                        b: &(f64, u64, i32, AccountId, usize)| {
             b.0.total_cmp(&a.0)
-                .then(a.1.cmp(&b.1))
-                .then(a.2.cmp(&b.2))
-                .then(a.3.cmp(&b.3))
-                .then(a.4.cmp(&b.4))
+                .then_with(|| a.1.cmp(&b.1))
+                .then_with(|| a.2.cmp(&b.2))
+                .then_with(|| a.3.cmp(&b.3))
+                .then_with(|| a.4.cmp(&b.4))
         };
         let count = candidates.len();
         let explore = count > 1 && ctx.rng.gen::<f64>() < Self::EXPLORATION_PROBABILITY;
@@ -745,7 +778,7 @@ impl SmartLoadBalance {
         let latency_ms = candidate
             .known_latency_ms()
             .unwrap_or(latency_when_unknown_ms);
-        latency_ms * (f64::from(candidate.in_flight) + 1.0) / candidate.health.traffic_factor()
+        latency_ms * (f64::from(candidate.in_flight) + 1.0) * candidate.health.load_penalty()
     }
 }
 
@@ -783,9 +816,9 @@ impl SelectionStrategy for SmartLoadBalance {
         };
         let compare = |a: &(bool, f64, AccountId, usize), b: &(bool, f64, AccountId, usize)| {
             a.0.cmp(&b.0)
-                .then(a.1.total_cmp(&b.1))
-                .then(a.2.cmp(&b.2))
-                .then(a.3.cmp(&b.3))
+                .then_with(|| a.1.total_cmp(&b.1))
+                .then_with(|| a.2.cmp(&b.2))
+                .then_with(|| a.3.cmp(&b.3))
         };
         let count = candidates.len();
         if count < 2 || limit == 0 {
@@ -1492,52 +1525,6 @@ mod tests {
                 firsts[rank_with(&RoundRobin, &group, 0, cursor, 1)[0]] += 1;
             }
             prop_assert!(firsts.iter().all(|count| *count == rounds), "{:?}", firsts);
-        }
-    }
-}
-
-#[cfg(test)]
-mod temporary_timing_probe {
-    use super::*;
-    use rand::rngs::SmallRng;
-    use rand::SeedableRng;
-
-    #[test]
-    fn print_selection_costs() {
-        for size in [100usize, 10_000] {
-            let group: Vec<Candidate> = (0..size)
-                .map(|i| {
-                    let mut c = Candidate::new(
-                        ((i * 7919) % 100_003) as i64,
-                        (i % 5) as i32,
-                        (i % 7 + 1) as u32,
-                    );
-                    c.requests_in_window = (i % 13) as u64;
-                    c.latency_ewma_ms = 1000.0 + (i % 17) as f64;
-                    c.in_flight = (i % 3) as u32;
-                    c
-                })
-                .collect();
-            let mut sorted = group.clone();
-            sorted.sort_by_key(|c| c.account_id);
-            let mut rng = SmallRng::seed_from_u64(1);
-            for strategy in StrategyRegistry::with_builtin().names() {
-                let strategy = StrategyRegistry::with_builtin().get(&strategy).unwrap();
-                for (label, g) in [("scrambled", &group), ("sorted", &sorted)] {
-                    let iterations = if size == 100 { 200_000 } else { 2_000 };
-                    let start = std::time::Instant::now();
-                    let mut sink = 0usize;
-                    for cursor in 0..iterations {
-                        let mut ctx = SelectionContext::new(0, &mut rng, cursor as u64);
-                        sink += strategy.rank(g, &mut ctx, 11)[0];
-                    }
-                    let per = start.elapsed().as_nanos() as f64 / iterations as f64;
-                    println!(
-                        "{size:>6} {label:<9} {:<20} {per:>10.0} ns  ({sink})",
-                        strategy.name()
-                    );
-                }
-            }
         }
     }
 }

@@ -138,22 +138,22 @@ pub fn log_state_events(state: &RelayState, account: &str, events: &[StateEvent]
     for event in events {
         match event {
             StateEvent::HealthChanged { from, to } => tracing::warn!(
-                account,
+                %account,
                 "{}",
                 logs::health_changed(lang, account, status_name(*from), status_name(*to))
             ),
             StateEvent::BreakerOpened { until, .. } => {
-                tracing::warn!(account, "{}", logs::breaker_opened(lang));
+                tracing::warn!(%account, "{}", logs::breaker_opened(lang));
                 let wait =
                     Duration::from_millis(u64::try_from(until - crate::now_millis()).unwrap_or(0));
-                tracing::warn!(account, "{}", logs::half_open_in(lang, wait));
+                tracing::warn!(%account, "{}", logs::half_open_in(lang, wait));
             }
             StateEvent::BreakerHalfOpen => {}
             StateEvent::BreakerClosed => {
-                tracing::info!(account, "{}", logs::breaker_closed(lang, account))
+                tracing::info!(%account, "{}", logs::breaker_closed(lang, account))
             }
             StateEvent::TemporarilyDisabled { until } => tracing::warn!(
-                account,
+                %account,
                 "{}",
                 logs::temporarily_disabled(
                     lang,
@@ -162,16 +162,16 @@ pub fn log_state_events(state: &RelayState, account: &str, events: &[StateEvent]
                 )
             ),
             StateEvent::Disabled { reason, .. } => tracing::warn!(
-                account,
+                %account,
                 "{}",
                 logs::disabled(lang, account, reason.as_str())
             ),
             StateEvent::CoolingDown { until, .. } => tracing::info!(
-                account,
+                %account,
                 "{}",
                 logs::cooling_down(lang, account, &relay_core::duration::format_rfc3339(*until))
             ),
-            StateEvent::Recovered => tracing::info!(account, "{}", logs::recovered(lang, account)),
+            StateEvent::Recovered => tracing::info!(%account, "{}", logs::recovered(lang, account)),
         }
     }
 }
