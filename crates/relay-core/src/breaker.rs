@@ -158,6 +158,30 @@ impl CircuitBreaker {
         }
     }
 
+    /// Rebuilds a breaker from its persisted or shared figures (after a restart, or from
+    /// another instance). A half-open breaker comes back with its trial slot free: whoever held
+    /// it is gone. The error-rate window starts empty.
+    pub fn restore(
+        settings: BreakerSettings,
+        phase: BreakerPhase,
+        open_until: Option<UnixMillis>,
+        consecutive_opens: u32,
+    ) -> Self {
+        let mut breaker = CircuitBreaker::new(settings);
+        breaker.consecutive_opens = consecutive_opens;
+        breaker.state = match (phase, open_until) {
+            (BreakerPhase::Closed, _) => {
+                breaker.consecutive_opens = 0;
+                BreakerState::Closed
+            }
+            (BreakerPhase::Open, Some(until)) => BreakerState::Open { until },
+            (BreakerPhase::Open, None) | (BreakerPhase::HalfOpen, _) => BreakerState::HalfOpen {
+                trial_taken_at: None,
+            },
+        };
+        breaker
+    }
+
     pub fn settings(&self) -> &BreakerSettings {
         &self.settings
     }
@@ -786,6 +810,28 @@ mod tests {
             Some(BreakerTransition::Closed)
         );
         assert_eq!(breaker.record_failure(reopen_time + 1), None);
+    }
+
+    #[test]
+    fn restore_brings_back_each_phase() {
+        let closed = CircuitBreaker::restore(settings(), BreakerPhase::Closed, None, 3);
+        assert_eq!(closed.phase(T0), BreakerPhase::Closed);
+        assert_eq!(closed.consecutive_opens(), 0);
+
+        let mut open =
+            CircuitBreaker::restore(settings(), BreakerPhase::Open, Some(T0 + MINUTE), 2);
+        assert_eq!(open.phase(T0), BreakerPhase::Open);
+        assert_eq!(open.open_until(), Some(T0 + MINUTE));
+        assert_eq!(open.admit(T0 + MINUTE), Admission::Trial);
+        // The doubling continues from the restored count.
+        assert_eq!(
+            open.record_failure(T0 + MINUTE),
+            opened_at(T0 + MINUTE, 120 * SECOND, 3)
+        );
+
+        let mut half_open = CircuitBreaker::restore(settings(), BreakerPhase::HalfOpen, None, 1);
+        assert_eq!(half_open.phase(T0), BreakerPhase::HalfOpen);
+        assert_eq!(half_open.admit(T0), Admission::Trial);
     }
 
     #[test]

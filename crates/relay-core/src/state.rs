@@ -22,11 +22,11 @@
 //! Every mutation returns the [`StateEvent`]s it caused, so the caller can write the seed's log
 //! lines and publish the change to other instances. Nothing here reads a clock or blocks.
 
-use crate::breaker::{Admission, BreakerPhase, BreakerTransition, CircuitBreaker};
+use crate::breaker::{Admission, BreakerPhase, BreakerSettings, BreakerTransition, CircuitBreaker};
 use crate::classify::OutcomeClass;
 use crate::config::FallbackConfig;
 use crate::cooldown::{Cooldown, CooldownScope};
-use crate::health::{duration_to_millis, HealthStatus, HealthTracker};
+use crate::health::{duration_to_millis, HealthSettings, HealthStatus, HealthTracker};
 use crate::model::{Account, ModelFamily};
 use crate::strategy::Candidate;
 use crate::UnixMillis;
@@ -143,6 +143,34 @@ pub enum StateEvent {
     Recovered,
 }
 
+/// The part of an account's state that must survive a restart and that instances share in
+/// cluster mode: disables, cooldowns and the breaker's phase. Health windows are not kept:
+/// they describe recent traffic, which a restarted relay simply observes again.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct PersistedAccountState {
+    pub disabled_until: Option<UnixMillis>,
+    pub disable_reason: Option<DisableReason>,
+    pub account_cooldown_until: Option<UnixMillis>,
+    pub family_cooldowns: Vec<FamilyCooldown>,
+    pub breaker_phase: Option<BreakerPhase>,
+    pub breaker_open_until: Option<UnixMillis>,
+    pub breaker_consecutive_opens: u32,
+}
+
+/// A per-family rate-limit cooldown, as persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FamilyCooldown {
+    pub family: ModelFamily,
+    pub until: UnixMillis,
+}
+
+const ALL_FAMILIES: [ModelFamily; FAMILY_COUNT] = [
+    ModelFamily::Opus,
+    ModelFamily::Sonnet,
+    ModelFamily::Haiku,
+    ModelFamily::Other,
+];
+
 /// Index of a family in the per-family cooldown table.
 fn family_slot(family: ModelFamily) -> usize {
     match family {
@@ -175,8 +203,8 @@ impl AccountState {
         AccountState {
             breaker_enabled: config.enable_circuit_breaker,
             recovery_window_ms: duration_to_millis(config.recovery_window),
-            breaker: CircuitBreaker::new(crate::breaker::BreakerSettings::from_config(config)),
-            health: HealthTracker::new(crate::health::HealthSettings::from_config(config)),
+            breaker: CircuitBreaker::new(BreakerSettings::from_config(config)),
+            health: HealthTracker::new(HealthSettings::from_config(config)),
             reported_health: HealthStatus::Healthy,
             account_cooldown_until: None,
             family_cooldown_until: [None; FAMILY_COUNT],
@@ -185,19 +213,80 @@ impl AccountState {
         }
     }
 
+    /// Rebuilds an account's state from what was persisted, dropping whatever has expired by
+    /// `now` (a cooldown or disable that ended while the relay was down).
+    pub fn restore(
+        config: &FallbackConfig,
+        persisted: &PersistedAccountState,
+        now: UnixMillis,
+    ) -> Self {
+        let mut state = AccountState::new(config);
+        let still_running = |until: &UnixMillis| *until > now;
+        if let Some(reason) = persisted.disable_reason {
+            if persisted.disabled_until.is_none_or(|until| until > now) {
+                state.set_disabled(persisted.disabled_until, reason);
+                state.reported_health = HealthStatus::Unhealthy;
+            }
+        }
+        state.account_cooldown_until = persisted.account_cooldown_until.filter(still_running);
+        for cooldown in &persisted.family_cooldowns {
+            if still_running(&cooldown.until) {
+                state.family_cooldown_until[family_slot(cooldown.family)] = Some(cooldown.until);
+            }
+        }
+        if state.breaker_enabled {
+            if let Some(phase) = persisted.breaker_phase {
+                state.breaker = CircuitBreaker::restore(
+                    BreakerSettings::from_config(config),
+                    phase,
+                    persisted.breaker_open_until,
+                    persisted.breaker_consecutive_opens,
+                );
+            }
+        }
+        state
+    }
+
+    /// What must survive a restart (see [`PersistedAccountState`]), as of `now`.
+    pub fn persisted(&self, now: UnixMillis) -> PersistedAccountState {
+        let (disabled_until, disable_reason) = match self.active_disable(now) {
+            Some((until, reason)) => (until, Some(reason)),
+            None => (None, None),
+        };
+        PersistedAccountState {
+            disabled_until,
+            disable_reason,
+            account_cooldown_until: self.account_cooldown_until.filter(|until| *until > now),
+            family_cooldowns: ALL_FAMILIES
+                .iter()
+                .filter_map(|family| {
+                    self.family_cooldown_until[family_slot(*family)]
+                        .filter(|until| *until > now)
+                        .map(|until| FamilyCooldown {
+                            family: *family,
+                            until,
+                        })
+                })
+                .collect(),
+            breaker_phase: Some(self.breaker.phase(now)),
+            breaker_open_until: self.breaker.open_until(),
+            breaker_consecutive_opens: self.breaker.consecutive_opens(),
+        }
+    }
+
     /// Applies a changed configuration. Turning the breaker off resets it to closed, so turning
     /// it back on later starts from a clean slate rather than from a stale open period.
     pub fn apply_config(&mut self, config: &FallbackConfig) {
         self.breaker_enabled = config.enable_circuit_breaker;
         self.recovery_window_ms = duration_to_millis(config.recovery_window);
-        let breaker_settings = crate::breaker::BreakerSettings::from_config(config);
+        let breaker_settings = BreakerSettings::from_config(config);
         if self.breaker_enabled {
             self.breaker.set_settings(breaker_settings);
         } else {
             self.breaker = CircuitBreaker::new(breaker_settings);
         }
         self.health
-            .set_settings(crate::health::HealthSettings::from_config(config));
+            .set_settings(HealthSettings::from_config(config));
     }
 
     /// The disable in force at `now`: (until, reason).
@@ -404,11 +493,19 @@ impl AccountState {
     /// window starts afresh). Rate-limit cooldowns are kept: they end at the upstream's reset
     /// time, which a cheap probe on another model family says nothing about. An account an
     /// operator disabled stays disabled.
+    /// Nothing happens (and nothing is reported) when the account did not need a probe.
     pub fn probe_succeeded(&mut self, now: UnixMillis) -> Vec<StateEvent> {
-        if self.active_disable(now).map(|(_, reason)| reason) == Some(DisableReason::Manual) {
+        if !self.needs_probe(now) {
             return Vec::new();
         }
         self.restore_full_traffic(now)
+    }
+
+    /// A request admitted with [`Admission::Trial`] ended without an outcome that says anything
+    /// about the account (the client went away, or the request never reached it): the
+    /// breaker's trial slot is free for the next request.
+    pub fn release_trial(&mut self, now: UnixMillis) {
+        self.breaker.release_trial(now);
     }
 
     /// A recovery probe failed: a temporary disable is pushed back by `recovery_window` from
@@ -1017,6 +1114,30 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_trial_frees_the_slot() {
+        let mut state = fresh();
+        for _ in 0..3 {
+            record(&mut state, T0, OutcomeClass::ServerError);
+        }
+        let half_open_at = T0 + 30 * SECOND;
+        assert_eq!(state.try_admit(half_open_at, SONNET), Ok(Admission::Trial));
+        assert!(state.try_admit(half_open_at + 1, SONNET).is_err());
+        state.release_trial(half_open_at + 2);
+        assert_eq!(
+            state.try_admit(half_open_at + 3, SONNET),
+            Ok(Admission::Trial)
+        );
+    }
+
+    #[test]
+    fn a_probe_of_an_account_that_needs_none_reports_nothing() {
+        let mut state = fresh();
+        assert!(state.probe_succeeded(T0).is_empty());
+        assert!(state.probe_failed(T0).is_empty());
+        assert!(state.eligibility(T0, SONNET).is_eligible());
+    }
+
+    #[test]
     fn a_failed_probe_pushes_a_temporary_disable_back() {
         let mut state = temporarily_disabled_at(T0);
         assert_eq!(
@@ -1281,6 +1402,90 @@ mod tests {
         assert_eq!(candidate.latency_ewma_ms, 1_500.0);
         assert!((candidate.success_ewma - 0.8).abs() < 1e-12);
         assert_eq!(candidate.health, HealthStatus::Healthy);
+    }
+
+    #[test]
+    fn persisted_state_survives_a_restart() {
+        let mut state = fresh();
+        for _ in 0..3 {
+            record(&mut state, T0, OutcomeClass::ServerError);
+        }
+        state.record_outcome(
+            T0,
+            OutcomeClass::RateLimited,
+            0.0,
+            ModelFamily::Opus,
+            Some(Cooldown {
+                until: T0 + 5 * MINUTE,
+                scope: CooldownScope::Family(ModelFamily::Opus),
+                source: CooldownSource::RetryAfter,
+            }),
+        );
+        record(&mut state, T0 + 1, OutcomeClass::Billing);
+        let persisted = state.persisted(T0 + 2);
+        assert_eq!(persisted.disable_reason, Some(DisableReason::Billing));
+        assert_eq!(persisted.breaker_phase, Some(BreakerPhase::Open));
+        assert_eq!(persisted.breaker_open_until, Some(T0 + 30 * SECOND));
+        assert_eq!(
+            persisted.family_cooldowns,
+            vec![FamilyCooldown {
+                family: ModelFamily::Opus,
+                until: T0 + 5 * MINUTE
+            }]
+        );
+        let json = serde_json::to_string(&persisted).expect("serialises");
+        let read_back: PersistedAccountState = serde_json::from_str(&json).expect("parses");
+        assert_eq!(read_back, persisted);
+
+        let mut restored = AccountState::restore(&config(), &read_back, T0 + 3);
+        assert_eq!(
+            restored.eligibility(T0 + 3, ModelFamily::Opus),
+            Eligibility::Disabled {
+                until: None,
+                reason: DisableReason::Billing
+            }
+        );
+        assert_eq!(restored.breaker().open_until(), Some(T0 + 30 * SECOND));
+        assert!(restored.needs_probe(T0 + 3));
+        restored.probe_succeeded(T0 + 4);
+        assert_eq!(
+            restored.eligibility(T0 + 4, ModelFamily::Opus),
+            Eligibility::CoolingDown {
+                until: T0 + 5 * MINUTE
+            }
+        );
+        assert!(restored.eligibility(T0 + 4, SONNET).is_eligible());
+    }
+
+    #[test]
+    fn restoring_drops_what_expired_while_down() {
+        let persisted = PersistedAccountState {
+            disabled_until: Some(T0 + MINUTE),
+            disable_reason: Some(DisableReason::Temporary),
+            account_cooldown_until: Some(T0 + MINUTE),
+            family_cooldowns: vec![FamilyCooldown {
+                family: SONNET,
+                until: T0 + MINUTE,
+            }],
+            breaker_phase: Some(BreakerPhase::Open),
+            breaker_open_until: Some(T0 + MINUTE),
+            breaker_consecutive_opens: 1,
+        };
+        let restored = AccountState::restore(&config(), &persisted, T0 + 2 * MINUTE);
+        assert_eq!(restored.disable_reason(), None);
+        // The breaker's open time passed: it is half-open, waiting for one trial.
+        assert!(restored.eligibility(T0 + 2 * MINUTE, SONNET).is_eligible());
+        assert_eq!(
+            restored.breaker().phase(T0 + 2 * MINUTE),
+            BreakerPhase::HalfOpen
+        );
+        assert_eq!(
+            AccountState::restore(&config(), &PersistedAccountState::default(), T0).persisted(T0),
+            PersistedAccountState {
+                breaker_phase: Some(BreakerPhase::Closed),
+                ..PersistedAccountState::default()
+            }
+        );
     }
 
     #[test]

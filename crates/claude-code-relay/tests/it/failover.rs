@@ -238,3 +238,37 @@ async fn sticky_session_keeps_its_account_while_usable() {
         "a sticky session spread over accounts: {counts:?}"
     );
 }
+
+#[tokio::test]
+async fn slow_first_byte_fails_over_after_first_byte_timeout() {
+    let h = Harness::start_with(Default::default(), |env| {
+        env.insert("FALLBACK_FIRST_BYTE_TIMEOUT".to_owned(), "1s".to_owned());
+    })
+    .await;
+    let (_, _, _, key) = two_accounts(&h).await;
+    h.mock.push("sk-first", Behavior::Hang);
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert_eq!(event_names(&body), relay_mock::expected_event_names(4));
+    let logs = h.logs("").await;
+    assert_eq!(logs[1]["class"], "network");
+    assert_eq!(logs[0]["class"], "success");
+}
+
+#[tokio::test]
+async fn silence_mid_stream_ends_with_an_error_event_after_idle_timeout() {
+    let h = Harness::start_with(Default::default(), |env| {
+        env.insert("RELAY_IDLE_TIMEOUT".to_owned(), "1s".to_owned());
+    })
+    .await;
+    let (_, _, _, key) = two_accounts(&h).await;
+    h.mock
+        .push("sk-first", Behavior::StallMidStream { after_events: 4 });
+    let response = h.messages(&key, message_body(true)).await;
+    let body = response.text().await.unwrap();
+    let names = event_names(&body);
+    assert_eq!(names.last().map(String::as_str), Some("error"), "{body}");
+    assert!(body.contains("no data from the upstream"));
+    assert_eq!(h.mock.count_for("sk-second"), 0);
+}
