@@ -11,6 +11,7 @@ use relay_admin::{admin_router, ensure_admin_token, AdminState, AdminTokenSource
 use relay_core::config::{FallbackConfig, FallbackConfigPatch};
 use relay_core::envelope::ErrorKind;
 use relay_core::strategy::StrategyRegistry;
+use relay_proxy::clock::{Clock, SystemClock};
 use relay_proxy::error::envelope_response;
 use relay_proxy::usage::usage_channel;
 use relay_proxy::{data_plane_router, RelayState};
@@ -91,6 +92,15 @@ pub async fn start(
     config: ServerConfig,
     listener: Option<TcpListener>,
 ) -> anyhow::Result<RunningRelay> {
+    start_with_clock(config, listener, Arc::new(SystemClock)).await
+}
+
+/// Like `start`, with the clock the fallback logic reads (tests run it in virtual time).
+pub async fn start_with_clock(
+    config: ServerConfig,
+    listener: Option<TcpListener>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<RunningRelay> {
     let store = SqlStore::connect(config.database_url.as_deref())
         .await
         .context("opening the store")?;
@@ -104,12 +114,13 @@ pub async fn start(
     }
 
     let (usage, usage_writer) = usage_channel(store.clone(), config.relay.usage_flush_interval);
-    let state = RelayState::new(
+    let state = RelayState::with_clock(
         store.clone(),
         config.relay.clone(),
         fallback,
         strategies,
         usage,
+        clock,
     )
     .await
     .context("loading groups, accounts and keys")?;
@@ -188,6 +199,9 @@ impl RunningRelay {
         }
         for task in self.background {
             let _ = task.await;
+        }
+        if let Err(error) = self.state.save_account_states().await {
+            tracing::error!(%error, "could not save account states");
         }
         self.usage_stop.cancel();
         let _ = self.usage_writer.await;

@@ -103,12 +103,13 @@ async fn disable_account(
         .optional::<String>("reason", "a string")?
         .unwrap_or_default();
     let runtime = find_account(&state, group_id, account_id)?;
-    let now = relay_proxy::now_millis();
+    let now = state.relay.now();
     let until = duration.map(|d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
     let events = lock(&runtime.state).disable(now, until, DisableReason::Manual);
     let name = runtime.account().name.clone();
     log_state_events(&state.relay, &name, &events);
     tracing::warn!(account = %name, reason = %reason, "account disabled through the admin API");
+    state.relay.save_account_states().await?;
     Ok(Json(json!({
         "account_id": account_id,
         "disabled_until": until.map(format_rfc3339),
@@ -125,9 +126,10 @@ async fn enable_account(
     let group_id = payload.optional::<i64>("group_id", "a group id")?;
     let account_id: i64 = payload.required("account_id", "an account id")?;
     let runtime = find_account(&state, group_id, account_id)?;
-    let now = relay_proxy::now_millis();
+    let now = state.relay.now();
     let events = lock(&runtime.state).enable(now);
     log_state_events(&state.relay, &runtime.account().name, &events);
+    state.relay.save_account_states().await?;
     Ok(Json(json!({
         "account_id": account_id,
         "enabled": true,
@@ -184,7 +186,7 @@ async fn account_health(
 ) -> Result<Json<Value>, AdminError> {
     let group_id = query_id(query.get("group_id"), "group_id")?;
     let account_id = query_id(query.get("account_id"), "account_id")?;
-    let now = relay_proxy::now_millis();
+    let now = state.relay.now();
     if let Some(account_id) = account_id {
         let runtime = find_account(&state, group_id, account_id)?;
         return Ok(Json(account_health_json(&runtime, now)));

@@ -225,7 +225,7 @@ fn account_json(state: &AdminState, account: &Account, credential: Option<&Crede
     let status = snapshot
         .accounts
         .get(&account.id)
-        .map(|runtime| account_status_json(runtime, relay_proxy::now_millis()));
+        .map(|runtime| account_status_json(runtime, state.relay.now()));
     let (credential_type, oauth_expires_at) = match credential {
         Some(Credential::ApiKey(_)) => (Some("api_key"), None),
         Some(Credential::OAuth(o)) => (Some("oauth"), Some(format_rfc3339(o.expires_at))),

@@ -70,7 +70,7 @@ pub enum StreamEnd {
 impl CommittedAttempt {
     pub fn finish(self, end: StreamEnd, usage: Usage) {
         let state = &self.state;
-        let now = crate::now_millis();
+        let now = state.now();
         let account = self.account.account();
         let class_name = match &end {
             StreamEnd::Complete => OutcomeClass::Success.as_str(),

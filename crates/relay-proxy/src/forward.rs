@@ -144,8 +144,7 @@ pub fn log_state_events(state: &RelayState, account: &str, events: &[StateEvent]
             ),
             StateEvent::BreakerOpened { until, .. } => {
                 tracing::warn!(%account, "{}", logs::breaker_opened(lang));
-                let wait =
-                    Duration::from_millis(u64::try_from(until - crate::now_millis()).unwrap_or(0));
+                let wait = Duration::from_millis(u64::try_from(until - state.now()).unwrap_or(0));
                 tracing::warn!(%account, "{}", logs::half_open_in(lang, wait));
             }
             StateEvent::BreakerHalfOpen => {}
@@ -297,7 +296,7 @@ pub async fn forward(
     let group = Arc::clone(&request.identity.group);
     let config: Arc<FallbackConfig> = Arc::clone(&group.config);
     let lang = state.settings.log_lang;
-    let now = crate::now_millis();
+    let now = state.now();
     let family = request
         .model
         .as_deref()
@@ -305,11 +304,12 @@ pub async fn forward(
         .unwrap_or(ModelFamily::Other);
     let strategy_name = group.strategy.name().to_owned();
 
-    let mut group_trial = false;
+    // Released on every path that does not report an outcome to the group breaker.
+    let mut group_trial = TrialSlot::NONE;
     if config.enable_circuit_breaker {
         match lock(&group.breaker).admit(now) {
             Admission::Allowed => {}
-            Admission::Trial => group_trial = true,
+            Admission::Trial => group_trial = TrialSlot::group(&group, now),
             Admission::Rejected { retry_at } => {
                 return Err(RelayError::AllAccountsFailed {
                     kind: ErrorKind::Overloaded,
@@ -344,9 +344,6 @@ pub async fn forward(
         now,
     );
     if ordered.is_empty() {
-        if group_trial {
-            lock(&group.breaker).release_trial(now);
-        }
         tracing::warn!(request_id = %request.request_id, group = %group.group.name, "{}", logs::none_eligible(lang, &group.group.name));
         let (kind, message) = if all_rate_limited && earliest_return.is_some() {
             (
@@ -395,14 +392,14 @@ pub async fn forward(
         if attempts.len() >= max_attempts || tokio::time::Instant::now() >= deadline {
             break;
         }
-        let now = crate::now_millis();
+        let now = state.now();
         let admission = {
             let mut account_state = lock(&runtime.state);
             account_state.try_admit(now, family)
         };
         let mut trial_slot = match admission {
-            Ok(Admission::Allowed) => TrialSlot::none(),
-            Ok(Admission::Trial) => TrialSlot::account(&runtime, family),
+            Ok(Admission::Allowed) => TrialSlot::NONE,
+            Ok(Admission::Trial) => TrialSlot::account(&runtime, now),
             // Became ineligible since the plan (another request's failure): skip, free.
             Ok(Admission::Rejected { .. }) | Err(_) => continue,
         };
@@ -416,11 +413,11 @@ pub async fn forward(
             logs::attempt(lang, attempt_number, max_attempts, &account.name, account.platform.as_str(), account.priority)
         );
         let attempt_started = Instant::now();
-        let created_at = crate::now_millis();
+        let created_at = state.now();
         let in_flight = runtime.start_request();
         let outcome = attempt_once(state, &runtime, &request, &config, deadline).await;
         let duration_ms = elapsed_ms(attempt_started);
-        let now = crate::now_millis();
+        let now = state.now();
         // The outcome is recorded below, which settles a half-open trial either way.
         trial_slot.disarm();
         match outcome {
@@ -433,6 +430,7 @@ pub async fn forward(
                     None,
                 );
                 log_state_events(state, &account.name, &events);
+                group_trial.disarm();
                 if config.enable_circuit_breaker {
                     let transition = lock(&group.breaker).record_success(now);
                     if transition.is_some() {
@@ -473,9 +471,6 @@ pub async fn forward(
                     None,
                 );
                 log_state_events(state, &account.name, &events);
-                if group_trial {
-                    lock(&group.breaker).release_trial(now);
-                }
                 record_failed_attempt(
                     state,
                     &request,
@@ -557,7 +552,7 @@ pub async fn forward(
     }
 
     // Every allowed attempt failed (or the deadline passed).
-    let now = crate::now_millis();
+    let now = state.now();
     if config.enable_circuit_breaker && !attempts.is_empty() {
         let transition = lock(&group.breaker).record_failure(now);
         if let Some(relay_core::breaker::BreakerTransition::Opened { until, .. }) = transition {
@@ -565,8 +560,7 @@ pub async fn forward(
             tracing::warn!(group = %group.group.name, "{}", logs::breaker_opened(lang));
             tracing::warn!(group = %group.group.name, "{}", logs::half_open_in(lang, Duration::from_millis(u64::try_from(until - now).unwrap_or(0))));
         }
-    } else if group_trial {
-        lock(&group.breaker).release_trial(now);
+        group_trial.disarm();
     }
     tracing::error!(
         request_id = %request.request_id,
@@ -611,38 +605,43 @@ pub async fn forward(
 
 /// A half-open breaker admits exactly one trial. If the request is abandoned while the
 /// trial runs (the client went away and the handler future was dropped), this frees the slot
-/// so the account is not stuck half-open forever.
+/// so the account (or group) is not left waiting for a report that never comes.
 struct TrialSlot {
-    account: Option<(Arc<AccountRuntime>, ModelFamily)>,
+    held: Option<HeldTrial>,
+}
+
+enum HeldTrial {
+    Account(Arc<AccountRuntime>, UnixMillis),
+    Group(Arc<GroupRuntime>, UnixMillis),
 }
 
 impl TrialSlot {
-    fn none() -> Self {
-        TrialSlot { account: None }
-    }
+    const NONE: TrialSlot = TrialSlot { held: None };
 
-    fn account(runtime: &Arc<AccountRuntime>, family: ModelFamily) -> Self {
+    fn account(runtime: &Arc<AccountRuntime>, now: UnixMillis) -> Self {
         TrialSlot {
-            account: Some((Arc::clone(runtime), family)),
+            held: Some(HeldTrial::Account(Arc::clone(runtime), now)),
         }
     }
 
+    fn group(group: &Arc<GroupRuntime>, now: UnixMillis) -> Self {
+        TrialSlot {
+            held: Some(HeldTrial::Group(Arc::clone(group), now)),
+        }
+    }
+
+    /// The outcome was reported to the breaker: nothing to release.
     fn disarm(&mut self) {
-        self.account = None;
+        self.held = None;
     }
 }
 
 impl Drop for TrialSlot {
     fn drop(&mut self) {
-        if let Some((runtime, family)) = self.account.take() {
-            // A client error settles nothing but the trial slot.
-            let _ = lock(&runtime.state).record_outcome(
-                crate::now_millis(),
-                OutcomeClass::ClientError,
-                0.0,
-                family,
-                None,
-            );
+        match self.held.take() {
+            None => {}
+            Some(HeldTrial::Account(runtime, now)) => lock(&runtime.state).release_trial(now),
+            Some(HeldTrial::Group(group, now)) => lock(&group.breaker).release_trial(now),
         }
     }
 }

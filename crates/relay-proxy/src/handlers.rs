@@ -96,7 +96,7 @@ async fn handle_inner(
     request_id: &Arc<str>,
 ) -> Result<Response, RelayError> {
     let (parts, body) = request.into_parts();
-    let now = crate::now_millis();
+    let now = state.now();
     let identity = match authenticate(state, &parts.headers, now).await {
         Ok(identity) => identity,
         Err(error) => {

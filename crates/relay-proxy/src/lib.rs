@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod body_stream;
+pub mod clock;
 pub mod error;
 pub mod forward;
 pub mod handlers;

@@ -43,7 +43,7 @@ pub async fn account_secret(
         Credential::ApiKey(key) => Ok(key),
         Credential::OAuth(oauth) => {
             let margin = crate::registry::millis(state.settings.oauth_refresh_margin);
-            if oauth.expires_at - margin > crate::now_millis() {
+            if oauth.expires_at - margin > state.now() {
                 Ok(oauth.access_token)
             } else {
                 refresh(state, account, None).await
@@ -64,7 +64,7 @@ pub async fn refresh(
         return Err(OAuthError::NotOAuth);
     };
     let margin = crate::registry::millis(state.settings.oauth_refresh_margin);
-    let now = crate::now_millis();
+    let now = state.now();
     match rejected_token {
         Some(rejected) if rejected != current.access_token => return Ok(current.access_token),
         None if current.expires_at - margin > now => return Ok(current.access_token),
@@ -107,7 +107,7 @@ pub async fn refresh(
     let renewed = OAuthCredential {
         access_token: token.access_token,
         refresh_token: token.refresh_token.unwrap_or(current.refresh_token),
-        expires_at: crate::now_millis() + expires_in_ms,
+        expires_at: state.now() + expires_in_ms,
     };
     // Store the rotated refresh token first: the old one is already spent upstream.
     if let Err(error) = state.store.save_oauth_tokens(account.id, &renewed).await {

@@ -117,7 +117,7 @@ pub async fn send_probe(state: &RelayState, runtime: &Arc<AccountRuntime>) -> Pr
 /// breaker on success).
 pub async fn probe_and_apply(state: &RelayState, runtime: &Arc<AccountRuntime>) -> ProbeResult {
     let result = send_probe(state, runtime).await;
-    let now = crate::now_millis();
+    let now = state.now();
     let account = runtime.account();
     let lang = state.settings.log_lang;
     if result.success {
@@ -139,7 +139,7 @@ pub async fn probe_and_apply(state: &RelayState, runtime: &Arc<AccountRuntime>) 
 
 /// One round: probe every account that needs it, concurrently.
 pub async fn probe_round(state: &Arc<RelayState>) -> Vec<ProbeResult> {
-    let now = crate::now_millis();
+    let now = state.now();
     let snapshot = state.registry.load_full();
     let due: Vec<Arc<AccountRuntime>> = snapshot
         .groups
@@ -168,6 +168,9 @@ pub async fn run_probe_loop(
             _ = tokio::time::sleep(interval) => {
                 if state.global_config().enable_health_check {
                     probe_round(&state).await;
+                }
+                if let Err(error) = state.save_account_states().await {
+                    tracing::warn!(%error, "could not save account states");
                 }
             }
         }

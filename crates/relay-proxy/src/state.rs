@@ -6,14 +6,20 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use relay_core::config::FallbackConfig;
 use relay_core::model::AccountId;
+use relay_core::state::{AccountState, PersistedAccountState};
 use relay_core::strategy::StrategyRegistry;
 use relay_core::UnixMillis;
-use relay_store::{AccountStore, ApiKeyStore, GroupStore, SqlStore, StoreError};
+use relay_store::{AccountStore, ApiKeyStore, GroupStore, SettingsStore, SqlStore, StoreError};
 
+use crate::clock::{Clock, SystemClock};
 use crate::http_clients::HttpClients;
 use crate::registry::{lock, Registry, RegistrySource};
 use crate::settings::RelaySettings;
 use crate::usage::UsageRecorder;
+
+/// The settings key holding each account's persisted fallback state (disables, cooldowns,
+/// breaker phase), so a restart does not forget an operator's disable or a known cooldown.
+const ACCOUNT_STATES_SETTING: &str = "account_states";
 
 /// How long an idle sticky-session binding is kept.
 const STICKY_TTL_MS: i64 = 60 * 60 * 1000;
@@ -30,6 +36,7 @@ pub struct RelayState {
     pub clients: HttpClients,
     pub usage: UsageRecorder,
     pub sticky: StickySessions,
+    pub clock: Arc<dyn Clock>,
 }
 
 impl RelayState {
@@ -41,6 +48,26 @@ impl RelayState {
         strategies: StrategyRegistry,
         usage: UsageRecorder,
     ) -> Result<Arc<RelayState>, StoreError> {
+        RelayState::with_clock(
+            store,
+            settings,
+            global_config,
+            strategies,
+            usage,
+            Arc::new(SystemClock),
+        )
+        .await
+    }
+
+    /// Like `new`, with an injected clock (tests and simulations run in virtual time).
+    pub async fn with_clock(
+        store: SqlStore,
+        settings: RelaySettings,
+        global_config: FallbackConfig,
+        strategies: StrategyRegistry,
+        usage: UsageRecorder,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<RelayState>, StoreError> {
         let clients = HttpClients::new(settings.connect_timeout);
         let state = Arc::new(RelayState {
             store,
@@ -51,9 +78,59 @@ impl RelayState {
             clients,
             usage,
             sticky: StickySessions::default(),
+            clock,
         });
         state.reload().await?;
+        state.restore_account_states().await?;
         Ok(state)
+    }
+
+    async fn restore_account_states(&self) -> Result<(), StoreError> {
+        let Some(text) = self.store.get_setting(ACCOUNT_STATES_SETTING).await? else {
+            return Ok(());
+        };
+        let saved: HashMap<AccountId, PersistedAccountState> = match serde_json::from_str(&text) {
+            Ok(saved) => saved,
+            Err(error) => {
+                tracing::error!(%error, "saved account states are unreadable; starting fresh");
+                return Ok(());
+            }
+        };
+        let now = self.now();
+        let snapshot = self.registry.load();
+        for (id, persisted) in saved {
+            let Some(runtime) = snapshot.accounts.get(&id) else {
+                continue;
+            };
+            let group_id = runtime.account().group_id;
+            let config = snapshot
+                .groups
+                .get(&group_id)
+                .map(|g| Arc::clone(&g.config))
+                .unwrap_or_else(|| self.global_config());
+            *lock(&runtime.state) = AccountState::restore(&config, &persisted, now);
+        }
+        Ok(())
+    }
+
+    /// Saves every account's disables, cooldowns and breaker phase to the store.
+    pub async fn save_account_states(&self) -> Result<(), StoreError> {
+        let now = self.now();
+        let snapshot = self.registry.load_full();
+        let mut saved: HashMap<AccountId, PersistedAccountState> = HashMap::new();
+        for (id, runtime) in &snapshot.accounts {
+            let persisted = lock(&runtime.state).persisted(now);
+            if persisted != PersistedAccountState::default() {
+                saved.insert(*id, persisted);
+            }
+        }
+        let text = serde_json::to_string(&saved).unwrap_or_else(|_| "{}".to_owned());
+        self.store.put_setting(ACCOUNT_STATES_SETTING, &text).await
+    }
+
+    /// The current time, from the injected clock.
+    pub fn now(&self) -> UnixMillis {
+        self.clock.now_millis()
     }
 
     pub fn global_config(&self) -> Arc<FallbackConfig> {

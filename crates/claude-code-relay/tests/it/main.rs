@@ -12,4 +12,5 @@ mod data_plane;
 mod failover;
 mod lifecycle;
 mod oauth;
+mod simulation;
 mod usage;
