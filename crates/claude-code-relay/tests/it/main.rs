@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod bad_input;
 mod data_plane;
+mod engine;
 mod failover;
 mod lifecycle;
 mod oauth;
