@@ -12,6 +12,7 @@ mod data_plane;
 mod engine;
 mod failover;
 mod lifecycle;
+mod logs;
 mod oauth;
 mod simulation;
 mod usage;
