@@ -984,3 +984,28 @@ fn plain_response(status: StatusCode, upstream: &HeaderMap, body: Bytes) -> Resp
     *response.headers_mut() = client_headers(upstream);
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_equal_jitter_and_is_capped() {
+        let base = Duration::from_secs(1);
+        for failures in 1..=4u32 {
+            let full = base * (1 << (failures - 1));
+            for _ in 0..200 {
+                let wait = backoff(base, failures);
+                assert!(wait >= full / 2 && wait <= full, "{failures}: {wait:?}");
+            }
+        }
+        for _ in 0..200 {
+            assert!(backoff(base, 30) <= MAX_BACKOFF);
+        }
+        assert_eq!(backoff(Duration::ZERO, 3), Duration::ZERO);
+        // The jitter really varies.
+        let samples: std::collections::HashSet<Duration> =
+            (0..50).map(|_| backoff(base, 3)).collect();
+        assert!(samples.len() > 10);
+    }
+}

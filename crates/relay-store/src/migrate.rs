@@ -6,13 +6,39 @@
 //! idempotent: a migration already recorded is skipped, after checking that its text has not
 //! changed since it was applied (an edited migration would leave databases that ran the old
 //! text silently different from new ones).
+//!
+//! Several relay instances may start at once against one database. On SQLite each migration
+//! runs in a `BEGIN IMMEDIATE` transaction, which already serialises them. On the servers the
+//! whole run happens on one dedicated session that first takes the database's migration lock
+//! (`GET_LOCK` on MySQL/MariaDB, `pg_advisory_lock` on PostgreSQL): MySQL commits every DDL
+//! statement on its own, so a transaction alone could not stop two instances from both
+//! creating the same tables. The session is closed at the end, which releases the lock even
+//! when the run failed half-way.
 
-use sqlx::AnyPool;
+use sqlx::{AnyConnection, AnyPool, Connection};
 use tracing::{info, warn};
 
 use crate::dialect::Dialect;
 use crate::error::StoreError;
-use crate::values::{read_i64, read_text};
+use crate::values::{read_i64, read_optional_i64, read_text};
+
+/// How long an instance waits for another one that is migrating the same database. Applying
+/// the migrations takes seconds; a lock held this long means a stuck instance, which the
+/// operator should hear about rather than wait on forever.
+const MIGRATION_LOCK_TIMEOUT_SECONDS: i64 = 300;
+
+/// The PostgreSQL advisory lock key of the migration run: "relaymig" in ASCII. Advisory locks
+/// are scoped to the current database, so relays on different databases never wait for each
+/// other.
+pub(crate) const POSTGRES_MIGRATION_LOCK_KEY: i64 = 0x7265_6c61_796d_6967;
+
+/// The MySQL lock name, computed by the server. `GET_LOCK` names are global to the server, so
+/// the name includes the database (hashed, because names are limited to 64 characters).
+pub(crate) const MYSQL_MIGRATION_LOCK_NAME: &str =
+    "CONCAT('relay_migrations_', SHA1(COALESCE(DATABASE(), '')))";
+
+/// PostgreSQL's SQLSTATE `lock_not_available`: what `lock_timeout` raises.
+const POSTGRES_LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// One schema change, as embedded in the binary.
 pub(crate) struct Migration {

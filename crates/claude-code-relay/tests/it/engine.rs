@@ -361,3 +361,46 @@ async fn skipped_accounts_do_not_use_up_attempts() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["fallback_info"]["attempt_count"], 2, "{body}");
 }
+
+#[tokio::test]
+async fn group_overrides_apply_to_that_group_only() {
+    let h = Harness::start().await;
+    let strict = h
+        .post_admin(
+            "/groups",
+            json!({"name": "strict", "fallback": {"max_retries": 0}}),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let lenient = h.group("lenient", None).await;
+    for (group, prefix) in [(strict, "strict"), (lenient, "lenient")] {
+        for i in 0..3 {
+            let credential = format!("sk-{prefix}-{i}");
+            h.console_account(group, &format!("a{i}"), &credential, i)
+                .await;
+            h.mock.set_default(&credential, Behavior::ServerError(500));
+        }
+    }
+    let strict_key = h.key(strict).await;
+    let lenient_key = h.key(lenient).await;
+    let body: Value = h
+        .messages(&strict_key, message_body(false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["fallback_info"]["attempt_count"], 1);
+    let body: Value = h
+        .messages(&lenient_key, message_body(false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["fallback_info"]["attempt_count"], 3);
+    let (_, group) = h
+        .admin(Method::GET, &format!("/groups/{strict}"), None)
+        .await;
+    assert_eq!(group["fallback"]["max_retries"], 0);
+    assert_eq!(group["effective_fallback"]["max_retries"], 0);
+}
