@@ -48,6 +48,9 @@ enum Command {
         /// Delay between stream events, e.g. "50ms".
         #[arg(long, default_value = "0ms")]
         chunk_delay: String,
+        /// Text deltas per stream (more = longer streams).
+        #[arg(long, default_value_t = 4)]
+        text_chunks: usize,
         /// Do not record requests (for benchmarks).
         #[arg(long)]
         no_record: bool,
@@ -102,8 +105,9 @@ fn main() -> ExitCode {
         Command::MockUpstream {
             listen,
             chunk_delay,
+            text_chunks,
             no_record,
-        } => runtime.block_on(mock(listen, chunk_delay, no_record)),
+        } => runtime.block_on(mock(listen, chunk_delay, text_chunks, no_record)),
     }
 }
 
@@ -162,7 +166,12 @@ async fn wait_for_signal() {
     }
 }
 
-async fn mock(listen: String, chunk_delay: String, no_record: bool) -> ExitCode {
+async fn mock(
+    listen: String,
+    chunk_delay: String,
+    text_chunks: usize,
+    no_record: bool,
+) -> ExitCode {
     claude_code_relay::logging::init(claude_code_relay::config::LogFormat::Text);
     let delay = match relay_core::duration::parse_duration(&chunk_delay) {
         Ok(delay) => delay,
@@ -180,6 +189,7 @@ async fn mock(listen: String, chunk_delay: String, no_record: bool) -> ExitCode 
     };
     let config = relay_mock::MockConfig {
         chunk_delay: delay,
+        text_chunks: text_chunks.max(1),
         record: !no_record,
         ..relay_mock::MockConfig::default()
     };

@@ -1,0 +1,148 @@
+//! Micro-benchmarks of the hot-path pieces of the core (issue: performance):
+//! every selection strategy over groups of 10, 100 and 10,000 accounts; the SSE usage parser
+//! (throughput); request-body inspection (throughput). `cargo bench -p relay-core`.
+
+#![allow(
+    clippy::expect_used,
+    reason = "benchmark set-up: a failure is a broken benchmark"
+)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use relay_core::body::inspect_request;
+use relay_core::sse::SseUsageParser;
+use relay_core::strategy::{Candidate, HealthStatus, SelectionContext, StrategyRegistry};
+
+fn candidates(n: usize) -> Vec<Candidate> {
+    let mut rng = SmallRng::seed_from_u64(42);
+    (0..n)
+        .map(|i| {
+            let mut c = Candidate::new(i as i64 + 1, rng.gen_range(1..10), rng.gen_range(1..500));
+            c.health = match i % 10 {
+                0 => HealthStatus::Degraded,
+                _ => HealthStatus::Healthy,
+            };
+            c.requests_in_window = rng.gen_range(0..10_000);
+            c.in_flight = rng.gen_range(0..20);
+            c.success_ewma = rng.gen_range(0.7..1.0);
+            c.latency_ewma_ms = rng.gen_range(200.0..5_000.0);
+            c
+        })
+        .collect()
+}
+
+fn selection(c: &mut Criterion) {
+    let registry = StrategyRegistry::with_builtin();
+    let mut group = c.benchmark_group("selection");
+    for n in [10usize, 100, 10_000] {
+        let pool = candidates(n);
+        for name in registry.names() {
+            let strategy = registry.get(&name).expect("registered");
+            // The attempt loop asks for max_retries + 1 candidates (4 by default) plus slack.
+            group.bench_with_input(BenchmarkId::new(name.clone(), n), &pool, |b, pool| {
+                let mut rng = SmallRng::seed_from_u64(7);
+                let mut cursor = 0u64;
+                b.iter(|| {
+                    cursor += 1;
+                    let mut context = SelectionContext {
+                        now: 1_800_000_000_000,
+                        rng: &mut rng,
+                        cursor,
+                    };
+                    black_box(strategy.rank(black_box(pool), &mut context, 12))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn sse_stream(deltas: usize) -> Vec<u8> {
+    let mut s = String::new();
+    s.push_str("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":1200,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":30000,\"output_tokens\":1}}}\n\n");
+    s.push_str("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+    s.push_str("event: ping\ndata: {\"type\": \"ping\"}\n\n");
+    for i in 0..deltas {
+        s.push_str(&format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"token {i} of a realistic answer \"}}}}\n\n"));
+    }
+    s.push_str(
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+    );
+    s.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":500}}\n\n");
+    s.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+    s.into_bytes()
+}
+
+fn sse_parser(c: &mut Criterion) {
+    let stream = sse_stream(500);
+    let mut group = c.benchmark_group("sse_usage_parser");
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    // Upstream chunks are typically one event each; also feed 1 KiB network-sized pieces.
+    for chunk in [128usize, 1024, 16 * 1024] {
+        group.bench_with_input(
+            BenchmarkId::new("chunk_bytes", chunk),
+            &stream,
+            |b, stream| {
+                b.iter(|| {
+                    let mut parser = SseUsageParser::new();
+                    for piece in stream.chunks(chunk) {
+                        parser.feed(black_box(piece));
+                    }
+                    black_box(parser.usage())
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+fn claude_code_body() -> Vec<u8> {
+    // Shaped like Claude Code's requests: a system prompt, tools with JSON schemas, history.
+    let tools: Vec<serde_json::Value> = (0..20)
+        .map(|i| {
+            serde_json::json!({
+                "name": format!("tool_{i}"),
+                "description": "A tool that does something useful with files and commands. ".repeat(8),
+                "input_schema": {"type": "object", "properties": {
+                    "path": {"type": "string", "description": "the path"},
+                    "content": {"type": "string"},
+                    "flags": {"type": "array", "items": {"type": "string"}}
+                }, "required": ["path"]}
+            })
+        })
+        .collect();
+    let messages: Vec<serde_json::Value> = (0..20)
+        .map(|i| {
+            serde_json::json!({
+                "role": if i % 2 == 0 { "user" } else { "assistant" },
+                "content": [{"type": "text", "text": "Some conversation text with \"quotes\" and \\n escapes. ".repeat(10)}]
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 32000,
+        "stream": true,
+        "system": [{"type": "text", "text": "You are Claude Code. ".repeat(100)}],
+        "tools": tools,
+        "messages": messages,
+        "metadata": {"user_id": "user_abc_account_11111111-2222-3333-4444-555555555555_session_aaaaaaaa-0000-0000-0000-000000000001"}
+    }))
+    .expect("serialisable")
+}
+
+fn body_inspection(c: &mut Criterion) {
+    let body = claude_code_body();
+    let mut group = c.benchmark_group("request_body_inspection");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function(format!("claude_code_body_{}KiB", body.len() / 1024), |b| {
+        b.iter(|| black_box(inspect_request(black_box(&body)).expect("valid")))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, selection, sse_parser, body_inspection);
+criterion_main!(benches);
