@@ -40,8 +40,9 @@ pub struct RunningRelay {
 
 /// The whole HTTP surface: data plane, admin API, and Anthropic-style 404/405 answers.
 pub fn router(state: Arc<RelayState>, admin: AdminState) -> Router {
-    data_plane_router(state)
+    data_plane_router(Arc::clone(&state))
         .merge(admin_router(admin))
+        .merge(relay_admin::prometheus_router(state))
         .fallback(|method: http::Method, uri: http::Uri| async move {
             envelope_response(
                 ErrorKind::NotFound,

@@ -107,7 +107,7 @@ async fn disable_account(
     let until = duration.map(|d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
     let events = lock(&runtime.state).disable(now, until, DisableReason::Manual);
     let name = runtime.account().name.clone();
-    log_state_events(&state.relay, &name, &events);
+    log_state_events(&state.relay, &runtime.account(), &events);
     tracing::warn!(account = %name, reason = %reason, "account disabled through the admin API");
     state.relay.save_account_states().await?;
     Ok(Json(json!({
@@ -128,7 +128,7 @@ async fn enable_account(
     let runtime = find_account(&state, group_id, account_id)?;
     let now = state.relay.now();
     let events = lock(&runtime.state).enable(now);
-    log_state_events(&state.relay, &runtime.account().name, &events);
+    log_state_events(&state.relay, &runtime.account(), &events);
     state.relay.save_account_states().await?;
     Ok(Json(json!({
         "account_id": account_id,

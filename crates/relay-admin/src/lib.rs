@@ -9,6 +9,7 @@ mod error;
 mod fallback;
 mod input;
 mod resources;
+mod stats;
 mod token;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio::sync::Notify;
 
 pub use error::AdminError;
 pub use fallback::CONFIG_SETTING;
+pub use stats::{prometheus_router, prometheus_text, PROMETHEUS_CONTENT_TYPE};
 pub use token::{ensure_admin_token, AdminTokenSource};
 
 /// What the admin routes share.
@@ -41,6 +43,7 @@ pub fn admin_router(state: AdminState) -> Router {
     let routes = Router::new()
         .merge(resources::routes())
         .merge(fallback::routes())
+        .merge(stats::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .nest("/api/v1/admin", routes)

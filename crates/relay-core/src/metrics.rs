@@ -27,8 +27,10 @@
 //! # Memory
 //!
 //! One account bucket is 440 bytes (76 `u32` histogram bins and the counters), so an account
-//! with data in all 24 buckets holds about 10.5 KiB; [`MAX_BYTES_PER_ACCOUNT`] is the exact
-//! bound, checked by a test to stay at or under 16 KiB. A group bucket is smaller (360 bytes).
+//! with data in all 24 buckets holds about 10.4 KiB; [`MAX_BYTES_PER_ACCOUNT`] is the exact
+//! bound, checked at compile time to stay at or under 16 KiB. A group bucket is smaller
+//! (368 bytes). Buckets are allocated one at a time, so a quiet account holds only the few
+//! it used.
 //!
 //! # Two kinds of totals
 //!
@@ -1699,12 +1701,19 @@ mod tests {
             for (position, latency) in latencies.iter().enumerate() {
                 // Spread the samples over several time buckets to exercise merging.
                 let at = T0 - (position as i64 % 5) * HOUR;
-                metrics.record_attempt(&AttemptSample { at, ..attempt(1, OutcomeClass::Success, *latency) });
+                metrics.record_attempt(&AttemptSample {
+                    at,
+                    ..attempt(1, OutcomeClass::Success, *latency)
+                });
             }
             let mut sorted = latencies.clone();
             sorted.sort_by(f64::total_cmp);
             let account = &metrics.snapshot(&all(), T0).accounts[0];
-            for (q, estimate) in [(0.5, account.p50_latency_ms), (0.95, account.p95_latency_ms), (0.99, account.p99_latency_ms)] {
+            for (q, estimate) in [
+                (0.5, account.p50_latency_ms),
+                (0.95, account.p95_latency_ms),
+                (0.99, account.p99_latency_ms),
+            ] {
                 assert_close(estimate, nearest_rank(&sorted, q));
             }
         }
@@ -1761,7 +1770,7 @@ mod tests {
             440,
             "the module doc states this size"
         );
-        assert_eq!(std::mem::size_of::<GroupBucket>(), 360);
+        assert_eq!(std::mem::size_of::<GroupBucket>(), 368);
         let mut metrics = MetricsRegistry::new(DEFAULT_RETENTION_MS);
         for hour in 0..100 {
             for minute in [0, 30] {

@@ -15,6 +15,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use relay_core::classify::{classify_stream_error_event, OutcomeClass};
+use relay_core::metrics::AttemptSample;
 use relay_core::model::{ModelFamily, Usage};
 use relay_core::sse::{usage_from_json, SseUsageParser};
 use relay_store::UsageRow;
@@ -89,13 +90,29 @@ impl CommittedAttempt {
                     self.family,
                     None,
                 );
-                log_state_events(state, &account.name, &events);
+                log_state_events(state, &account, &events);
                 class.as_str()
             }
             StreamEnd::ClientGone => "cancelled",
         };
         let cost_usd = state.settings.prices.cost_usd(&self.record.model, &usage);
         add_cost(&self.key_limits, now, cost_usd);
+        let metrics_class = match &end {
+            StreamEnd::Broken { class, .. } => *class,
+            // The account answered; the client left or the answer ended normally.
+            StreamEnd::Complete | StreamEnd::ClientGone => OutcomeClass::Success,
+        };
+        lock(&state.metrics).record_attempt(&AttemptSample {
+            group_id: self.record.group_id,
+            account_id: self.record.account_id,
+            class: metrics_class,
+            status: Some(self.record.status),
+            latency_ms: self.record.started.elapsed().as_secs_f64() * 1000.0,
+            ttfb_ms: Some(self.record.ttfb_ms as f64),
+            usage,
+            cost_usd,
+            at: now,
+        });
         state.usage.record(UsageRow {
             request_id: self.record.request_id.to_string(),
             attempt: self.record.attempt,

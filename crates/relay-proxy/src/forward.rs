@@ -20,11 +20,13 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use rand::Rng;
-use relay_core::breaker::Admission;
+use relay_core::breaker::{Admission, BreakerPhase};
 use relay_core::classify::{classify_response, classify_stream_error_event, OutcomeClass};
 use relay_core::config::FallbackConfig;
 use relay_core::cooldown::rate_limit_cooldown;
 use relay_core::envelope::ErrorKind;
+use relay_core::metrics::{AttemptSample, BreakerScope, RequestSample};
+use relay_core::model::{Account, Usage};
 use relay_core::model::{ModelFamily, Platform};
 use relay_core::sse::{FirstEvent, SseUsageParser};
 use relay_core::state::{Eligibility, StateEvent};
@@ -132,10 +134,26 @@ impl AttemptFailure {
     }
 }
 
-/// Logs the state machine's events in the configured language.
-pub fn log_state_events(state: &RelayState, account: &str, events: &[StateEvent]) {
+/// Logs the state machine's events in the configured language, and counts breaker
+/// transitions in the metrics.
+pub fn log_state_events(state: &RelayState, account_info: &Account, events: &[StateEvent]) {
     let lang = state.settings.log_lang;
+    let account = account_info.name.as_str();
+    let now = state.now();
     for event in events {
+        let transition = match event {
+            StateEvent::BreakerOpened { .. } => Some(BreakerPhase::Open),
+            StateEvent::BreakerHalfOpen => Some(BreakerPhase::HalfOpen),
+            StateEvent::BreakerClosed => Some(BreakerPhase::Closed),
+            _ => None,
+        };
+        if let Some(phase) = transition {
+            lock(&state.metrics).record_breaker_transition(
+                BreakerScope::Account(account_info.id),
+                phase,
+                now,
+            );
+        }
         match event {
             StateEvent::HealthChanged { from, to } => tracing::warn!(
                 %account,
@@ -196,6 +214,7 @@ pub fn plan(
     family: ModelFamily,
     session_account: Option<i64>,
     now: UnixMillis,
+    limit: usize,
 ) -> (Vec<Arc<AccountRuntime>>, Option<UnixMillis>, bool) {
     let mut candidates = Vec::with_capacity(group.accounts.len());
     let mut runtimes = Vec::with_capacity(group.accounts.len());
@@ -264,17 +283,18 @@ pub fn plan(
         rng: &mut rng,
         cursor,
     };
-    let order = group
-        .strategy
-        .rank(&candidates, &mut context, candidates.len());
+    let order = group.strategy.rank(&candidates, &mut context, limit);
     let mut ordered: Vec<Arc<AccountRuntime>> = order
         .into_iter()
         .filter_map(|index| runtimes.get(index).cloned())
         .collect();
+    // The session's account goes first while it is usable (it is among the candidates).
     if let Some(sticky) = session_account {
         if let Some(position) = ordered.iter().position(|a| a.id == sticky) {
             let bound = ordered.remove(position);
             ordered.insert(0, bound);
+        } else if let Some(bound) = runtimes.iter().find(|a| a.id == sticky) {
+            ordered.insert(0, Arc::clone(bound));
         }
     }
     (ordered, earliest_return, all_rate_limited)
@@ -311,6 +331,7 @@ pub async fn forward(
             Admission::Allowed => {}
             Admission::Trial => group_trial = TrialSlot::group(&group, now),
             Admission::Rejected { retry_at } => {
+                record_request_metrics(state, &request, 0, false);
                 return Err(RelayError::AllAccountsFailed {
                     kind: ErrorKind::Overloaded,
                     message: format!(
@@ -336,12 +357,16 @@ pub async fn forward(
         .session_key
         .as_deref()
         .and_then(|key| state.sticky.get(key, now));
+    // The strategy ranks only as many accounts as this request may try, plus slack for
+    // accounts that turn ineligible between the plan and their turn.
+    let wanted = (config.max_retries as usize + 1) * 2 + 2;
     let (ordered, earliest_return, all_rate_limited) = plan(
         &group,
         request.model.as_deref(),
         family,
         session_account,
         now,
+        wanted,
     );
     if ordered.is_empty() {
         tracing::warn!(request_id = %request.request_id, group = %group.group.name, "{}", logs::none_eligible(lang, &group.group.name));
@@ -356,6 +381,7 @@ pub async fn forward(
                 "no account of this group can take the request right now".to_owned(),
             )
         };
+        record_request_metrics(state, &request, 0, false);
         return Err(RelayError::AllAccountsFailed {
             kind,
             message,
@@ -374,7 +400,10 @@ pub async fn forward(
 
     let max_attempts = (config.max_retries as usize + 1).min(ordered.len());
     let deadline = tokio::time::Instant::now() + config.request_timeout;
-    tracing::info!(
+    // The opening lines of every request are at debug level: at info, a request that
+    // succeeds on its first account logs one line (✅), and one that fails over logs each
+    // failure, each switch and each further attempt. RUST_LOG=debug shows every step.
+    tracing::debug!(
         request_id = %request.request_id,
         group = %group.group.name,
         strategy = %strategy_name,
@@ -405,13 +434,21 @@ pub async fn forward(
         };
         let account = runtime.account();
         let attempt_number = attempts.len() + 1;
-        tracing::info!(
-            request_id = %request.request_id,
-            account = %account.name,
-            attempt = attempt_number,
-            "{}",
-            logs::attempt(lang, attempt_number, max_attempts, &account.name, account.platform.as_str(), account.priority)
-        );
+        let line = || {
+            logs::attempt(
+                lang,
+                attempt_number,
+                max_attempts,
+                &account.name,
+                account.platform.as_str(),
+                account.priority,
+            )
+        };
+        if attempt_number == 1 {
+            tracing::debug!(request_id = %request.request_id, account = %account.name, attempt = attempt_number, "{}", line());
+        } else {
+            tracing::info!(request_id = %request.request_id, account = %account.name, attempt = attempt_number, "{}", line());
+        }
         let attempt_started = Instant::now();
         let created_at = state.now();
         let in_flight = runtime.start_request();
@@ -429,11 +466,16 @@ pub async fn forward(
                     family,
                     None,
                 );
-                log_state_events(state, &account.name, &events);
+                log_state_events(state, &account, &events);
                 group_trial.disarm();
                 if config.enable_circuit_breaker {
                     let transition = lock(&group.breaker).record_success(now);
                     if transition.is_some() {
+                        lock(&state.metrics).record_breaker_transition(
+                            BreakerScope::Group(group.group.id),
+                            BreakerPhase::Closed,
+                            now,
+                        );
                         tracing::info!(group = %group.group.name, "{}", logs::breaker_closed(lang, &group.group.name));
                     }
                 }
@@ -449,6 +491,7 @@ pub async fn forward(
                     "{}",
                     logs::attempt_succeeded(lang, &account.name, attempt_started.elapsed())
                 );
+                record_request_metrics(state, &request, attempt_number, true);
                 return Ok(finish_commit(
                     state,
                     *answer,
@@ -470,7 +513,7 @@ pub async fn forward(
                     family,
                     None,
                 );
-                log_state_events(state, &account.name, &events);
+                log_state_events(state, &account, &events);
                 record_failed_attempt(
                     state,
                     &request,
@@ -481,6 +524,7 @@ pub async fn forward(
                     duration_ms,
                     created_at,
                 );
+                record_request_metrics(state, &request, attempt_number, false);
                 return Ok(response);
             }
             AttemptOutcome::Failed(failure) => {
@@ -518,7 +562,7 @@ pub async fn forward(
                     "{}",
                     logs::attempt_failed(lang, &account.name, &failure.reason)
                 );
-                log_state_events(state, &account.name, &events);
+                log_state_events(state, &account, &events);
                 record_failed_attempt(
                     state,
                     &request,
@@ -556,6 +600,11 @@ pub async fn forward(
     if config.enable_circuit_breaker && !attempts.is_empty() {
         let transition = lock(&group.breaker).record_failure(now);
         if let Some(relay_core::breaker::BreakerTransition::Opened { until, .. }) = transition {
+            lock(&state.metrics).record_breaker_transition(
+                BreakerScope::Group(group.group.id),
+                BreakerPhase::Open,
+                now,
+            );
             tracing::warn!(group = %group.group.name, "{}", logs::group_threshold(lang, &group.group.name, config.circuit_breaker_threshold));
             tracing::warn!(group = %group.group.name, "{}", logs::breaker_opened(lang));
             tracing::warn!(group = %group.group.name, "{}", logs::half_open_in(lang, Duration::from_millis(u64::try_from(until - now).unwrap_or(0))));
@@ -585,6 +634,7 @@ pub async fn forward(
         (ErrorKind::Overloaded, "all_accounts_failed")
     };
     let retry_at = retry_at.or(earliest_return);
+    record_request_metrics(state, &request, attempts.len(), false);
     Err(RelayError::AllAccountsFailed {
         kind,
         message: format!(
@@ -661,6 +711,21 @@ fn backoff(base: Duration, failures: u32) -> Duration {
     half + Duration::from_millis(random)
 }
 
+fn record_request_metrics(
+    state: &RelayState,
+    request: &ForwardRequest,
+    attempts: usize,
+    succeeded: bool,
+) {
+    lock(&state.metrics).record_request(&RequestSample {
+        group_id: request.identity.group.group.id,
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        succeeded,
+        latency_ms: request.started.elapsed().as_secs_f64() * 1000.0,
+        at: state.now(),
+    });
+}
+
 #[allow(clippy::too_many_arguments)]
 fn record_failed_attempt(
     state: &RelayState,
@@ -690,6 +755,17 @@ fn record_failed_attempt(
         duration_ms,
         ttfb_ms: None,
         created_at,
+    });
+    lock(&state.metrics).record_attempt(&AttemptSample {
+        group_id: request.identity.group.group.id,
+        account_id,
+        class,
+        status,
+        latency_ms: duration_ms as f64,
+        ttfb_ms: None,
+        usage: Usage::default(),
+        cost_usd: 0.0,
+        at: created_at,
     });
 }
 

@@ -122,16 +122,21 @@ pub async fn probe_and_apply(state: &RelayState, runtime: &Arc<AccountRuntime>) 
     let lang = state.settings.log_lang;
     if result.success {
         let events = lock(&runtime.state).probe_succeeded(now);
-        log_state_events(state, &account.name, &events);
+        log_state_events(state, &account, &events);
         tracing::info!(account = %account.name, "{}", logs::recovered(lang, &account.name));
         if let Some(group) = state.registry.load().groups.get(&account.group_id) {
             if lock(&group.breaker).force_close(now).is_some() {
+                lock(&state.metrics).record_breaker_transition(
+                    relay_core::metrics::BreakerScope::Group(group.group.id),
+                    relay_core::breaker::BreakerPhase::Closed,
+                    now,
+                );
                 tracing::info!(group = %group.group.name, "{}", logs::breaker_closed(lang, &group.group.name));
             }
         }
     } else {
         let events = lock(&runtime.state).probe_failed(now);
-        log_state_events(state, &account.name, &events);
+        log_state_events(state, &account, &events);
         tracing::warn!(account = %account.name, class = result.class, "{}", logs::probe_failed(lang, &account.name, &result.message));
     }
     result
@@ -169,6 +174,7 @@ pub async fn run_probe_loop(
                 if state.global_config().enable_health_check {
                     probe_round(&state).await;
                 }
+                lock(&state.metrics).prune(state.now());
                 if let Err(error) = state.save_account_states().await {
                     tracing::warn!(%error, "could not save account states");
                 }

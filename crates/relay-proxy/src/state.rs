@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use relay_core::config::FallbackConfig;
+use relay_core::metrics::MetricsRegistry;
 use relay_core::model::AccountId;
 use relay_core::state::{AccountState, PersistedAccountState};
 use relay_core::strategy::StrategyRegistry;
@@ -20,6 +21,9 @@ use crate::usage::UsageRecorder;
 /// The settings key holding each account's persisted fallback state (disables, cooldowns,
 /// breaker phase), so a restart does not forget an operator's disable or a known cooldown.
 const ACCOUNT_STATES_SETTING: &str = "account_states";
+
+/// How long metrics are kept (PRODUCT.md §5.5: 24 hours).
+const METRICS_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// How long an idle sticky-session binding is kept.
 const STICKY_TTL_MS: i64 = 60 * 60 * 1000;
@@ -37,6 +41,8 @@ pub struct RelayState {
     pub usage: UsageRecorder,
     pub sticky: StickySessions,
     pub clock: Arc<dyn Clock>,
+    /// Per-account and per-group figures in bounded memory (PRODUCT.md §5.5).
+    pub metrics: Mutex<MetricsRegistry>,
 }
 
 impl RelayState {
@@ -78,6 +84,9 @@ impl RelayState {
             clients,
             usage,
             sticky: StickySessions::default(),
+            metrics: Mutex::new(
+                MetricsRegistry::new(METRICS_RETENTION_MS).with_start(clock.now_millis()),
+            ),
             clock,
         });
         state.reload().await?;

@@ -24,7 +24,7 @@ async fn run_and_capture(lang: &str, format: &str) -> String {
         .env("RELAY_LOG_FORMAT", format)
         .env("FALLBACK_RETRY_DELAY", "0s")
         .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
+        .env("RUST_LOG", "info,relay_proxy=debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
