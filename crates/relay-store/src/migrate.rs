@@ -13,9 +13,15 @@
 //! (`GET_LOCK` on MySQL/MariaDB, `pg_advisory_lock` on PostgreSQL): MySQL commits every DDL
 //! statement on its own, so a transaction alone could not stop two instances from both
 //! creating the same tables. The session is closed at the end, which releases the lock even
-//! when the run failed half-way.
+//! when the run failed half-way. MySQL's DDL is not transactional, so a run that fails in the
+//! middle of a migration (the server dies) leaves that migration's first tables behind and
+//! unrecorded; the operator drops them before restarting. PostgreSQL and SQLite roll back.
+//!
+//! Plain statements go through `Executor::execute(raw_sql(..))` rather than
+//! `raw_sql(..).execute(..)`: the latter's future is generic over the executor, and the
+//! compiler cannot prove it `Send`, which `SqlStore::connect` promises its callers.
 
-use sqlx::{AnyConnection, AnyPool, Connection};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 use tracing::{info, warn};
 
 use crate::dialect::Dialect;
@@ -30,11 +36,11 @@ const MIGRATION_LOCK_TIMEOUT_SECONDS: i64 = 300;
 /// The PostgreSQL advisory lock key of the migration run: "relaymig" in ASCII. Advisory locks
 /// are scoped to the current database, so relays on different databases never wait for each
 /// other.
-pub(crate) const POSTGRES_MIGRATION_LOCK_KEY: i64 = 0x7265_6c61_796d_6967;
+const POSTGRES_MIGRATION_LOCK_KEY: i64 = 0x7265_6c61_796d_6967;
 
 /// The MySQL lock name, computed by the server. `GET_LOCK` names are global to the server, so
 /// the name includes the database (hashed, because names are limited to 64 characters).
-pub(crate) const MYSQL_MIGRATION_LOCK_NAME: &str =
+const MYSQL_MIGRATION_LOCK_NAME: &str =
     "CONCAT('relay_migrations_', SHA1(COALESCE(DATABASE(), '')))";
 
 /// PostgreSQL's SQLSTATE `lock_not_available`: what `lock_timeout` raises.
@@ -81,14 +87,135 @@ const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS relay_schema_m
      checksum VARCHAR(32) NOT NULL, \
      applied_at BIGINT NOT NULL)";
 
-/// Brings the schema up to date.
-pub(crate) async fn run_migrations(
+/// Brings the schema up to date: on SQLite over one connection of `pool`, on the servers over
+/// a dedicated session to `driver_url` that holds the database's migration lock throughout.
+pub(crate) async fn migrate_database(
     pool: &AnyPool,
+    driver_url: &str,
     dialect: Dialect,
     now_millis: i64,
 ) -> Result<(), StoreError> {
-    sqlx::raw_sql(CREATE_MIGRATIONS_TABLE)
-        .execute(pool)
+    match dialect {
+        Dialect::Sqlite => {
+            let mut connection = pool.acquire().await?;
+            run_migrations(&mut connection, dialect, now_millis).await
+        }
+        Dialect::MySql | Dialect::Postgres => {
+            let mut session = AnyConnection::connect(driver_url).await?;
+            let outcome = migrate_under_lock(&mut session, dialect, now_millis).await;
+            // Ending the session releases the lock in every case, including a failed unlock.
+            if let Err(error) = session.close().await {
+                warn!(%error, "could not close the migration session cleanly");
+            }
+            outcome
+        }
+    }
+}
+
+/// Takes the migration lock, migrates, and gives the lock back.
+async fn migrate_under_lock(
+    session: &mut AnyConnection,
+    dialect: Dialect,
+    now_millis: i64,
+) -> Result<(), StoreError> {
+    acquire_migration_lock(session, dialect).await?;
+    let outcome = run_migrations(session, dialect, now_millis).await;
+    let released = release_migration_lock(session, dialect).await;
+    outcome?;
+    released
+}
+
+/// Waits (at most `MIGRATION_LOCK_TIMEOUT_SECONDS`) until no other session of this database
+/// holds the migration lock, and takes it.
+async fn acquire_migration_lock(
+    session: &mut AnyConnection,
+    dialect: Dialect,
+) -> Result<(), StoreError> {
+    let held_too_long = || {
+        StoreError::Migration(format!(
+            "another relay instance has held the migration lock for \
+             {MIGRATION_LOCK_TIMEOUT_SECONDS} s; is one stuck while starting?"
+        ))
+    };
+    match dialect {
+        Dialect::Sqlite => Ok(()),
+        Dialect::MySql => {
+            // GET_LOCK answers 1 when taken, 0 on timeout and NULL on an error such as a
+            // killed wait; the cast turns its unsigned result into a type the Any driver reads.
+            let sql = format!(
+                "SELECT CAST(GET_LOCK({MYSQL_MIGRATION_LOCK_NAME}, ?) AS SIGNED) AS acquired"
+            );
+            let row = sqlx::query(&sql)
+                .bind(MIGRATION_LOCK_TIMEOUT_SECONDS)
+                .fetch_one(&mut *session)
+                .await?;
+            match read_optional_i64(&row, "acquired")? {
+                Some(1) => Ok(()),
+                Some(_) => Err(held_too_long()),
+                None => Err(StoreError::Migration(
+                    "MySQL refused the migration lock (GET_LOCK answered NULL)".into(),
+                )),
+            }
+        }
+        Dialect::Postgres => {
+            let set_timeout = format!(
+                "SET lock_timeout = {}",
+                MIGRATION_LOCK_TIMEOUT_SECONDS * 1000
+            );
+            (&mut *session).execute(sqlx::raw_sql(&set_timeout)).await?;
+            let locked = sqlx::query(&dialect.placeholders("SELECT pg_advisory_lock(?)"))
+                .bind(POSTGRES_MIGRATION_LOCK_KEY)
+                .execute(&mut *session)
+                .await;
+            match locked {
+                Ok(_) => Ok(()),
+                Err(error)
+                    if error.as_database_error().and_then(|database_error| {
+                        database_error
+                            .code()
+                            .map(|code| code == POSTGRES_LOCK_NOT_AVAILABLE)
+                    }) == Some(true) =>
+                {
+                    Err(held_too_long())
+                }
+                Err(error) => Err(StoreError::Database(error)),
+            }
+        }
+    }
+}
+
+/// Gives the migration lock back so that the next instance need not wait for this session
+/// to close.
+async fn release_migration_lock(
+    session: &mut AnyConnection,
+    dialect: Dialect,
+) -> Result<(), StoreError> {
+    match dialect {
+        Dialect::Sqlite => {}
+        Dialect::MySql => {
+            let sql = format!(
+                "SELECT CAST(RELEASE_LOCK({MYSQL_MIGRATION_LOCK_NAME}) AS SIGNED) AS released"
+            );
+            sqlx::query(&sql).fetch_one(&mut *session).await?;
+        }
+        Dialect::Postgres => {
+            sqlx::query(&dialect.placeholders("SELECT pg_advisory_unlock(?) AS released"))
+                .bind(POSTGRES_MIGRATION_LOCK_KEY)
+                .fetch_one(&mut *session)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies the migrations not yet recorded, one transaction each, on `connection`.
+async fn run_migrations(
+    connection: &mut AnyConnection,
+    dialect: Dialect,
+    now_millis: i64,
+) -> Result<(), StoreError> {
+    (&mut *connection)
+        .execute(sqlx::raw_sql(CREATE_MIGRATIONS_TABLE))
         .await
         .map_err(|error| {
             StoreError::Migration(format!("cannot create relay_schema_migrations: {error}"))
@@ -97,11 +224,11 @@ pub(crate) async fn run_migrations(
     let known = migrations_for(dialect);
     for migration in known {
         let mut transaction = match dialect.begin_write_statement() {
-            Some(statement) => pool.begin_with(statement).await?,
-            None => pool.begin().await?,
+            Some(statement) => connection.begin_with(statement).await?,
+            None => connection.begin().await?,
         };
         // Checked inside the write transaction so that two processes starting on one SQLite
-        // file do not both apply the same migration.
+        // file do not both apply the same migration (the servers hold the migration lock).
         let recorded_checksum = sqlx::query(
             &dialect.placeholders("SELECT checksum FROM relay_schema_migrations WHERE version = ?"),
         )
@@ -128,8 +255,8 @@ pub(crate) async fn run_migrations(
         }
 
         for statement in split_statements(migration.sql) {
-            sqlx::raw_sql(&statement)
-                .execute(&mut *transaction)
+            (&mut *transaction)
+                .execute(sqlx::raw_sql(&statement))
                 .await
                 .map_err(|error| {
                     StoreError::Migration(format!(
@@ -159,7 +286,7 @@ pub(crate) async fn run_migrations(
 
     let newest_known = known.last().map_or(0, |migration| migration.version);
     let newest_applied = sqlx::query("SELECT MAX(version) AS newest FROM relay_schema_migrations")
-        .fetch_one(pool)
+        .fetch_one(&mut *connection)
         .await
         .and_then(|row| sqlx::Row::try_get::<Option<i64>, _>(&row, "newest"))?
         .unwrap_or(0);

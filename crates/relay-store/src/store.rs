@@ -12,7 +12,7 @@ use tracing::info;
 use crate::dialect::Dialect;
 use crate::error::StoreError;
 use crate::location::{sqlite_driver_url, DatabaseLocation};
-use crate::migrate::{applied_versions, run_migrations};
+use crate::migrate::{applied_versions, migrate_database};
 use crate::values::read_i64;
 
 /// SQLite serialises writers anyway; a few connections let readers proceed beside a writer
@@ -48,6 +48,9 @@ impl SqlStore {
     /// directories and the file are created, and every connection runs in WAL mode with a
     /// 5 s busy timeout, `synchronous=NORMAL` and foreign keys on. `mysql://`, `mariadb://`
     /// and `postgres://` URLs are handed to the driver as they are.
+    ///
+    /// The future is `Send`, so a caller may connect inside a spawned task (the integration
+    /// tests do, which keeps it so).
     pub async fn connect(database_url: Option<&str>) -> Result<SqlStore, StoreError> {
         let working_directory = std::env::current_dir().map_err(|error| {
             StoreError::InvalidUrl(format!(
@@ -82,12 +85,12 @@ impl SqlStore {
         if dialect == Dialect::Sqlite {
             // The journal mode is a property of the file, set once; the other pragmas are
             // per connection and are set in `after_connect`.
-            sqlx::raw_sql("PRAGMA journal_mode = WAL")
-                .execute(&pool)
+            (&pool)
+                .execute(sqlx::raw_sql("PRAGMA journal_mode = WAL"))
                 .await?;
         }
         let store = SqlStore { pool, dialect };
-        run_migrations(&store.pool, dialect, now_millis()).await?;
+        migrate_database(&store.pool, &driver_url, dialect, now_millis()).await?;
         Ok(store)
     }
 

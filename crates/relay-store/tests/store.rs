@@ -1,8 +1,16 @@
-//! The store against real SQLite files, one fresh file per test in a private temp directory.
+//! The store's behaviour, the same test bodies on every backend: a fresh SQLite file, a fresh
+//! MariaDB database and a fresh PostgreSQL database per test (see `support`). A few tests of
+//! SQLite files and of server locks run on those backends only.
+#![expect(
+    clippy::unwrap_used,
+    reason = "the test bodies are plain async functions that the backend macro calls, so \
+              clippy does not know they are tests"
+)]
+
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use relay_core::model::{Credential, OAuthCredential, Platform};
 use relay_store::{
@@ -11,44 +19,8 @@ use relay_store::{
     UsageRow, UsageStore, UsageTotals, DEFAULT_SQLITE_PATH,
 };
 use serde_json::json;
-
-/// A directory of its own under the system temp dir, removed when the test ends.
-struct TempDirectory {
-    path: PathBuf,
-}
-
-impl TempDirectory {
-    fn new(test_name: &str) -> TempDirectory {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "relay-store-{test_name}-{}-{nanos}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|error| panic!("cannot create {}: {error}", path.display()));
-        TempDirectory { path }
-    }
-
-    fn database_url(&self) -> String {
-        format!("sqlite://{}", self.path.join("relay.db").display())
-    }
-}
-
-impl Drop for TempDirectory {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
-async fn open_store(directory: &TempDirectory) -> SqlStore {
-    SqlStore::connect(Some(&directory.database_url()))
-        .await
-        .unwrap_or_else(|error| panic!("cannot open the test store: {error}"))
-}
+use sqlx::Connection;
+use support::{on_every_backend, on_server_backends, Backend, TempDirectory, TestDatabase};
 
 fn new_group(name: &str) -> NewGroup {
     NewGroup {
@@ -134,49 +106,192 @@ fn usage_row(
     }
 }
 
-/// A raw connection to the test file, to tamper with it the way a bug or an operator might.
+/// A raw connection to a SQLite file, to look at what the store left there.
 async fn raw_sqlite(directory: &TempDirectory) -> sqlx::SqlitePool {
     sqlx::SqlitePool::connect(&directory.database_url())
         .await
         .unwrap_or_else(|error| panic!("cannot open the raw connection: {error}"))
 }
 
-#[tokio::test]
-async fn migrations_are_idempotent_and_data_survives_a_reconnect() {
-    let directory = TempDirectory::new("migrations");
-    let store = open_store(&directory).await;
-    assert_eq!(store.dialect(), Dialect::Sqlite);
+on_every_backend!(migrations_are_idempotent_and_data_survives_a_reconnect);
+async fn migrations_are_idempotent_and_data_survives_a_reconnect(database: TestDatabase) {
+    let store = database.open_store().await;
+    assert_eq!(store.dialect(), database.backend.dialect());
     assert_eq!(store.applied_migrations().await.unwrap(), vec![1]);
     let group = store.create_group(new_group("persisted")).await.unwrap();
     store.close().await;
 
-    let reopened = open_store(&directory).await;
+    let reopened = database.open_store().await;
     assert_eq!(reopened.applied_migrations().await.unwrap(), vec![1]);
     assert_eq!(reopened.get_group(group.id).await.unwrap(), Some(group));
     reopened.ping().await.unwrap();
 }
 
-#[tokio::test]
-async fn an_edited_migration_is_refused() {
-    let directory = TempDirectory::new("checksum");
-    open_store(&directory).await.close().await;
-    let raw = raw_sqlite(&directory).await;
+on_every_backend!(an_edited_migration_is_refused);
+async fn an_edited_migration_is_refused(database: TestDatabase) {
+    database.open_store().await.close().await;
+    let mut raw = database.raw_connection().await;
     sqlx::query("UPDATE relay_schema_migrations SET checksum = 'edited' WHERE version = 1")
-        .execute(&raw)
+        .execute(&mut raw)
         .await
         .unwrap();
-    raw.close().await;
+    raw.close().await.unwrap();
 
-    match SqlStore::connect(Some(&directory.database_url())).await {
+    match SqlStore::connect(Some(database.url())).await {
         Err(StoreError::Migration(message)) => assert!(message.contains("edited"), "{message}"),
         other => panic!("expected a migration error, got {other:?}"),
     }
 }
 
+on_every_backend!(multi_thread: instances_starting_together_migrate_once);
+async fn instances_starting_together_migrate_once(database: TestDatabase) {
+    const INSTANCES: usize = 4;
+    let mut starting = tokio::task::JoinSet::new();
+    for _ in 0..INSTANCES {
+        let url = database.url().to_owned();
+        starting.spawn(async move { SqlStore::connect(Some(&url)).await });
+    }
+    let mut stores = Vec::new();
+    while let Some(joined) = starting.join_next().await {
+        match joined.unwrap() {
+            Ok(store) => stores.push(store),
+            Err(error) => panic!("an instance failed to start beside the others: {error}"),
+        }
+    }
+    assert_eq!(stores.len(), INSTANCES);
+    for store in &stores {
+        assert_eq!(store.applied_migrations().await.unwrap(), vec![1]);
+    }
+    let group = stores[0].create_group(new_group("shared")).await.unwrap();
+    assert_eq!(
+        stores[INSTANCES - 1].get_group(group.id).await.unwrap(),
+        Some(group)
+    );
+    for store in stores {
+        store.close().await;
+    }
+}
+
+/// The migration lock as the store takes it (the name and key are spelled as in
+/// `src/migrate.rs`), taken here by a session of the test.
+async fn hold_migration_lock(database: &TestDatabase) -> sqlx::AnyConnection {
+    let mut holder = database.raw_connection().await;
+    match database.backend {
+        Backend::MariaDb => {
+            let row = sqlx::query(
+                "SELECT CAST(GET_LOCK(CONCAT('relay_migrations_', \
+                 SHA1(COALESCE(DATABASE(), ''))), 10) AS SIGNED) AS acquired",
+            )
+            .fetch_one(&mut holder)
+            .await
+            .unwrap();
+            assert_eq!(sqlx::Row::try_get::<i64, _>(&row, "acquired").unwrap(), 1);
+        }
+        Backend::Postgres => {
+            // 0x7265_6c61_796d_6967: "relaymig" in ASCII.
+            sqlx::query("SELECT pg_advisory_lock(8243113858876402023)")
+                .execute(&mut holder)
+                .await
+                .unwrap();
+        }
+        Backend::Sqlite => unreachable!("SQLite has no session locks"),
+    }
+    holder
+}
+
+/// Answers whether some session of the server is waiting for the migration lock.
+async fn a_session_waits_for_the_migration_lock(
+    observer: &mut sqlx::AnyConnection,
+    backend: Backend,
+) -> bool {
+    let sql = match backend {
+        Backend::MariaDb => {
+            "SELECT COUNT(*) AS waiting FROM information_schema.PROCESSLIST \
+             WHERE INFO LIKE 'SELECT CAST(GET_LOCK(%' AND DB = DATABASE() \
+             AND ID <> CONNECTION_ID()"
+        }
+        Backend::Postgres => {
+            "SELECT COUNT(*) AS waiting FROM pg_locks \
+             WHERE locktype = 'advisory' AND NOT granted AND database = \
+             (SELECT oid FROM pg_database WHERE datname = current_database())"
+        }
+        Backend::Sqlite => unreachable!("SQLite has no session locks"),
+    };
+    let row = sqlx::query(sql).fetch_one(&mut *observer).await.unwrap();
+    sqlx::Row::try_get::<i64, _>(&row, "waiting").unwrap() > 0
+}
+
+on_server_backends!(a_starting_instance_waits_for_the_migration_lock);
+async fn a_starting_instance_waits_for_the_migration_lock(database: TestDatabase) {
+    let holder = hold_migration_lock(&database).await;
+    let url = database.url().to_owned();
+    let starting = tokio::spawn(async move { SqlStore::connect(Some(&url)).await });
+
+    // Watch the server until the new instance is queued behind the lock. Bounded so that a
+    // store that ignores the lock fails here instead of hanging.
+    let mut observer = database.raw_connection().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !a_session_waits_for_the_migration_lock(&mut observer, database.backend).await {
+        assert!(
+            !starting.is_finished(),
+            "the instance migrated without waiting for the lock"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the instance never queued for the migration lock"
+        );
+        tokio::task::yield_now().await;
+    }
+    // While it waits, nothing has been created.
+    // MySQL's information_schema spans the server; PostgreSQL's shows one database.
+    let this_database = match database.backend {
+        Backend::MariaDb => "DATABASE()",
+        Backend::Postgres | Backend::Sqlite => "current_schema()",
+    };
+    let row = sqlx::query(&format!(
+        "SELECT COUNT(*) AS tables FROM information_schema.tables \
+         WHERE table_name = 'relay_schema_migrations' AND table_schema = {this_database}"
+    ))
+    .fetch_one(&mut observer)
+    .await
+    .unwrap();
+    let tables_visible = sqlx::Row::try_get::<i64, _>(&row, "tables").unwrap();
+    assert_eq!(
+        tables_visible, 0,
+        "the schema was touched before the lock was taken"
+    );
+    assert!(!starting.is_finished());
+
+    holder.close().await.unwrap();
+    let store = starting.await.unwrap().unwrap();
+    assert_eq!(store.applied_migrations().await.unwrap(), vec![1]);
+    observer.close().await.unwrap();
+    store.close().await;
+}
+
+on_server_backends!(the_scheme_aliases_mariadb_and_postgresql_connect);
+async fn the_scheme_aliases_mariadb_and_postgresql_connect(database: TestDatabase) {
+    let (scheme, alias) = match database.backend {
+        Backend::MariaDb => ("mysql://", "mariadb://"),
+        Backend::Postgres => ("postgres://", "postgresql://"),
+        Backend::Sqlite => unreachable!("not a server"),
+    };
+    let aliased_url = database.url().replacen(scheme, alias, 1);
+    assert!(aliased_url.starts_with(alias), "{aliased_url}");
+    let store = SqlStore::connect(Some(&aliased_url)).await.unwrap();
+    assert_eq!(store.dialect(), database.backend.dialect());
+    store.ping().await.unwrap();
+    store.put_setting("k", "v").await.unwrap();
+    assert_eq!(store.get_setting("k").await.unwrap().as_deref(), Some("v"));
+    store.close().await;
+}
+
 #[tokio::test]
 async fn sqlite_files_are_in_wal_mode() {
     let directory = TempDirectory::new("wal");
-    let _store = open_store(&directory).await;
+    let _store = SqlStore::connect(Some(&directory.database_url()))
+        .await
+        .unwrap();
     let raw = raw_sqlite(&directory).await;
     let (journal_mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
         .fetch_one(&raw)
@@ -186,10 +301,9 @@ async fn sqlite_files_are_in_wal_mode() {
     raw.close().await;
 }
 
-#[tokio::test]
-async fn groups_can_be_created_read_listed_updated_and_deleted() {
-    let directory = TempDirectory::new("groups");
-    let store = open_store(&directory).await;
+on_every_backend!(groups_can_be_created_read_listed_updated_and_deleted);
+async fn groups_can_be_created_read_listed_updated_and_deleted(database: TestDatabase) {
+    let store = database.open_store().await;
 
     let alpha = store.create_group(new_group("alpha")).await.unwrap();
     let beta = store
@@ -255,10 +369,9 @@ async fn groups_can_be_created_read_listed_updated_and_deleted() {
     assert_eq!(store.list_groups().await.unwrap(), vec![refallbacked]);
 }
 
-#[tokio::test]
-async fn group_names_are_unique_on_create_and_on_rename() {
-    let directory = TempDirectory::new("group-unique");
-    let store = open_store(&directory).await;
+on_every_backend!(group_names_are_unique_on_create_and_on_rename);
+async fn group_names_are_unique_on_create_and_on_rename(database: TestDatabase) {
+    let store = database.open_store().await;
     store.create_group(new_group("taken")).await.unwrap();
     let other = store.create_group(new_group("other")).await.unwrap();
 
@@ -279,10 +392,9 @@ async fn group_names_are_unique_on_create_and_on_rename() {
     assert_eq!(store.list_groups().await.unwrap().len(), 3);
 }
 
-#[tokio::test]
-async fn a_group_with_accounts_or_api_keys_cannot_be_deleted() {
-    let directory = TempDirectory::new("group-children");
-    let store = open_store(&directory).await;
+on_every_backend!(a_group_with_accounts_or_api_keys_cannot_be_deleted);
+async fn a_group_with_accounts_or_api_keys_cannot_be_deleted(database: TestDatabase) {
+    let store = database.open_store().await;
     let group = store.create_group(new_group("parent")).await.unwrap();
     let account = store
         .create_account(new_account(
@@ -316,10 +428,9 @@ async fn a_group_with_accounts_or_api_keys_cannot_be_deleted() {
     assert!(store.delete_group(group.id).await.unwrap());
 }
 
-#[tokio::test]
-async fn accounts_round_trip_every_field_without_exposing_the_secret() {
-    let directory = TempDirectory::new("accounts");
-    let store = open_store(&directory).await;
+on_every_backend!(accounts_round_trip_every_field_without_exposing_the_secret);
+async fn accounts_round_trip_every_field_without_exposing_the_secret(database: TestDatabase) {
+    let store = database.open_store().await;
     let group = store.create_group(new_group("pool")).await.unwrap();
     let other_group = store.create_group(new_group("other")).await.unwrap();
 
@@ -401,10 +512,9 @@ async fn accounts_round_trip_every_field_without_exposing_the_secret() {
     assert_eq!(store.get_credential(424_242).await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn account_updates_change_only_what_they_name_and_null_clears() {
-    let directory = TempDirectory::new("account-update");
-    let store = open_store(&directory).await;
+on_every_backend!(account_updates_change_only_what_they_name_and_null_clears);
+async fn account_updates_change_only_what_they_name_and_null_clears(database: TestDatabase) {
+    let store = database.open_store().await;
     let group = store.create_group(new_group("pool")).await.unwrap();
     let other_group = store.create_group(new_group("other")).await.unwrap();
     let account = store
@@ -496,10 +606,9 @@ async fn account_updates_change_only_what_they_name_and_null_clears() {
     assert_eq!(store.get_account(account.id).await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn an_account_needs_an_existing_group() {
-    let directory = TempDirectory::new("account-group");
-    let store = open_store(&directory).await;
+on_every_backend!(an_account_needs_an_existing_group);
+async fn an_account_needs_an_existing_group(database: TestDatabase) {
+    let store = database.open_store().await;
     match store
         .create_account(new_account(55, "orphan", Credential::ApiKey("sk".into())))
         .await
@@ -510,10 +619,9 @@ async fn an_account_needs_an_existing_group() {
     assert!(store.list_accounts(None).await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn rotated_oauth_tokens_are_saved() {
-    let directory = TempDirectory::new("oauth");
-    let store = open_store(&directory).await;
+on_every_backend!(rotated_oauth_tokens_are_saved);
+async fn rotated_oauth_tokens_are_saved(database: TestDatabase) {
+    let store = database.open_store().await;
     let group = store.create_group(new_group("pool")).await.unwrap();
     let account = store
         .create_account(new_account(
@@ -538,21 +646,20 @@ async fn rotated_oauth_tokens_are_saved() {
     ));
 }
 
-#[tokio::test]
-async fn unreadable_stored_values_are_reported_as_corrupt() {
-    let directory = TempDirectory::new("corrupt");
-    let store = open_store(&directory).await;
+on_every_backend!(unreadable_stored_values_are_reported_as_corrupt);
+async fn unreadable_stored_values_are_reported_as_corrupt(database: TestDatabase) {
+    let store = database.open_store().await;
     let group = store.create_group(new_group("pool")).await.unwrap();
     let account = store
         .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
         .await
         .unwrap();
-    let raw = raw_sqlite(&directory).await;
+    let mut raw = database.raw_connection().await;
     sqlx::query("UPDATE relay_accounts SET platform = 'gopher', credential_kind = 'magic'")
-        .execute(&raw)
+        .execute(&mut raw)
         .await
         .unwrap();
-    raw.close().await;
+    raw.close().await.unwrap();
 
     assert!(matches!(
         store.get_account(account.id).await,
@@ -564,10 +671,9 @@ async fn unreadable_stored_values_are_reported_as_corrupt() {
     ));
 }
 
-#[tokio::test]
-async fn api_keys_can_be_created_found_by_hash_updated_and_deleted() {
-    let directory = TempDirectory::new("api-keys");
-    let store = open_store(&directory).await;
+on_every_backend!(api_keys_can_be_created_found_by_hash_updated_and_deleted);
+async fn api_keys_can_be_created_found_by_hash_updated_and_deleted(database: TestDatabase) {
+    let store = database.open_store().await;
     let group = store.create_group(new_group("pool")).await.unwrap();
     let other_group = store.create_group(new_group("other")).await.unwrap();
 
@@ -667,10 +773,9 @@ async fn api_keys_can_be_created_found_by_hash_updated_and_deleted() {
     assert_eq!(store.find_api_key_by_hash("hash-a").await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn recorded_usage_is_listed_and_counts_only_successes() {
-    let directory = TempDirectory::new("usage-counters");
-    let store = open_store(&directory).await;
+on_every_backend!(recorded_usage_is_listed_and_counts_only_successes);
+async fn recorded_usage_is_listed_and_counts_only_successes(database: TestDatabase) {
+    let store = database.open_store().await;
     let group = store.create_group(new_group("pool")).await.unwrap();
     let account = store
         .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
@@ -736,12 +841,11 @@ async fn recorded_usage_is_listed_and_counts_only_successes() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_usage_writers_never_lose_an_update() {
+on_every_backend!(multi_thread: concurrent_usage_writers_never_lose_an_update);
+async fn concurrent_usage_writers_never_lose_an_update(database: TestDatabase) {
     const TASKS: u64 = 8;
     const CALLS_PER_TASK: u64 = 50;
-    let directory = TempDirectory::new("lost-update");
-    let store = open_store(&directory).await;
+    let store = database.open_store().await;
     let group = store.create_group(new_group("pool")).await.unwrap();
     let account = store
         .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
@@ -793,10 +897,9 @@ async fn concurrent_usage_writers_never_lose_an_update() {
     assert_eq!(totals.cost_usd, 50.0);
 }
 
-#[tokio::test]
-async fn usage_lists_filter_page_and_order_newest_first() {
-    let directory = TempDirectory::new("usage-list");
-    let store = open_store(&directory).await;
+on_every_backend!(usage_lists_filter_page_and_order_newest_first);
+async fn usage_lists_filter_page_and_order_newest_first(database: TestDatabase) {
+    let store = database.open_store().await;
     // Usage rows keep ids of accounts and keys without needing them to exist.
     let rows = vec![
         usage_row("a", "success", Some(1), Some(10), Some(100), 1, 0.0, 1_000),
@@ -905,10 +1008,9 @@ async fn usage_lists_filter_page_and_order_newest_first() {
     assert_eq!(total, 5);
 }
 
-#[tokio::test]
-async fn usage_totals_count_successes_and_cost_since_counts_all_spend() {
-    let directory = TempDirectory::new("usage-totals");
-    let store = open_store(&directory).await;
+on_every_backend!(usage_totals_count_successes_and_cost_since_counts_all_spend);
+async fn usage_totals_count_successes_and_cost_since_counts_all_spend(database: TestDatabase) {
+    let store = database.open_store().await;
     let empty = store.usage_totals(&UsageFilter::default()).await.unwrap();
     assert_eq!(empty, UsageTotals::default());
     assert_eq!(store.api_key_cost_since(1, 0).await.unwrap(), 0.0);
@@ -976,10 +1078,44 @@ async fn usage_totals_count_successes_and_cost_since_counts_all_spend() {
     assert_eq!(store.api_key_cost_since(2, 0).await.unwrap(), 2.0);
 }
 
-#[tokio::test]
-async fn settings_are_inserted_then_replaced() {
-    let directory = TempDirectory::new("settings");
-    let store = open_store(&directory).await;
+on_every_backend!(text_beyond_the_basic_plane_round_trips);
+async fn text_beyond_the_basic_plane_round_trips(database: TestDatabase) {
+    // Four-byte UTF-8 (emoji) is what MySQL's three-byte `utf8` would mangle or refuse.
+    let store = database.open_store().await;
+    let group = store
+        .create_group(NewGroup {
+            name: "团队 🚀".to_owned(),
+            fallback: json!({"note": "主账号 ✅"}),
+        })
+        .await
+        .unwrap();
+    let account = store
+        .create_account(NewAccount {
+            model_mapping: BTreeMap::from([("模型 😀".to_owned(), "目标".to_owned())]),
+            ..new_account(group.id, "账号 🧪", Credential::ApiKey("密钥 🔑".into()))
+        })
+        .await
+        .unwrap();
+    store.put_setting("日志 📜", "值 🌙").await.unwrap();
+
+    assert_eq!(store.get_group(group.id).await.unwrap(), Some(group));
+    assert_eq!(
+        store.get_account(account.id).await.unwrap(),
+        Some(account.clone())
+    );
+    assert_eq!(
+        store.get_credential(account.id).await.unwrap(),
+        Some(Credential::ApiKey("密钥 🔑".into()))
+    );
+    assert_eq!(
+        store.get_setting("日志 📜").await.unwrap().as_deref(),
+        Some("值 🌙")
+    );
+}
+
+on_every_backend!(settings_are_inserted_then_replaced);
+async fn settings_are_inserted_then_replaced(database: TestDatabase) {
+    let store = database.open_store().await;
     assert_eq!(store.get_setting("fallback_config").await.unwrap(), None);
     store
         .put_setting("fallback_config", r#"{"max_retries":3}"#)
@@ -1007,7 +1143,7 @@ async fn settings_are_inserted_then_replaced() {
         Some("abc")
     );
     store.close().await;
-    let reopened = open_store(&directory).await;
+    let reopened = database.open_store().await;
     assert_eq!(
         reopened
             .get_setting("fallback_config")
