@@ -125,6 +125,7 @@ pub async fn start_with_clock(
     )
     .await
     .context("loading groups, accounts and keys")?;
+    state.set_base_config(config.fallback.clone());
 
     let shutdown = CancellationToken::new();
     let usage_stop = CancellationToken::new();

@@ -21,7 +21,7 @@ use crate::input::{query_id, Payload};
 use crate::AdminState;
 
 /// The settings key holding the config changes made through the API (a `FallbackConfigPatch`).
-pub const CONFIG_SETTING: &str = "fallback_config_patch";
+pub const CONFIG_SETTING: &str = relay_proxy::state::FALLBACK_CONFIG_SETTING;
 
 pub fn routes() -> Router<AdminState> {
     Router::new()
@@ -56,6 +56,10 @@ async fn put_config(
     state.relay.store.put_setting(CONFIG_SETTING, &text).await?;
     state.relay.set_global_config(updated.clone()).await?;
     state.config_changed.notify_one();
+    state
+        .relay
+        .shared()
+        .reload(relay_proxy::shared::ReloadKind::FallbackConfig);
     tracing::info!(config = %text, "fallback config changed through the admin API");
     Ok(Json(serde_json::to_value(&updated).unwrap_or(Value::Null)))
 }

@@ -59,7 +59,13 @@ fn items(values: Vec<Value>) -> Json<Value> {
 }
 
 async fn reload(state: &AdminState) -> Result<(), AdminError> {
-    state.relay.reload().await.map_err(AdminError::from)
+    state.relay.reload().await.map_err(AdminError::from)?;
+    // Other instances re-read the store too (cluster mode).
+    state
+        .relay
+        .shared()
+        .reload(relay_proxy::shared::ReloadKind::Resources);
+    Ok(())
 }
 
 // ---------------------------------------------------------------- groups

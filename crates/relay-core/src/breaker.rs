@@ -419,6 +419,28 @@ impl GroupBreaker {
         }
     }
 
+    /// Rebuilds a group breaker in a given phase (another instance's view, or a restart).
+    pub fn restore(
+        settings: GroupBreakerSettings,
+        phase: BreakerPhase,
+        open_until: Option<UnixMillis>,
+        consecutive_opens: u32,
+    ) -> Self {
+        GroupBreaker {
+            settings,
+            breaker: CircuitBreaker::restore(
+                settings.as_breaker_settings(),
+                phase,
+                open_until,
+                consecutive_opens,
+            ),
+        }
+    }
+
+    pub fn consecutive_opens(&self) -> u32 {
+        self.breaker.consecutive_opens()
+    }
+
     pub fn settings(&self) -> &GroupBreakerSettings {
         &self.settings
     }

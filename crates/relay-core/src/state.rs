@@ -247,6 +247,28 @@ impl AccountState {
         state
     }
 
+    /// Takes another instance's view of the shared parts — disables, cooldowns, breaker
+    /// phase — keeping this instance's own health window and learned figures (cluster mode).
+    /// A breaker in the same phase on both sides keeps its local failure window.
+    pub fn apply_shared(
+        &mut self,
+        config: &FallbackConfig,
+        shared: &PersistedAccountState,
+        now: UnixMillis,
+    ) {
+        let mut next = AccountState::restore(config, shared, now);
+        next.health = self.health.clone();
+        next.reported_health = if next.active_disable(now).is_some() {
+            HealthStatus::Unhealthy
+        } else {
+            self.reported_health
+        };
+        if self.breaker.phase(now) == next.breaker.phase(now) {
+            next.breaker = self.breaker.clone();
+        }
+        *self = next;
+    }
+
     /// What must survive a restart (see [`PersistedAccountState`]), as of `now`.
     pub fn persisted(&self, now: UnixMillis) -> PersistedAccountState {
         let (disabled_until, disable_reason) = match self.active_disable(now) {
@@ -1578,5 +1600,32 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod apply_shared_tests {
+    use super::*;
+
+    #[test]
+    fn shared_disable_and_enable_apply_but_local_health_is_kept() {
+        let config = FallbackConfig::default();
+        let now = 1_000_000;
+        let mut local = AccountState::new(&config);
+        local.record_outcome(now, OutcomeClass::Success, 120.0, ModelFamily::Sonnet, None);
+        let mut remote = AccountState::new(&config);
+        remote.disable(now, Some(now + 60_000), DisableReason::Manual);
+        local.apply_shared(&config, &remote.persisted(now), now);
+        assert!(matches!(
+            local.eligibility(now, ModelFamily::Sonnet),
+            Eligibility::Disabled { .. }
+        ));
+        assert_eq!(local.health().success_count(), 1);
+        remote.enable(now + 1);
+        local.apply_shared(&config, &remote.persisted(now + 1), now + 1);
+        assert!(matches!(
+            local.eligibility(now + 1, ModelFamily::Sonnet),
+            Eligibility::Eligible
+        ));
     }
 }

@@ -144,6 +144,8 @@ pub async fn check_limits(
             });
         }
         limits.requests_this_minute += 1;
+        drop(limits);
+        state.shared().key_used(key.id, 0.0, 1, now);
     }
     if let Some(limit) = key.daily_cost_limit_usd {
         let day = now.div_euclid(DAY_MS);

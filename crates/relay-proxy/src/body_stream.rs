@@ -97,6 +97,11 @@ impl CommittedAttempt {
         };
         let cost_usd = state.settings.prices.cost_usd(&self.record.model, &usage);
         add_cost(&self.key_limits, now, cost_usd);
+        if cost_usd > 0.0 {
+            state
+                .shared()
+                .key_used(self.record.api_key_id, cost_usd, 0, now);
+        }
         let metrics_class = match &end {
             StreamEnd::Broken { class, .. } => *class,
             // The account answered; the client left or the answer ended normally.

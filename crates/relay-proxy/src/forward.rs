@@ -137,6 +137,11 @@ impl AttemptFailure {
 /// Logs the state machine's events in the configured language, and counts breaker
 /// transitions in the metrics.
 pub fn log_state_events(state: &RelayState, account_info: &Account, events: &[StateEvent]) {
+    if events.is_empty() {
+        return;
+    }
+    // Other instances learn of disables, cooldowns and breaker phases (cluster mode).
+    state.publish_account(account_info.id);
     let lang = state.settings.log_lang;
     let account = account_info.name.as_str();
     let now = state.now();
@@ -476,11 +481,14 @@ pub async fn forward(
                             BreakerPhase::Closed,
                             now,
                         );
+                        state.publish_group_breaker(group.group.id);
                         tracing::info!(group = %group.group.name, "{}", logs::breaker_closed(lang, &group.group.name));
                     }
                 }
                 if let Some(key) = request.session_key.as_deref() {
-                    state.sticky.bind(key, runtime.id, now);
+                    if state.sticky.bind(key, runtime.id, now) {
+                        state.shared().session_bound(key, runtime.id);
+                    }
                 }
                 tracing::info!(
                     request_id = %request.request_id,
@@ -605,6 +613,7 @@ pub async fn forward(
                 BreakerPhase::Open,
                 now,
             );
+            state.publish_group_breaker(group.group.id);
             tracing::warn!(group = %group.group.name, "{}", logs::group_threshold(lang, &group.group.name, config.circuit_breaker_threshold));
             tracing::warn!(group = %group.group.name, "{}", logs::breaker_opened(lang));
             tracing::warn!(group = %group.group.name, "{}", logs::half_open_in(lang, Duration::from_millis(u64::try_from(until - now).unwrap_or(0))));

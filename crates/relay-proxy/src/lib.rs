@@ -18,6 +18,7 @@ pub mod oauth;
 pub mod probe;
 pub mod registry;
 pub mod settings;
+pub mod shared;
 pub mod state;
 pub mod upstream;
 pub mod usage;

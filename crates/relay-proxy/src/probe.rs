@@ -131,6 +131,7 @@ pub async fn probe_and_apply(state: &RelayState, runtime: &Arc<AccountRuntime>) 
                     relay_core::breaker::BreakerPhase::Closed,
                     now,
                 );
+                state.publish_group_breaker(group.group.id);
                 tracing::info!(group = %group.group.name, "{}", logs::breaker_closed(lang, &group.group.name));
             }
         }

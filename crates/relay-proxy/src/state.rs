@@ -16,11 +16,16 @@ use crate::clock::{Clock, SystemClock};
 use crate::http_clients::HttpClients;
 use crate::registry::{lock, Registry, RegistrySource};
 use crate::settings::RelaySettings;
+use crate::shared::{LocalOnly, SharedState};
 use crate::usage::UsageRecorder;
 
 /// The settings key holding each account's persisted fallback state (disables, cooldowns,
 /// breaker phase), so a restart does not forget an operator's disable or a known cooldown.
 const ACCOUNT_STATES_SETTING: &str = "account_states";
+
+/// The settings key holding the fallback config changes made through the admin API (a
+/// `FallbackConfigPatch`, merged over every PUT).
+pub const FALLBACK_CONFIG_SETTING: &str = "fallback_config_patch";
 
 /// How long metrics are kept (PRODUCT.md §5.5: 24 hours).
 const METRICS_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
@@ -43,6 +48,12 @@ pub struct RelayState {
     pub clock: Arc<dyn Clock>,
     /// Per-account and per-group figures in bounded memory (PRODUCT.md §5.5).
     pub metrics: Mutex<MetricsRegistry>,
+    /// The cluster adapter, when `REDIS_URL` is set (see `shared`).
+    pub(crate) shared: std::sync::OnceLock<Arc<dyn SharedState>>,
+    pub(crate) local_only: Arc<dyn SharedState>,
+    /// The fallback config as configured (file and environment), before the changes made
+    /// through the admin API; those are re-applied on top when another instance changes them.
+    base_config: ArcSwap<FallbackConfig>,
 }
 
 impl RelayState {
@@ -75,6 +86,7 @@ impl RelayState {
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<RelayState>, StoreError> {
         let clients = HttpClients::new(settings.connect_timeout);
+        let base_config = global_config.clone();
         let state = Arc::new(RelayState {
             store,
             settings,
@@ -84,6 +96,9 @@ impl RelayState {
             clients,
             usage,
             sticky: StickySessions::default(),
+            shared: std::sync::OnceLock::new(),
+            local_only: Arc::new(LocalOnly),
+            base_config: ArcSwap::from_pointee(base_config),
             metrics: Mutex::new(
                 MetricsRegistry::new(METRICS_RETENTION_MS).with_start(clock.now_millis()),
             ),
@@ -153,6 +168,36 @@ impl RelayState {
         self.reload().await
     }
 
+    /// Records the configured fallback config (before admin changes), for `reload_fallback_config`.
+    pub fn set_base_config(&self, config: FallbackConfig) {
+        self.base_config.store(Arc::new(config));
+    }
+
+    /// Re-reads the fallback config changes saved through the admin API (by any instance)
+    /// and applies them on top of the configured config.
+    pub async fn reload_fallback_config(&self) -> Result<(), StoreError> {
+        let base = self.base_config.load_full();
+        let config = match self.store.get_setting(FALLBACK_CONFIG_SETTING).await? {
+            None => base.as_ref().clone(),
+            Some(text) => {
+                let strategies = &self.strategies;
+                match serde_json::from_str::<relay_core::config::FallbackConfigPatch>(&text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|patch| {
+                        base.apply_patch(&patch, &|name| strategies.contains(name))
+                            .map_err(|e| e.to_string())
+                    }) {
+                    Ok(config) => config,
+                    Err(error) => {
+                        tracing::error!(%error, "saved fallback config changes are invalid; ignored");
+                        base.as_ref().clone()
+                    }
+                }
+            }
+        };
+        self.set_global_config(config).await
+    }
+
     /// Re-reads groups, accounts and keys from the store and publishes a new snapshot.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let groups = self.store.list_groups().await?;
@@ -188,7 +233,8 @@ impl StickySessions {
             .map(|(account, _)| *account)
     }
 
-    pub fn bind(&self, key: &str, account: AccountId, now: UnixMillis) {
+    /// Binds a session to an account; true when the binding is new or moved.
+    pub fn bind(&self, key: &str, account: AccountId, now: UnixMillis) -> bool {
         let mut bindings = lock(&self.bindings);
         if bindings.len() >= STICKY_MAX_ENTRIES && !bindings.contains_key(key) {
             bindings.retain(|_, (_, seen)| now - *seen < STICKY_TTL_MS);
@@ -200,7 +246,9 @@ impl StickySessions {
                 bindings.retain(|_, (_, seen)| *seen > cutoff);
             }
         }
-        bindings.insert(key.to_owned(), (account, now));
+        bindings
+            .insert(key.to_owned(), (account, now))
+            .is_none_or(|(previous, _)| previous != account)
     }
 
     pub fn len(&self) -> usize {
