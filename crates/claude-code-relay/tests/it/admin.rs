@@ -282,3 +282,92 @@ async fn disable_and_enable_account_with_health_view() {
         .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn stats_export_reset_and_prometheus_show_real_figures() {
+    let h = Harness::start().await;
+    let group = h.group("pool", None).await;
+    let first = h.console_account(group, "first", "sk-first", 1).await;
+    let second = h.console_account(group, "second", "sk-second", 2).await;
+    let key = h.key(group).await;
+    h.mock.push(
+        "sk-first",
+        relay_mock::Behavior::RateLimited {
+            retry_after_secs: Some(30),
+            reset_in_secs: None,
+        },
+    );
+    assert_eq!(h.messages(&key, message_body(false)).await.status(), 200);
+    assert!(!h
+        .messages(&key, message_body(true))
+        .await
+        .text()
+        .await
+        .unwrap()
+        .is_empty());
+
+    let (status, stats) = h
+        .admin(
+            Method::GET,
+            &format!("/fallback/stats?group_id={group}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    let group_stats = &stats["groups"][0];
+    assert_eq!(group_stats["requests"], 2);
+    assert_eq!(group_stats["successes"], 2);
+    assert_eq!(group_stats["fallbacks"], 1);
+    assert_eq!(group_stats["fallback_success_rate"], 1.0);
+    assert!(group_stats["p99_latency_ms"].is_number());
+    let accounts = stats["accounts"].as_array().unwrap();
+    let first_stats = accounts.iter().find(|a| a["account_id"] == first).unwrap();
+    assert_eq!(first_stats["failures_by_class"]["rate_limited"], 1);
+    let second_stats = accounts.iter().find(|a| a["account_id"] == second).unwrap();
+    assert_eq!(second_stats["successes"], 2);
+    assert_eq!(second_stats["output_tokens"], 14);
+    assert!(second_stats["p50_latency_ms"].is_number());
+
+    let response = h
+        .client
+        .get(h.url("/api/v1/admin/fallback/export-metrics?format=csv"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("relay-metrics.csv"));
+    let csv = response.text().await.unwrap();
+    assert!(csv.lines().count() >= 3, "{csv}");
+    let (status, _) = h
+        .admin(Method::GET, "/fallback/export-metrics?format=xml", None)
+        .await;
+    assert_eq!(status, 400);
+
+    // Prometheus needs no credentials.
+    let text = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("relay_requests_total"), "{text}");
+    assert!(text.contains(&format!("account=\"{second}\"")));
+
+    let (status, _) = h.admin(Method::POST, "/fallback/reset-metrics", None).await;
+    assert_eq!(status, 200);
+    let (_, stats) = h
+        .admin(
+            Method::GET,
+            &format!("/fallback/stats?group_id={group}"),
+            None,
+        )
+        .await;
+    assert_eq!(stats["groups"][0]["requests"], 0);
+}
