@@ -7,6 +7,7 @@
 //! - `down` fails with 500 for the first 5 minutes, then recovers;
 //! - `flaky` fails 30% of its attempts at random;
 //! - `healthy` always answers.
+//!
 //! Recovery probes run every `health_check_interval` of virtual time, as the probe loop would.
 //! The test reports and asserts: client success rate, attempts on accounts that were known to
 //! be unusable when the request was planned, and how long the recovered account waited for
