@@ -111,6 +111,25 @@ async fn one_stream(
     Ok((head, first_delta.unwrap_or(f64::NAN), complete))
 }
 
+/// One non-stream request, timed from send to the end of the answer (ms).
+async fn timed_message(client: &reqwest::Client, url: &str, key: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let response = client
+        .post(format!("{url}/v1/messages"))
+        .header("x-api-key", key)
+        .header("content-type", "application/json")
+        .body(body(false))
+        .send()
+        .await
+        .context("request")?;
+    let status = response.status();
+    let _ = response.bytes().await?;
+    if !status.is_success() {
+        bail!("status {status}");
+    }
+    Ok(started.elapsed().as_secs_f64() * 1000.0)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -151,21 +170,9 @@ async fn main() -> anyhow::Result<()> {
         Mode::Latency { requests } => {
             let mut samples = Vec::with_capacity(requests);
             for i in 0..requests + 50 {
-                let started = Instant::now();
-                let response = client
-                    .post(format!("{}/v1/messages", cli.url))
-                    .header("x-api-key", &cli.key)
-                    .header("content-type", "application/json")
-                    .body(body(false))
-                    .send()
-                    .await?;
-                let status = response.status();
-                let _ = response.bytes().await?;
-                if !status.is_success() {
-                    bail!("status {status}");
-                }
+                let took = timed_message(&client, &cli.url, &cli.key).await?;
                 if i >= 50 {
-                    samples.push(started.elapsed().as_secs_f64() * 1000.0);
+                    samples.push(took);
                 }
             }
             report("latency", samples);
@@ -186,22 +193,9 @@ async fn main() -> anyhow::Result<()> {
                 if !enabled.status().is_success() {
                     bail!("enable-account: {}", enabled.status());
                 }
-                let started = Instant::now();
-                let response = client
-                    .post(format!("{}/v1/messages", cli.url))
-                    .header("x-api-key", &cli.key)
-                    .header("content-type", "application/json")
-                    .body(body(false))
-                    .send()
-                    .await
-                    .context("request")?;
-                let status = response.status();
-                let _ = response.bytes().await?;
-                if !status.is_success() {
-                    bail!("status {status}");
-                }
+                let took = timed_message(&client, &cli.url, &cli.key).await?;
                 if i >= 50 {
-                    samples.push(started.elapsed().as_secs_f64() * 1000.0);
+                    samples.push(took);
                 }
             }
             report("failover_latency", samples);
