@@ -8,11 +8,6 @@ use claude_code_relay::app;
 use claude_code_relay::config::{Overrides, ServerConfig};
 use relay_core::config::ProcessEnv;
 
-// mimalloc: the relay allocates many small, short-lived buffers per request (headers,
-// chunks, usage rows); glibc's malloc showed ~12% of the relay's CPU under load.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "claude-code-relay",
