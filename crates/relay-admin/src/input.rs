@@ -97,15 +97,15 @@ impl Payload {
     }
 }
 
-/// A non-empty trimmed name of at most 200 characters.
+/// A non-empty trimmed name of at most 100 characters (MySQL indexes group names up to 191).
 pub fn check_name(field: &str, name: &str) -> Result<String, AdminError> {
     let trimmed = name.trim();
     if trimmed.is_empty() {
         return Err(AdminError::Invalid(format!("{field}: must not be empty")));
     }
-    if trimmed.chars().count() > 200 {
+    if trimmed.chars().count() > 100 {
         return Err(AdminError::Invalid(format!(
-            "{field}: must be at most 200 characters"
+            "{field}: must be at most 100 characters"
         )));
     }
     Ok(trimmed.to_owned())

@@ -126,6 +126,21 @@ impl UsageWriter {
         }
     }
 
+    /// Writes the first `take` rows of `pending` one at a time, removing them; a row the store
+    /// refuses is logged and dropped.
+    async fn write_one_by_one(&self, pending: &mut Vec<UsageRow>, take: usize) {
+        let rows: Vec<UsageRow> = pending.drain(..take).collect();
+        for row in rows {
+            let one = std::slice::from_ref(&row);
+            if self.store.record_usage(one).await.is_ok() {
+                continue;
+            }
+            if let Err(error) = self.store.record_usage(one).await {
+                tracing::error!(%error, request_id = %row.request_id, attempt = row.attempt, "the store refused a usage row; it is dropped");
+            }
+        }
+    }
+
     /// Writes `pending` in batches; keeps what failed. Returns the consecutive failure count.
     async fn write(&self, pending: &mut Vec<UsageRow>, failures: u32) -> u32 {
         while !pending.is_empty() {
@@ -135,6 +150,13 @@ impl UsageWriter {
                     pending.drain(..take);
                 }
                 Err(error) => {
+                    if failures >= 1 && self.store.ping().await.is_ok() {
+                        // The batch failed twice while the store answers, so the batch itself
+                        // is at fault: write its rows one by one and drop only those the store
+                        // refuses (after a second try), so one bad row never blocks the rest.
+                        self.write_one_by_one(pending, take).await;
+                        continue;
+                    }
                     if failures == 0 {
                         tracing::error!(%error, rows = pending.len(), "writing usage rows failed; will retry");
                     }

@@ -33,13 +33,96 @@ pub struct Harness {
     pub env: HashMap<String, String>,
 }
 
+/// The store the end-to-end suite runs on: `RELAY_TEST_DATABASE=sqlite` (default),
+/// `mariadb` or `postgres`. On a server each test gets a database of its own.
+fn test_backend() -> &'static str {
+    static BACKEND: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BACKEND.get_or_init(|| {
+        let backend = std::env::var("RELAY_TEST_DATABASE").unwrap_or_else(|_| "sqlite".to_owned());
+        assert!(
+            ["sqlite", "mariadb", "postgres"].contains(&backend.as_str()),
+            "RELAY_TEST_DATABASE must be sqlite, mariadb or postgres (got {backend})"
+        );
+        backend
+    })
+}
+
+fn server_base_url(backend: &str) -> String {
+    match backend {
+        "mariadb" => std::env::var("RELAY_TEST_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned()),
+        _ => std::env::var("RELAY_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
+    }
+}
+
+/// `base_url` with its database replaced by `database`.
+fn with_database(base_url: &str, database: &str) -> String {
+    let authority_start = base_url.find("://").map_or(0, |i| i + 3);
+    let path_start = base_url[authority_start..]
+        .find('/')
+        .map_or(base_url.len(), |i| authority_start + i);
+    format!("{}/{database}", &base_url[..path_start])
+}
+
+/// Creates a fresh database on the test server and returns its URL. The first call of a
+/// test process also drops what earlier runs left behind (databases named `relay_it_*`
+/// with another process id), so leftovers never pile up.
+fn server_database_url(backend: &str) -> String {
+    use sqlx::Connection;
+    static CLEANED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    sqlx::any::install_default_drivers();
+    let base = server_base_url(backend);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let name = format!("relay_it_{pid}_{n}");
+    let backend = backend.to_owned();
+    let base_for_thread = base.clone();
+    let name_for_thread = name.clone();
+    // A thread of its own with a small runtime: this is called from inside the tests' runtime.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let mut admin = sqlx::AnyConnection::connect(&base_for_thread)
+                .await
+                .unwrap_or_else(|e| panic!("the {backend} test server is not reachable ({e}); start it with .ci/services.sh"));
+            if CLEANED.set(()).is_ok() {
+                let list = if backend == "mariadb" {
+                    "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata WHERE schema_name LIKE 'relay\\_it\\_%'"
+                } else {
+                    "SELECT datname::text FROM pg_database WHERE datname LIKE 'relay\\_it\\_%'"
+                };
+                let old: Vec<String> = sqlx::query_scalar(list).fetch_all(&mut admin).await.unwrap_or_default();
+                for database in old.iter().filter(|d| !d.starts_with(&format!("relay_it_{pid}_"))) {
+                    let force = if backend == "postgres" { " WITH (FORCE)" } else { "" };
+                    let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {database}{force}"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            }
+            sqlx::raw_sql(&format!("CREATE DATABASE {name_for_thread}"))
+                .execute(&mut admin)
+                .await
+                .unwrap_or_else(|e| panic!("cannot create {name_for_thread}: {e}"));
+            let _ = admin.close().await;
+        });
+    })
+    .join()
+    .unwrap();
+    with_database(&base, &name)
+}
+
 /// The environment a test relay starts with; tests add or replace entries.
 pub fn base_env(dir: &std::path::Path, mock: &MockUpstream) -> HashMap<String, String> {
     let mut env = HashMap::new();
-    env.insert(
-        "DATABASE_URL".to_owned(),
-        format!("sqlite://{}", dir.join("relay.db").display()),
-    );
+    let database_url = match test_backend() {
+        "sqlite" => format!("sqlite://{}", dir.join("relay.db").display()),
+        server => server_database_url(server),
+    };
+    env.insert("DATABASE_URL".to_owned(), database_url);
     env.insert("RELAY_ADMIN_TOKEN".to_owned(), ADMIN_TOKEN.to_owned());
     env.insert("RELAY_LISTEN".to_owned(), "127.0.0.1:0".to_owned());
     env.insert(
