@@ -12,8 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 const BATCH_SIZE: usize = 512;
-/// Rows kept while the store is unreachable before the oldest are dropped (with an error log).
-const MAX_PENDING_ROWS: usize = 1_000_000;
+/// Rows kept while the store is unreachable or slower than the traffic, before the oldest
+/// are dropped (with an error log): bounds the writer's memory (~100 MB at most).
+const MAX_PENDING_ROWS: usize = 200_000;
 
 #[derive(Debug)]
 enum UsageMessage {
@@ -80,7 +81,13 @@ impl UsageWriter {
                     Some(UsageMessage::Row(row)) => {
                         pending.push(*row);
                         if pending.len() >= BATCH_SIZE {
+                            // Take everything already queued, so the channel never grows
+                            // while a write runs longer than the traffic between writes.
+                            self.drain_queued(&mut pending, &mut waiters);
                             failures = self.write(&mut pending, failures).await;
+                            for waiter in waiters.drain(..) {
+                                let _ = waiter.send(());
+                            }
                         }
                     }
                     Some(UsageMessage::Flush(done)) => {
@@ -123,6 +130,29 @@ impl UsageWriter {
         }
         for waiter in waiters {
             let _ = waiter.send(());
+        }
+    }
+
+    /// Moves every message already in the channel into `pending` (rows) and `waiters`
+    /// (flushes), keeping `pending` within its bound.
+    fn drain_queued(
+        &mut self,
+        pending: &mut Vec<UsageRow>,
+        waiters: &mut Vec<oneshot::Sender<()>>,
+    ) {
+        while let Ok(message) = self.receiver.try_recv() {
+            match message {
+                UsageMessage::Row(row) => pending.push(*row),
+                UsageMessage::Flush(done) => waiters.push(done),
+            }
+        }
+        if pending.len() > MAX_PENDING_ROWS {
+            let excess = pending.len() - MAX_PENDING_ROWS;
+            pending.drain(..excess);
+            tracing::error!(
+                dropped = excess,
+                "usage backlog over its bound; oldest rows dropped"
+            );
         }
     }
 
