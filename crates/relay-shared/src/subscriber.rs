@@ -127,6 +127,21 @@ impl Subscriber {
     }
 
     async fn apply(&self, event: Event) {
+        let kind = match &event {
+            Event::Account { .. } => "account",
+            Event::GroupBreaker { .. } => "group_breaker",
+            Event::Session { .. } => "session",
+            Event::KeyUsage { .. } => "key_usage",
+            Event::Reload { .. } => "reload",
+        };
+        self.apply_event(event).await;
+        tracing::debug!(
+            event = kind,
+            "applied a shared-state event from another instance"
+        );
+    }
+
+    async fn apply_event(&self, event: Event) {
         match event {
             Event::Account {
                 account_id,

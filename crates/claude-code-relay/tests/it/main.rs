@@ -9,6 +9,7 @@ mod support;
 mod admin;
 mod bad_input;
 mod cluster;
+mod cluster_processes;
 mod data_plane;
 mod engine;
 mod failover;
