@@ -2,98 +2,25 @@
 //! and one private Redis. Propagation is awaited by reading instance B's log for the line it
 //! writes when it applies another instance's change — no sleeping, a deadline per step.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use relay_mock::{MockConfig, MockUpstream};
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 
 use crate::cluster::RedisServer;
 use crate::support::*;
 
-struct RelayProcess {
-    child: Child,
-    base: String,
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-impl RelayProcess {
-    async fn start(env: &HashMap<String, String>) -> RelayProcess {
-        let dir = temp_dir();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_claude-code-relay"))
-            .current_dir(&dir)
-            .envs(env)
-            .env("RELAY_LISTEN", "127.0.0.1:0")
-            .env("RELAY_LOG_LANG", "en")
-            .env("RUST_LOG", "info,relay_shared=debug")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (sender, mut lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let port = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let line = lines.recv().await.expect("relay exited before listening");
-                if line.contains("listening") {
-                    let at = line.find("127.0.0.1:").unwrap() + "127.0.0.1:".len();
-                    let digits: String = line[at..]
-                        .chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect();
-                    return digits.parse::<u16>().unwrap();
-                }
-            }
-        })
-        .await
-        .expect("relay listening within 30 s");
-        RelayProcess {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            lines,
-        }
-    }
-
-    /// Waits for the next log line saying this process applied another instance's change of
-    /// the given kind.
-    async fn applied(&mut self, kind: &str, limit: Duration) {
-        // Text logs print a string field quoted: event="account".
-        let wanted = format!("event=\"{kind}\"");
-        let seen = tokio::time::timeout(limit, async {
-            while let Some(line) = self.lines.recv().await {
-                if line.contains("applied a shared-state event") && line.contains(&wanted) {
-                    return true;
-                }
-            }
-            false
+/// Waits for the line instance B writes when it applies another instance's change.
+async fn applied(process: &mut RelayProcess, kind: &str, limit: Duration) {
+    // Text logs print a string field quoted: event="account".
+    let wanted = format!("event=\"{kind}\"");
+    let seen = process
+        .wait_for_line(limit, |line| {
+            line.contains("applied a shared-state event") && line.contains(&wanted)
         })
         .await;
-        assert!(
-            matches!(seen, Ok(true)),
-            "no {kind} event applied within {limit:?}"
-        );
-    }
-
-    fn stop(mut self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        assert_eq!(self.child.wait().unwrap().code(), Some(0));
-    }
+    assert!(seen, "no {kind} event applied within {limit:?}");
 }
 
 async fn admin(
@@ -133,7 +60,7 @@ async fn two_relay_processes_share_disables_and_config_through_redis() {
     let dir = temp_dir();
     let mut env = base_env(&dir, &mock);
     env.insert("REDIS_URL".to_owned(), redis.url());
-    env.remove("RELAY_LISTEN");
+    env.insert("RUST_LOG".to_owned(), "info,relay_shared=debug".to_owned());
     let a = RelayProcess::start(&env).await;
     let mut b = RelayProcess::start(&env).await;
     let client = reqwest::Client::new();
@@ -149,7 +76,7 @@ async fn two_relay_processes_share_disables_and_config_through_redis() {
     )
     .await;
     let group = group["id"].as_i64().unwrap();
-    b.applied("reload", second).await;
+    applied(&mut b, "reload", second).await;
     let mut ids = Vec::new();
     for (name, credential, priority) in [("first", "sk-first", 1), ("second", "sk-second", 2)] {
         let (status, account) = admin(
@@ -165,7 +92,7 @@ async fn two_relay_processes_share_disables_and_config_through_redis() {
         .await;
         assert_eq!(status, 201);
         ids.push(account["id"].as_i64().unwrap());
-        b.applied("reload", second).await;
+        applied(&mut b, "reload", second).await;
     }
     let (_, key) = admin(
         &client,
@@ -176,7 +103,7 @@ async fn two_relay_processes_share_disables_and_config_through_redis() {
     )
     .await;
     let key = key["key"].as_str().unwrap().to_owned();
-    b.applied("reload", second).await;
+    applied(&mut b, "reload", second).await;
     assert_eq!(message(&client, &b.base, &key).await, 200);
     assert_eq!(mock.count_for("sk-first"), 1);
 
@@ -190,7 +117,7 @@ async fn two_relay_processes_share_disables_and_config_through_redis() {
     )
     .await;
     assert_eq!(status, 200);
-    b.applied("account", second).await;
+    applied(&mut b, "account", second).await;
     for _ in 0..3 {
         assert_eq!(message(&client, &b.base, &key).await, 200);
     }
@@ -211,11 +138,11 @@ async fn two_relay_processes_share_disables_and_config_through_redis() {
     )
     .await;
     assert_eq!(status, 200);
-    b.applied("reload", second).await;
+    applied(&mut b, "reload", second).await;
     let (_, config) = admin(&client, &b.base, Method::GET, "/fallback/config", None).await;
     assert_eq!(config["max_retries"], 0);
 
-    a.stop();
-    b.stop();
+    a.stop().await;
+    b.stop().await;
     drop(redis);
 }

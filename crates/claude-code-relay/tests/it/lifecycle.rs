@@ -1,7 +1,6 @@
 //! Restarts lose nothing; shutdown is graceful; the binary validates config and exits 0 on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -141,44 +140,18 @@ fn check_config_refuses_invalid_values_naming_the_variable() {
     );
 }
 
-#[test]
-fn sigterm_stops_the_binary_cleanly_with_exit_0() {
-    let dir = temp_dir();
-    let mut child = binary()
-        .current_dir(&dir)
-        .env("RELAY_LISTEN", "127.0.0.1:0")
-        .env("RELAY_LOG_LANG", "en")
-        .env("NO_COLOR", "1")
-        .env_remove("RELAY_ADMIN_TOKEN")
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut printed_token = false;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains("Generated admin token") {
-            printed_token = true;
-        }
-        if line.contains("listening") {
-            break;
-        }
-    }
+#[tokio::test]
+async fn sigterm_stops_the_binary_cleanly_with_exit_0() {
+    // No admin token and no DATABASE_URL: the first start generates one and creates the
+    // embedded store under ./data.
+    let env = [("RELAY_LOG_LANG".to_owned(), "en".to_owned())]
+        .into_iter()
+        .collect();
+    let process = RelayProcess::start(&env).await;
     assert!(
-        printed_token,
+        process.startup.contains("Generated admin token"),
         "first start did not print the generated admin token"
     );
-    // The embedded default store was created under ./data.
-    assert!(dir.join("data").join("relay.db").exists());
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
-    assert_eq!(exit.code(), Some(0));
+    assert!(process.dir.join("data").join("relay.db").exists());
+    process.stop().await;
 }

@@ -1,10 +1,6 @@
 //! The fallback log lines: Chinese by default, English and JSON on request, structured
 //! fields always, never a secret. Runs the real binary and reads its output.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-
 use relay_mock::{Behavior, MockConfig, MockUpstream};
 use serde_json::{json, Value};
 
@@ -15,46 +11,23 @@ const ACCOUNT_SECRET: &str = "sk-secret-first-account";
 /// Starts the binary, makes one request that fails over, stops it, returns its output.
 async fn run_and_capture(lang: &str, format: &str) -> String {
     let mock = MockUpstream::start(MockConfig::default()).await.unwrap();
-    let dir = temp_dir();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_claude-code-relay"))
-        .current_dir(&dir)
-        .env("RELAY_LISTEN", "127.0.0.1:0")
-        .env("RELAY_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RELAY_LOG_LANG", lang)
-        .env("RELAY_LOG_FORMAT", format)
-        .env("FALLBACK_RETRY_DELAY", "0s")
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "info,relay_proxy=debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (lines_tx, lines_rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut output = String::new();
-    let port = loop {
-        let line = lines_rx.recv().expect("relay exited before listening");
-        output.push_str(&line);
-        output.push('\n');
-        if line.contains("listening") {
-            let at = line.find("127.0.0.1:").unwrap() + "127.0.0.1:".len();
-            let digits: String = line[at..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            break digits.parse::<u16>().unwrap();
-        }
-    };
+    let env: std::collections::HashMap<String, String> = [
+        ("RELAY_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("RELAY_LOG_LANG", lang),
+        ("RELAY_LOG_FORMAT", format),
+        ("FALLBACK_RETRY_DELAY", "0s"),
+        ("RUST_LOG", "info,relay_proxy=debug"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let process = RelayProcess::start(&env).await;
+    let mut output = process.startup.clone();
     let h = Harness {
         relay: None,
         mock,
         client: reqwest::Client::new(),
-        base: format!("http://127.0.0.1:{port}"),
+        base: process.base.clone(),
         env: Default::default(),
     };
     let group = h.group("logged", None).await;
@@ -74,18 +47,7 @@ async fn run_and_capture(lang: &str, format: &str) -> String {
         },
     );
     assert_eq!(h.messages(&key, message_body(false)).await.status(), 200);
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    reader.join().unwrap();
-    for line in lines_rx.try_iter() {
-        output.push_str(&line);
-        output.push('\n');
-    }
+    output.push_str(&process.stop().await);
     assert!(
         !output.contains(ACCOUNT_SECRET),
         "the account's key is in the log"

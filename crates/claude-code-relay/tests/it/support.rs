@@ -308,3 +308,108 @@ pub fn error_type(value: &Value) -> String {
     assert_eq!(value["type"], "error", "not an error envelope: {value}");
     value["error"]["type"].as_str().unwrap().to_owned()
 }
+
+/// The built binary running as a process of its own, its stdout read line by line.
+pub struct RelayProcess {
+    child: std::process::Child,
+    pub base: String,
+    /// Its working directory (where the default SQLite store goes).
+    pub dir: PathBuf,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// What it printed up to and including its "listening" line.
+    pub startup: String,
+}
+
+impl RelayProcess {
+    /// Starts `claude-code-relay` on a free port with `env` (nothing else of the relay's
+    /// settings is inherited) and returns once it listens.
+    pub async fn start(env: &HashMap<String, String>) -> RelayProcess {
+        use std::io::{BufRead, BufReader};
+        let dir = temp_dir();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_claude-code-relay"))
+            .current_dir(&dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("RUST_LOG")
+            .env_remove("RELAY_ADMIN_TOKEN")
+            .envs(env)
+            .env("RELAY_LISTEN", "127.0.0.1:0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut startup = String::new();
+        let port = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                let line = lines.recv().await.expect("relay exited before listening");
+                startup.push_str(&line);
+                startup.push('\n');
+                if line.contains("listening") {
+                    let at = line.find("127.0.0.1:").unwrap() + "127.0.0.1:".len();
+                    let digits: String = line[at..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    return digits.parse::<u16>().unwrap();
+                }
+            }
+        })
+        .await
+        .expect("relay listening within 30 s");
+        RelayProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            lines,
+            startup,
+        }
+    }
+
+    /// Waits up to `limit` for a line for which `wanted` holds; lines before it are skipped.
+    pub async fn wait_for_line(
+        &mut self,
+        limit: std::time::Duration,
+        wanted: impl Fn(&str) -> bool,
+    ) -> bool {
+        let found = tokio::time::timeout(limit, async {
+            while let Some(line) = self.lines.recv().await {
+                if wanted(&line) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        matches!(found, Ok(true))
+    }
+
+    /// Stops it with SIGTERM, checks it exits 0, and returns what it printed after startup.
+    pub async fn stop(mut self) -> String {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(
+            self.child.wait().unwrap().code(),
+            Some(0),
+            "the relay did not exit 0"
+        );
+        let mut rest = String::new();
+        while let Some(line) = self.lines.recv().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    }
+}
