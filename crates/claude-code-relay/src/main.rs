@@ -120,6 +120,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     claude_code_relay::logging::init(config.log_format);
+    let signals = ShutdownSignals::install();
     let relay = match app::start(config, None).await {
         Ok(relay) => relay,
         Err(error) => {
@@ -137,32 +138,68 @@ async fn serve(args: ServeArgs) -> ExitCode {
         println!("============================================================");
     }
     tracing::info!(addr = %relay.addr, "claude-code-relay listening");
-    wait_for_signal().await;
+    signals.received().await;
     tracing::info!("shutting down: finishing in-flight requests");
     relay.shutdown().await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, registered before the relay starts listening so that a signal sent as
+/// soon as it listens is handled (a handler installed later would let the default action kill
+/// the process without the graceful shutdown).
+struct ShutdownSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl ShutdownSignals {
+    fn install() -> ShutdownSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            ShutdownSignals {
+                terminate: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            ShutdownSignals {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn received(self) {
+        #[cfg(unix)]
+        {
+            let (mut terminate, mut interrupt) = (self.terminate, self.interrupt);
+            let terminated = async {
+                match terminate.as_mut() {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let interrupted = async {
+                match interrupt.as_mut() {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = terminated => {}
+                _ = interrupted => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -173,6 +210,7 @@ async fn mock(
     no_record: bool,
 ) -> ExitCode {
     claude_code_relay::logging::init(claude_code_relay::config::LogFormat::Text);
+    let signals = ShutdownSignals::install();
     let delay = match relay_core::duration::parse_duration(&chunk_delay) {
         Ok(delay) => delay,
         Err(error) => {
@@ -194,11 +232,7 @@ async fn mock(
         ..relay_mock::MockConfig::default()
     };
     println!("mock upstream listening on http://{listen}");
-    match relay_mock::serve(listener, config, async {
-        wait_for_signal().await;
-    })
-    .await
-    {
+    match relay_mock::serve(listener, config, signals.received()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("mock upstream failed: {error}");

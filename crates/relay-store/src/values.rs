@@ -38,11 +38,31 @@ impl SqlValue {
     }
 }
 
+impl SqlValue {
+    fn is_null(&self) -> bool {
+        matches!(
+            self,
+            SqlValue::Integer(None)
+                | SqlValue::BigInt(None)
+                | SqlValue::Double(None)
+                | SqlValue::Text(None)
+        )
+    }
+}
+
 /// Binds `values` to `query` in order.
+///
+/// A statement with a NULL among its values is not kept in the connection's statement cache:
+/// the Any driver sends NULL without its column's type, and PostgreSQL would fix the
+/// parameter's type from that first use, refusing a real value bound to the same cached
+/// statement later ("incorrect binary data format in bind parameter").
 pub(crate) fn bind_values<'q>(
     mut query: Query<'q, Any, AnyArguments<'q>>,
     values: &[SqlValue],
 ) -> Query<'q, Any, AnyArguments<'q>> {
+    if values.iter().any(SqlValue::is_null) {
+        query = query.persistent(false);
+    }
     for value in values {
         query = match value.clone() {
             SqlValue::Integer(value) => query.bind(value),

@@ -136,6 +136,11 @@ pub fn base_env(dir: &std::path::Path, mock: &MockUpstream) -> HashMap<String, S
 }
 
 pub async fn start_relay(env: &HashMap<String, String>) -> RunningRelay {
+    // The relay's warnings and errors appear in a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_test_writer()
+        .try_init();
     let config = ServerConfig::load(env, &Overrides::default()).expect("valid test config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     app::start(config, Some(listener))
