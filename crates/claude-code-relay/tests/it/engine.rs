@@ -164,10 +164,7 @@ async fn sticky_sessions_from_metadata_user_id_and_rebinding() {
         for _ in 0..4 {
             assert_eq!(send_with_user_id(&h, &key, user_id).await, 200);
         }
-        let counts: Vec<usize> = ["a", "b", "c"]
-            .iter()
-            .map(|n| h.mock.count_for(&format!("sk-{n}")))
-            .collect();
+        let counts = h.counts(&["sk-a", "sk-b", "sk-c"]);
         assert!(counts.contains(&4), "{user_id}: {counts:?}");
     }
     // The bound account becomes unusable: the session moves and stays on its new account.
@@ -187,10 +184,7 @@ async fn sticky_sessions_from_metadata_user_id_and_rebinding() {
     for _ in 0..3 {
         assert_eq!(send_with_user_id(&h, &key, json_form).await, 200);
     }
-    let counts: Vec<usize> = ["a", "b", "c"]
-        .iter()
-        .map(|n| h.mock.count_for(&format!("sk-{n}")))
-        .collect();
+    let counts = h.counts(&["sk-a", "sk-b", "sk-c"]);
     assert_eq!(counts[bound], 0);
     assert!(counts.contains(&3), "rebound session spread: {counts:?}");
 }

@@ -229,10 +229,7 @@ async fn sticky_session_keeps_its_account_while_usable() {
     for _ in 0..6 {
         assert_eq!(send("session-1").await, 200);
     }
-    let counts: Vec<usize> = ["sk-a", "sk-b", "sk-c"]
-        .iter()
-        .map(|c| h.mock.count_for(c))
-        .collect();
+    let counts = h.counts(&["sk-a", "sk-b", "sk-c"]);
     assert!(
         counts.contains(&6),
         "a sticky session spread over accounts: {counts:?}"

@@ -282,6 +282,11 @@ impl Harness {
             .unwrap()
     }
 
+    /// How many requests the mock received for each credential, in order.
+    pub fn counts(&self, credentials: &[&str]) -> Vec<usize> {
+        credentials.iter().map(|c| self.mock.count_for(c)).collect()
+    }
+
     pub async fn logs(&self, query: &str) -> Vec<Value> {
         let (status, value) = self
             .admin(reqwest::Method::GET, &format!("/logs?{query}"), None)
