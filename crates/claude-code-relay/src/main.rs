@@ -8,6 +8,12 @@ use claude_code_relay::app;
 use claude_code_relay::config::{Overrides, ServerConfig};
 use relay_core::config::ProcessEnv;
 
+/// mimalloc instead of the system allocator: the request path allocates and frees many small
+/// buffers on every worker thread, where glibc's allocator took about a tenth of the relay's
+/// CPU under load (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "claude-code-relay",
