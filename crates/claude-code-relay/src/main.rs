@@ -125,7 +125,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    claude_code_relay::logging::init(config.log_format);
+    let _log_writer = claude_code_relay::logging::init(config.log_format);
     let signals = ShutdownSignals::install();
     let relay = match app::start(config, None).await {
         Ok(relay) => relay,
@@ -215,7 +215,7 @@ async fn mock(
     text_chunks: usize,
     no_record: bool,
 ) -> ExitCode {
-    claude_code_relay::logging::init(claude_code_relay::config::LogFormat::Text);
+    let _log_writer = claude_code_relay::logging::init(claude_code_relay::config::LogFormat::Text);
     let signals = ShutdownSignals::install();
     let delay = match relay_core::duration::parse_duration(&chunk_delay) {
         Ok(delay) => delay,
