@@ -7,13 +7,16 @@
 //! `event: error` so the client knows the answer is incomplete and can retry.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
 use relay_core::classify::{classify_stream_error_event, OutcomeClass};
 use relay_core::metrics::AttemptSample;
 use relay_core::model::{ModelFamily, Usage};
@@ -141,8 +144,6 @@ impl CommittedAttempt {
     }
 }
 
-type UpstreamStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
 /// How the side parser reads the answer.
 #[derive(Debug)]
 pub enum UsageReader {
@@ -151,16 +152,34 @@ pub enum UsageReader {
     None,
 }
 
-struct Relaying {
+/// The client-facing body of a committed attempt: the upstream's body, chunk by chunk.
+///
+/// One idle timer per answer, armed only while the relay waits on the upstream: it fires
+/// when the upstream has had nothing to give for `idle_timeout` (a client that reads slowly
+/// does not count against the upstream).
+pub struct RelayBody {
     prefetched: VecDeque<Bytes>,
-    upstream: UpstreamStream,
+    upstream: Incoming,
     reader: UsageReader,
     idle_timeout: Duration,
+    /// Since when the relay has been waiting on the upstream; `None` while it delivers.
+    waiting_since: Option<tokio::time::Instant>,
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
     attempt: Option<CommittedAttempt>,
+    is_sse: bool,
     ended: bool,
 }
 
-impl Relaying {
+impl std::fmt::Debug for RelayBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBody")
+            .field("is_sse", &self.is_sse)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayBody {
     fn usage(&self) -> Usage {
         match &self.reader {
             UsageReader::Sse(parser) => parser.usage(),
@@ -212,9 +231,140 @@ impl Relaying {
             _ => StreamEnd::Complete,
         }
     }
+
+    /// The upstream broke after the first byte: record it, and tell an SSE client with a
+    /// final `event: error` (a JSON client sees the connection fail).
+    fn broken(&mut self, failure: String) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.finish(StreamEnd::Broken {
+            class: OutcomeClass::MidStream,
+            reason: failure.clone(),
+        });
+        self.ended = true;
+        if self.is_sse {
+            Poll::Ready(Some(Ok(Frame::data(stream_error_event(&format!(
+                "the upstream stream was interrupted ({failure}); retry the request"
+            ))))))
+        } else {
+            Poll::Ready(Some(Err(std::io::Error::other(failure))))
+        }
+    }
+
+    /// True when the upstream has been silent for `idle_timeout` (arms the timer if not).
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let waiting_since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let deadline = waiting_since + self.idle_timeout;
+        let sleep = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
 }
 
-impl Drop for Relaying {
+impl http_body::Body for RelayBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(chunk) = this.prefetched.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        loop {
+            match Pin::new(&mut this.upstream).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(chunk) = frame.into_data() else {
+                        // Trailers: the Messages API sends none, and they are not forwarded.
+                        continue;
+                    };
+                    this.waiting_since = None;
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    this.observe(&chunk);
+                    if !this.is_sse && this.upstream.is_end_stream() {
+                        // The answer's length is known and this is its last chunk: once it is
+                        // written, hyper stops polling a body of known length, so the attempt
+                        // is finished now rather than recorded as abandoned at drop.
+                        let end = this.end_of_upstream();
+                        this.finish(end);
+                        this.ended = true;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                Poll::Ready(None) => {
+                    let end = this.end_of_upstream();
+                    let cut_short = matches!(
+                        &end,
+                        StreamEnd::Broken {
+                            class: OutcomeClass::MidStream,
+                            ..
+                        }
+                    );
+                    this.finish(end);
+                    this.ended = true;
+                    if cut_short && this.is_sse {
+                        return Poll::Ready(Some(Ok(Frame::data(stream_error_event(
+                            "the upstream closed the stream before it was complete; retry the request",
+                        )))));
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    return this.broken(format!(
+                        "upstream connection failed: {}",
+                        crate::http_clients::error_chain(&error)
+                    ));
+                }
+                Poll::Pending => {
+                    if this.idle_expired(cx) {
+                        return this.broken(format!(
+                            "no data from the upstream for {}",
+                            relay_core::duration::format_duration(this.idle_timeout)
+                        ));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Only once finished: the end must be polled for, so the attempt is recorded.
+        self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // A JSON answer of known length keeps its length (the client gets Content-Length
+        // instead of chunks); an SSE stream may gain a final error event, so it has none.
+        if self.is_sse {
+            return SizeHint::default();
+        }
+        if self.ended {
+            return SizeHint::with_exact(0);
+        }
+        let prefetched: usize = self.prefetched.iter().map(Bytes::len).sum();
+        let upstream = self.upstream.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(upstream.lower() + prefetched as u64);
+        if let Some(upper) = upstream.upper() {
+            hint.set_upper(upper + prefetched as u64);
+        }
+        hint
+    }
+}
+
+impl Drop for RelayBody {
     fn drop(&mut self) {
         if self.attempt.is_some() {
             self.finish(StreamEnd::ClientGone);
@@ -236,17 +386,21 @@ pub fn stream_error_event(message: &str) -> Bytes {
 /// The client-facing body of a committed attempt.
 pub fn relay_body(
     prefetched: Vec<Bytes>,
-    upstream: reqwest::Response,
+    upstream: Incoming,
     reader: UsageReader,
     idle_timeout: Duration,
     attempt: CommittedAttempt,
 ) -> Body {
-    let mut relaying = Relaying {
+    let is_sse = matches!(reader, UsageReader::Sse(_));
+    let mut relaying = RelayBody {
         prefetched: VecDeque::from(prefetched),
-        upstream: Box::pin(upstream.bytes_stream()),
+        upstream,
         reader,
         idle_timeout,
+        waiting_since: None,
+        idle: None,
         attempt: Some(attempt),
+        is_sse,
         ended: false,
     };
     // Prefetched chunks were already fed to the SSE parser by the attempt loop; JSON readers
@@ -257,62 +411,5 @@ pub fn relay_body(
             relaying.observe(chunk);
         }
     }
-    let is_sse = matches!(relaying.reader, UsageReader::Sse(_));
-    let stream = futures_util::stream::unfold(relaying, move |mut relaying| async move {
-        if relaying.ended {
-            return None;
-        }
-        if let Some(chunk) = relaying.prefetched.pop_front() {
-            return Some((Ok(chunk), relaying));
-        }
-        let next = tokio::time::timeout(relaying.idle_timeout, relaying.upstream.next()).await;
-        let failure = match next {
-            Ok(Some(Ok(chunk))) => {
-                relaying.observe(&chunk);
-                return Some((Ok(chunk), relaying));
-            }
-            Ok(None) => {
-                let end = relaying.end_of_upstream();
-                let cut_short = matches!(
-                    &end,
-                    StreamEnd::Broken {
-                        class: OutcomeClass::MidStream,
-                        ..
-                    }
-                );
-                relaying.finish(end);
-                if cut_short && is_sse {
-                    relaying.ended = true;
-                    return Some((
-                        Ok(stream_error_event(
-                            "the upstream closed the stream before it was complete; retry the request",
-                        )),
-                        relaying,
-                    ));
-                }
-                return None;
-            }
-            Ok(Some(Err(error))) => format!("upstream connection failed: {}", error.without_url()),
-            Err(_) => format!(
-                "no data from the upstream for {}",
-                relay_core::duration::format_duration(relaying.idle_timeout)
-            ),
-        };
-        relaying.finish(StreamEnd::Broken {
-            class: OutcomeClass::MidStream,
-            reason: failure.clone(),
-        });
-        relaying.ended = true;
-        if is_sse {
-            Some((
-                Ok(stream_error_event(&format!(
-                    "the upstream stream was interrupted ({failure}); retry the request"
-                ))),
-                relaying,
-            ))
-        } else {
-            Some((Err(std::io::Error::other(failure)), relaying))
-        }
-    });
-    Body::from_stream(stream)
+    Body::new(relaying)
 }

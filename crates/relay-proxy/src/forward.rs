@@ -19,6 +19,7 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use hyper::body::Incoming;
 use rand::Rng;
 use relay_core::breaker::{Admission, BreakerPhase};
 use relay_core::classify::{classify_response, classify_stream_error_event, OutcomeClass};
@@ -38,6 +39,7 @@ use serde::Serialize;
 use crate::auth::ClientIdentity;
 use crate::body_stream::{relay_body, AttemptRecord, CommittedAttempt, UsageReader};
 use crate::error::RelayError;
+use crate::http_clients::UpstreamBody;
 use crate::logs;
 use crate::oauth::{self, OAuthError};
 use crate::registry::{lock, AccountRuntime, GroupRuntime};
@@ -830,7 +832,7 @@ struct CommittedAnswer {
     status: StatusCode,
     headers: HeaderMap,
     prefetched: Vec<Bytes>,
-    upstream: reqwest::Response,
+    upstream: Incoming,
     reader: UsageReader,
 }
 
@@ -908,36 +910,45 @@ async fn send_once(
         request.endpoint.path(),
         request.query.as_deref(),
     );
-    let headers = upstream_headers(&request.headers, &account, secret);
-    let mut builder = client
-        .request(request.endpoint.method(), url)
-        .headers(headers);
-    if request.endpoint.method() == Method::POST {
-        builder = builder.body(body);
-    }
+    let mut upstream_request = http::Request::new(if request.endpoint.method() == Method::POST {
+        UpstreamBody::new(body)
+    } else {
+        UpstreamBody::default()
+    });
+    *upstream_request.method_mut() = request.endpoint.method();
+    *upstream_request.uri_mut() = match url.parse() {
+        Ok(uri) => uri,
+        Err(error) => {
+            return AttemptOutcome::Failed(AttemptFailure::network(format!(
+                "the account's base_url does not make a valid URL ({url}): {error}"
+            )))
+        }
+    };
+    *upstream_request.headers_mut() = upstream_headers(&request.headers, &account, secret);
     let header_wait = if request.stream {
         config.first_byte_timeout
     } else {
         config.request_timeout
     };
     let header_deadline = (tokio::time::Instant::now() + header_wait).min(deadline);
-    let mut response = match tokio::time::timeout_at(header_deadline, builder.send()).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            return AttemptOutcome::Failed(AttemptFailure::network(format!(
-                "upstream unreachable: {}",
-                error.without_url()
-            )))
-        }
-        Err(_) => {
-            return AttemptOutcome::Failed(AttemptFailure::network(format!(
-                "no answer within {}",
-                relay_core::duration::format_duration(header_wait)
-            )))
-        }
-    };
-    let status = response.status();
-    let upstream_headers_map = response.headers().clone();
+    let response =
+        match tokio::time::timeout_at(header_deadline, client.send(upstream_request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                return AttemptOutcome::Failed(AttemptFailure::network(format!(
+                    "upstream unreachable: {error}"
+                )))
+            }
+            Err(_) => {
+                return AttemptOutcome::Failed(AttemptFailure::network(format!(
+                    "no answer within {}",
+                    relay_core::duration::format_duration(header_wait)
+                )))
+            }
+        };
+    let (head, mut response) = response.into_parts();
+    let status = head.status;
+    let upstream_headers_map = head.headers;
 
     if !status.is_success() {
         let error_body = read_error_body(&mut response, state.settings.idle_timeout).await;
@@ -972,7 +983,7 @@ async fn send_once(
             if parser.first_event().is_some() {
                 break;
             }
-            match tokio::time::timeout_at(first_event_deadline, response.chunk()).await {
+            match tokio::time::timeout_at(first_event_deadline, next_chunk(&mut response)).await {
                 Ok(Ok(Some(chunk))) => {
                     parser.feed(&chunk);
                     prefetched.push(chunk);
@@ -988,7 +999,7 @@ async fn send_once(
                 Ok(Err(error)) => {
                     return AttemptOutcome::Failed(AttemptFailure::network(format!(
                         "stream failed before its first event: {}",
-                        error.without_url()
+                        crate::http_clients::error_chain(&error)
                     )))
                 }
                 Err(_) => {
@@ -1034,10 +1045,21 @@ async fn send_once(
     }))
 }
 
-async fn read_error_body(response: &mut reqwest::Response, idle: Duration) -> Bytes {
+/// The next data chunk of an upstream body (trailers skipped); `None` at its end.
+async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> {
+    use http_body_util::BodyExt;
+    while let Some(frame) = body.frame().await {
+        if let Ok(chunk) = frame?.into_data() {
+            return Ok(Some(chunk));
+        }
+    }
+    Ok(None)
+}
+
+async fn read_error_body(response: &mut Incoming, idle: Duration) -> Bytes {
     let mut body = Vec::new();
     while body.len() < MAX_ERROR_BODY {
-        match tokio::time::timeout(idle, response.chunk()).await {
+        match tokio::time::timeout(idle, next_chunk(response)).await {
             Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
             _ => break,
         }

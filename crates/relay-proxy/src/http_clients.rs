@@ -1,11 +1,40 @@
 //! Pooled upstream HTTP clients: one per distinct proxy, built once and reused, so
 //! connections to the upstream stay warm across requests.
+//!
+//! A bare `hyper-util` client: the relay sends requests it has already built (headers
+//! filtered, credential set, body as received) and passes answers through untouched, so it
+//! needs a connection pool, TLS and proxies, and nothing else (no redirects, no
+//! decompression, no URL re-parsing). Proxies, per account:
+//! - `http://` / `https://` proxy, plain-HTTP upstream: requests go to the proxy in absolute
+//!   form, with `Proxy-Authorization` when the proxy URL carries credentials;
+//! - `http://` / `https://` proxy, HTTPS upstream: a `CONNECT` tunnel, then TLS end to end;
+//! - `socks5://` (names resolved locally) and `socks5h://` (resolved by the proxy).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+
 use crate::registry::lock;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a request body upstream is: always complete before it is sent.
+pub type UpstreamBody = Full<Bytes>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -18,8 +47,8 @@ pub enum ClientError {
 #[derive(Debug)]
 pub struct HttpClients {
     connect_timeout: Duration,
-    direct: Mutex<Option<reqwest::Client>>,
-    by_proxy: Mutex<HashMap<String, reqwest::Client>>,
+    direct: Mutex<Option<UpstreamClient>>,
+    by_proxy: Mutex<HashMap<String, UpstreamClient>>,
 }
 
 impl HttpClients {
@@ -31,29 +60,15 @@ impl HttpClients {
         }
     }
 
-    fn builder(&self) -> reqwest::ClientBuilder {
-        reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            // The relay passes answers through untouched: no transparent decompression, no
-            // redirects followed on the client's behalf.
-            .redirect(reqwest::redirect::Policy::none())
-    }
-
     /// The client for an account: direct, or through its HTTP/HTTPS/SOCKS5 proxy.
-    pub fn client_for(&self, proxy_url: Option<&str>) -> Result<reqwest::Client, ClientError> {
+    pub fn client_for(&self, proxy_url: Option<&str>) -> Result<UpstreamClient, ClientError> {
         match proxy_url.filter(|p| !p.is_empty()) {
             None => {
                 let mut direct = lock(&self.direct);
                 if let Some(client) = direct.as_ref() {
                     return Ok(client.clone());
                 }
-                let client = self
-                    .builder()
-                    .build()
-                    .map_err(|e| ClientError::Build(e.to_string()))?;
+                let client = UpstreamClient::build(Route::Direct, self.connect_timeout)?;
                 *direct = Some(client.clone());
                 Ok(client)
             }
@@ -62,13 +77,8 @@ impl HttpClients {
                 if let Some(client) = by_proxy.get(proxy_url) {
                     return Ok(client.clone());
                 }
-                let proxy = reqwest::Proxy::all(proxy_url)
-                    .map_err(|e| ClientError::InvalidProxy(e.to_string()))?;
-                let client = self
-                    .builder()
-                    .proxy(proxy)
-                    .build()
-                    .map_err(|e| ClientError::Build(e.to_string()))?;
+                let proxy = ProxySpec::parse(proxy_url)?;
+                let client = UpstreamClient::build(Route::Proxy(proxy), self.connect_timeout)?;
                 by_proxy.insert(proxy_url.to_owned(), client.clone());
                 Ok(client)
             }
@@ -78,15 +88,399 @@ impl HttpClients {
 
 /// Checks a proxy URL the way the client would use it (for the admin API's validation).
 pub fn validate_proxy_url(proxy_url: &str) -> Result<(), ClientError> {
-    let scheme_ok = ["http://", "https://", "socks5://", "socks5h://"]
-        .iter()
-        .any(|s| proxy_url.starts_with(s));
-    if !scheme_ok {
-        return Err(ClientError::InvalidProxy(
-            "must start with http://, https://, socks5:// or socks5h://".to_owned(),
-        ));
+    ProxySpec::parse(proxy_url).map(|_| ())
+}
+
+/// Why an upstream request got no answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SendError(String);
+
+/// One pooled client; cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct UpstreamClient {
+    inner: Client<HttpsConnector<RouteConnector>, UpstreamBody>,
+    /// `Proxy-Authorization` for plain-HTTP requests sent in absolute form to an HTTP proxy.
+    forward_auth: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient").finish_non_exhaustive()
     }
-    reqwest::Proxy::all(proxy_url)
-        .map(|_| ())
-        .map_err(|e| ClientError::InvalidProxy(e.to_string()))
+}
+
+impl UpstreamClient {
+    fn build(route: Route, connect_timeout: Duration) -> Result<Self, ClientError> {
+        let forward_auth = match &route {
+            Route::Proxy(ProxySpec {
+                kind: ProxyKind::Http,
+                credentials: Some((user, password)),
+                ..
+            }) => Some(basic_auth(user, password)?),
+            _ => None,
+        };
+        let connector = RouteConnector::new(route, connect_timeout)?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .map_err(|error| ClientError::Build(error.to_string()))?
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        Ok(UpstreamClient {
+            inner,
+            forward_auth,
+        })
+    }
+
+    /// Sends one request and answers its response head; the body streams from the answer.
+    pub async fn send(
+        &self,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        if let Some(auth) = &self.forward_auth {
+            if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
+                request
+                    .headers_mut()
+                    .insert(http::header::PROXY_AUTHORIZATION, auth.clone());
+            }
+        }
+        self.inner
+            .request(request)
+            .await
+            .map_err(|error| SendError(error_chain(&error)))
+    }
+
+    /// Sends a small request and reads its whole answer (at most 1 MiB), all within
+    /// `timeout`: for token refreshes and probes, not for relayed traffic.
+    pub async fn fetch(
+        &self,
+        request: Request<UpstreamBody>,
+        timeout: Duration,
+    ) -> Result<(http::StatusCode, Bytes), SendError> {
+        use http_body_util::BodyExt;
+        const MAX_ANSWER: usize = 1024 * 1024;
+        let exchange = async {
+            let response = self.send(request).await?;
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|error| SendError(format!("reading the answer failed: {error}")))?;
+            Ok((status, body.to_bytes()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SendError(format!(
+                    "no complete answer within {}",
+                    relay_core::duration::format_duration(timeout)
+                )))
+            })
+    }
+}
+
+/// An error and its causes on one line: "client error (Connect): tcp connect error: …".
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn basic_auth(user: &str, password: &str) -> Result<HeaderValue, ClientError> {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .map_err(|error| ClientError::InvalidProxy(error.to_string()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyKind {
+    Http,
+    Socks5 { remote_dns: bool },
+}
+
+/// A parsed `proxy_url`: where the proxy is, what it speaks, and its credentials.
+#[derive(Debug, Clone)]
+struct ProxySpec {
+    kind: ProxyKind,
+    /// The proxy's address without credentials, e.g. `http://10.0.0.1:3128`.
+    address: Uri,
+    credentials: Option<(String, String)>,
+}
+
+impl ProxySpec {
+    fn parse(proxy_url: &str) -> Result<Self, ClientError> {
+        let invalid = |why: &str| ClientError::InvalidProxy(why.to_owned());
+        let (scheme, rest) = proxy_url
+            .split_once("://")
+            .ok_or_else(|| invalid("must start with http://, https://, socks5:// or socks5h://"))?;
+        let kind = match scheme.to_ascii_lowercase().as_str() {
+            "http" | "https" => ProxyKind::Http,
+            "socks5" => ProxyKind::Socks5 { remote_dns: false },
+            "socks5h" => ProxyKind::Socks5 { remote_dns: true },
+            _ => {
+                return Err(invalid(
+                    "must start with http://, https://, socks5:// or socks5h://",
+                ))
+            }
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let path = &rest[authority.len()..];
+        if !path.is_empty() && path != "/" {
+            return Err(invalid("a proxy URL has no path: write scheme://host:port"));
+        }
+        let (credentials, host_port) = match authority.rsplit_once('@') {
+            Some((userinfo, host_port)) => {
+                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                let decode = |text: &str| {
+                    percent_encoding::percent_decode_str(text)
+                        .decode_utf8()
+                        .map(|decoded| decoded.into_owned())
+                        .map_err(|_| invalid("the credentials are not valid percent-encoded UTF-8"))
+                };
+                (Some((decode(user)?, decode(password)?)), host_port)
+            }
+            None => (None, authority),
+        };
+        if host_port.is_empty() {
+            return Err(invalid("the proxy URL names no host"));
+        }
+        let address: Uri = format!("{}://{host_port}", scheme.to_ascii_lowercase())
+            .parse()
+            .map_err(|error: http::uri::InvalidUri| invalid(&error.to_string()))?;
+        if address.host().is_none_or(str::is_empty) {
+            return Err(invalid("the proxy URL names no host"));
+        }
+        let port_text = host_port.rsplit_once(':').map(|(_, port)| port);
+        if port_text.is_some_and(|port| !port.ends_with(']') && port.parse::<u16>().is_err()) {
+            return Err(invalid(
+                "the proxy URL's port is not a number from 0 to 65535",
+            ));
+        }
+        Ok(ProxySpec {
+            kind,
+            address,
+            credentials,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Route {
+    Direct,
+    Proxy(ProxySpec),
+}
+
+/// Opens the transport to the upstream (or to the proxy); TLS to the upstream is layered
+/// on top by `HttpsConnector`.
+#[derive(Clone)]
+enum RouteConnector {
+    Direct(HttpConnector),
+    HttpProxy {
+        /// To the proxy itself (TLS when the proxy URL is `https://`).
+        to_proxy: HttpsConnector<HttpConnector>,
+        proxy: Uri,
+        tunnel: Tunnel<HttpsConnector<HttpConnector>>,
+    },
+    Socks(SocksV5<HttpConnector>),
+}
+
+impl RouteConnector {
+    fn new(route: Route, connect_timeout: Duration) -> Result<Self, ClientError> {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        tcp.set_connect_timeout(Some(connect_timeout));
+        let proxy = match route {
+            Route::Direct => return Ok(RouteConnector::Direct(tcp)),
+            Route::Proxy(proxy) => proxy,
+        };
+        match proxy.kind {
+            ProxyKind::Http => {
+                let to_proxy = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+                    .map_err(|error| ClientError::Build(error.to_string()))?
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(tcp);
+                let mut tunnel = Tunnel::new(proxy.address.clone(), to_proxy.clone());
+                if let Some((user, password)) = &proxy.credentials {
+                    tunnel = tunnel.with_auth(basic_auth(user, password)?);
+                }
+                Ok(RouteConnector::HttpProxy {
+                    to_proxy,
+                    proxy: proxy.address,
+                    tunnel,
+                })
+            }
+            ProxyKind::Socks5 { remote_dns } => {
+                let mut socks = SocksV5::new(proxy.address, tcp).local_dns(!remote_dns);
+                if let Some((user, password)) = proxy.credentials {
+                    socks = socks.with_auth(user, password);
+                }
+                Ok(RouteConnector::Socks(socks))
+            }
+        }
+    }
+}
+
+impl tower::Service<Uri> for RouteConnector {
+    type Response = RouteStream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<RouteStream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each call works on its own clone, made ready there.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, target: Uri) -> Self::Future {
+        let connector = self.clone();
+        Box::pin(async move {
+            match connector {
+                RouteConnector::Direct(tcp) => {
+                    let io = tcp.oneshot(target).await?;
+                    Ok(RouteStream::new(MaybeHttpsStream::Http(io), false))
+                }
+                RouteConnector::HttpProxy {
+                    to_proxy,
+                    proxy,
+                    tunnel,
+                } => {
+                    if target.scheme() == Some(&http::uri::Scheme::HTTP) {
+                        // Plain HTTP: the proxy takes the request itself, in absolute form.
+                        let io = to_proxy.oneshot(proxy).await?;
+                        Ok(RouteStream::new(io, true))
+                    } else {
+                        let io = tunnel.oneshot(target).await?;
+                        Ok(RouteStream::new(io, false))
+                    }
+                }
+                RouteConnector::Socks(socks) => {
+                    let io = socks.oneshot(target).await?;
+                    Ok(RouteStream::new(MaybeHttpsStream::Http(io), false))
+                }
+            }
+        })
+    }
+}
+
+/// The transport under the (optional) TLS to the upstream.
+pub struct RouteStream {
+    io: MaybeHttpsStream<TokioIo<TcpStream>>,
+    /// Requests on this connection go to an HTTP proxy in absolute form.
+    forwarded: bool,
+}
+
+impl RouteStream {
+    fn new(io: MaybeHttpsStream<TokioIo<TcpStream>>, forwarded: bool) -> Self {
+        RouteStream { io, forwarded }
+    }
+}
+
+impl Connection for RouteStream {
+    fn connected(&self) -> Connected {
+        self.io.connected().proxy(self.forwarded)
+    }
+}
+
+impl hyper::rt::Read for RouteStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for RouteStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_urls_are_parsed_with_their_credentials() {
+        let proxy = ProxySpec::parse("http://user:p%40ss@127.0.0.1:3128").unwrap();
+        assert_eq!(proxy.kind, ProxyKind::Http);
+        assert_eq!(proxy.address, "http://127.0.0.1:3128");
+        assert_eq!(
+            proxy.credentials,
+            Some(("user".to_owned(), "p@ss".to_owned()))
+        );
+        let socks = ProxySpec::parse("socks5h://10.0.0.1:1080/").unwrap();
+        assert_eq!(socks.kind, ProxyKind::Socks5 { remote_dns: true });
+        assert!(socks.credentials.is_none());
+        assert_eq!(
+            ProxySpec::parse("socks5://h:1").unwrap().kind,
+            ProxyKind::Socks5 { remote_dns: false }
+        );
+    }
+
+    #[test]
+    fn bad_proxy_urls_are_refused_with_a_reason() {
+        for (url, why) in [
+            ("ftp://x:1", "must start with"),
+            ("127.0.0.1:3128", "must start with"),
+            ("http://", "no host"),
+            ("http://u:p@", "no host"),
+            ("http://h:1/some/path", "no path"),
+            ("http://h:notaport", "port"),
+        ] {
+            let error = validate_proxy_url(url).expect_err(url).to_string();
+            assert!(error.contains(why), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn basic_auth_is_marked_sensitive() {
+        let value = basic_auth("a", "b").unwrap();
+        assert_eq!(value, "Basic YTpi");
+        assert!(value.is_sensitive());
+    }
 }

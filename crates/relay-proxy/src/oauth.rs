@@ -5,10 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use relay_core::model::{Credential, OAuthCredential};
 use relay_store::AccountStore;
 use serde::Deserialize;
 
+use crate::http_clients::UpstreamBody;
 use crate::logs;
 use crate::registry::AccountRuntime;
 use crate::state::RelayState;
@@ -81,26 +84,30 @@ pub async fn refresh(
         "refresh_token": current.refresh_token,
         "client_id": state.settings.oauth_client_id,
     });
-    let answer = client
-        .post(&state.settings.oauth_token_url)
-        .json_body(&body)
-        .timeout(Duration::from_secs(30))
-        .send()
+    let mut request = http::Request::new(UpstreamBody::new(Bytes::from(body.to_string())));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = state
+        .settings
+        .oauth_token_url
+        .parse()
+        .map_err(|error| OAuthError::Unavailable(format!("invalid token URL: {error}")))?;
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let (status, bytes) = client
+        .fetch(request, Duration::from_secs(30))
         .await
-        .map_err(|e| OAuthError::Unavailable(e.without_url().to_string()))?;
-    let status = answer.status().as_u16();
+        .map_err(|e| OAuthError::Unavailable(e.to_string()))?;
+    let status = status.as_u16();
     if status == 400 || status == 401 || status == 403 {
         let error = OAuthError::Refused { status };
         tracing::warn!(account = %name, status, "{}", logs::token_refresh_failed(state.settings.log_lang, &name, &error.to_string()));
         return Err(error);
     }
-    if !answer.status().is_success() {
+    if !(200..300).contains(&status) {
         return Err(OAuthError::Unavailable(format!("HTTP {status}")));
     }
-    let bytes = answer
-        .bytes()
-        .await
-        .map_err(|e| OAuthError::Unavailable(e.without_url().to_string()))?;
     let token: TokenAnswer = serde_json::from_slice(&bytes)
         .map_err(|e| OAuthError::Unavailable(format!("unreadable token answer: {e}")))?;
     let expires_in_ms = i64::try_from(token.expires_in.unwrap_or(3600)).unwrap_or(3600) * 1000;
@@ -117,16 +124,4 @@ pub async fn refresh(
     account.set_credential(Credential::OAuth(renewed));
     tracing::info!(account = %name, "{}", logs::token_refreshed(state.settings.log_lang, &name));
     Ok(access)
-}
-
-/// JSON bodies without reqwest's `json` feature.
-trait JsonBody {
-    fn json_body(self, value: &serde_json::Value) -> Self;
-}
-
-impl JsonBody for reqwest::RequestBuilder {
-    fn json_body(self, value: &serde_json::Value) -> Self {
-        self.header(http::header::CONTENT_TYPE, "application/json")
-            .body(value.to_string())
-    }
 }

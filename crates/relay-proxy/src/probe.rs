@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::log_state_events;
+use crate::http_clients::UpstreamBody;
 use crate::logs;
 use crate::oauth;
 use crate::registry::{lock, AccountRuntime};
@@ -87,21 +88,30 @@ pub async fn send_probe(state: &RelayState, runtime: &Arc<AccountRuntime>) -> Pr
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    let request = client
-        .post(upstream_url(&account.base_url, "/v1/messages", None))
-        .headers(headers)
-        .body(body)
-        .timeout(Duration::from_secs(60));
-    match request.send().await {
+    let url = upstream_url(&account.base_url, "/v1/messages", None);
+    let mut request = http::Request::new(UpstreamBody::new(bytes::Bytes::from(body)));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = match url.parse() {
+        Ok(uri) => uri,
+        Err(error) => {
+            return outcome(
+                false,
+                None,
+                OutcomeClass::Network,
+                format!("the account's base_url does not make a valid URL ({url}): {error}"),
+            )
+        }
+    };
+    *request.headers_mut() = headers;
+    match client.fetch(request, Duration::from_secs(60)).await {
         Err(error) => outcome(
             false,
             None,
             OutcomeClass::Network,
-            format!("upstream unreachable: {}", error.without_url()),
+            format!("upstream unreachable: {error}"),
         ),
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let bytes = response.bytes().await.unwrap_or_default();
+        Ok((status, bytes)) => {
+            let status = status.as_u16();
             let class = classify_response(status, &bytes);
             let message = if class.is_success() {
                 "ok".to_owned()
