@@ -16,5 +16,6 @@ mod failover;
 mod lifecycle;
 mod logs;
 mod oauth;
+mod proxies;
 mod simulation;
 mod usage;
