@@ -100,7 +100,9 @@ pub struct SendError(String);
 #[derive(Clone)]
 pub struct UpstreamClient {
     inner: Client<HttpsConnector<RouteConnector>, UpstreamBody>,
-    /// `Proxy-Authorization` for plain-HTTP requests sent in absolute form to an HTTP proxy.
+    /// Plain-HTTP requests go to an HTTP proxy in absolute form.
+    via_http_proxy: bool,
+    /// `Proxy-Authorization` for those requests.
     forward_auth: Option<HeaderValue>,
 }
 
@@ -120,6 +122,13 @@ impl UpstreamClient {
             }) => Some(basic_auth(user, password)?),
             _ => None,
         };
+        let via_http_proxy = matches!(
+            &route,
+            Route::Proxy(ProxySpec {
+                kind: ProxyKind::Http,
+                ..
+            })
+        );
         let connector = RouteConnector::new(route, connect_timeout)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
@@ -134,6 +143,7 @@ impl UpstreamClient {
             .build(https);
         Ok(UpstreamClient {
             inner,
+            via_http_proxy,
             forward_auth,
         })
     }
@@ -143,17 +153,26 @@ impl UpstreamClient {
         &self,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        if let Some(auth) = &self.forward_auth {
-            if request.uri().scheme() == Some(&http::uri::Scheme::HTTP) {
-                request
-                    .headers_mut()
-                    .insert(http::header::PROXY_AUTHORIZATION, auth.clone());
-            }
+        let forwarded =
+            self.via_http_proxy && request.uri().scheme() == Some(&http::uri::Scheme::HTTP);
+        if let (true, Some(auth)) = (forwarded, &self.forward_auth) {
+            request
+                .headers_mut()
+                .insert(http::header::PROXY_AUTHORIZATION, auth.clone());
         }
-        self.inner
+        let response = self
+            .inner
             .request(request)
             .await
-            .map_err(|error| SendError(error_chain(&error)))
+            .map_err(|error| SendError(error_chain(&error)))?;
+        if forwarded && response.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            // Only the proxy answers 407: the upstream was never reached. A transport
+            // failure of this account, not an answer for the client.
+            return Err(SendError(
+                "the HTTP proxy refused the request: 407 Proxy Authentication Required".to_owned(),
+            ));
+        }
+        Ok(response)
     }
 
     /// Sends a small request and reads its whole answer (at most 1 MiB), all within
@@ -373,12 +392,30 @@ impl tower::Service<Uri> for RouteConnector {
                     }
                 }
                 RouteConnector::Socks(socks) => {
-                    let io = socks.oneshot(target).await?;
+                    // The SOCKS connector would default a missing port to 443 whatever the
+                    // scheme: name the scheme's port explicitly.
+                    let io = socks.oneshot(with_explicit_port(target)?).await?;
                     Ok(RouteStream::new(MaybeHttpsStream::Http(io), false))
                 }
             }
         })
     }
+}
+
+/// `target` with its port written out (80 for `http`, 443 for `https`) when it has none.
+fn with_explicit_port(target: Uri) -> Result<Uri, BoxError> {
+    if target.port().is_some() {
+        return Ok(target);
+    }
+    let port = if target.scheme() == Some(&http::uri::Scheme::HTTP) {
+        80
+    } else {
+        443
+    };
+    let host = target.host().ok_or("the upstream URL names no host")?;
+    let mut parts = target.clone().into_parts();
+    parts.authority = Some(format!("{host}:{port}").parse()?);
+    Ok(Uri::from_parts(parts)?)
 }
 
 /// The transport under the (optional) TLS to the upstream.
@@ -474,6 +511,22 @@ mod tests {
         ] {
             let error = validate_proxy_url(url).expect_err(url).to_string();
             assert!(error.contains(why), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn socks_targets_get_their_schemes_port() {
+        for (target, expected) in [
+            (
+                "http://upstream.test/v1/messages",
+                "http://upstream.test:80/v1/messages",
+            ),
+            ("https://api.example.com/", "https://api.example.com:443/"),
+            ("http://h:8080/x", "http://h:8080/x"),
+            ("http://[::1]/x", "http://[::1]:80/x"),
+        ] {
+            let uri = with_explicit_port(target.parse().unwrap()).unwrap();
+            assert_eq!(uri.to_string(), expected);
         }
     }
 

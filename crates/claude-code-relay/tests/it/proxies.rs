@@ -549,3 +549,54 @@ async fn unreachable_http_proxy_fails_over() {
 async fn unreachable_socks5_proxy_fails_over() {
     assert_dead_proxy_fails_over("socks5").await;
 }
+
+/// A plain-HTTP upstream written without a port is reached on port 80 through a SOCKS proxy
+/// (the SOCKS connector alone would ask the proxy for 443).
+#[tokio::test]
+async fn socks_tunnel_uses_port_80_for_an_http_upstream_without_port() {
+    let h = Harness::start().await;
+    let socks = socks_proxy(SocksRules {
+        names: HashMap::from([("upstream.test", IpAddr::V4(Ipv4Addr::LOCALHOST))]),
+        ..SocksRules::default()
+    })
+    .await;
+    let group = h.group("socks-default-port", None).await;
+    let proxy_url = format!("socks5h://{}", socks.addr);
+    proxied_account(
+        &h,
+        group,
+        "no-port",
+        "sk-no-port",
+        "http://upstream.test",
+        &proxy_url,
+        1,
+    )
+    .await;
+    let key = h.key(group).await;
+    // Nothing listens on port 80 here: only the CONNECT the proxy saw matters.
+    let _ = h.messages(&key, message_body(false)).await;
+    assert_eq!(
+        socks.connects(),
+        [SocksTarget::Domain("upstream.test".to_owned(), 80)]
+    );
+}
+
+/// An HTTP proxy that refuses the account's proxy credentials (407) is a network failure of
+/// that account: the request fails over, and the 407 never reaches the client.
+#[tokio::test]
+async fn refused_http_proxy_login_fails_over() {
+    let h = Harness::start().await;
+    let proxy = forward_proxy("Basic dTpwdw==").await;
+    let group = h.group("http-proxy-refused", None).await;
+    let proxy_url = format!("http://u:wrong@{}", proxy.addr);
+    let base_url = h.mock.base_url();
+    let bad = proxied_account(&h, group, "bad", "sk-bad", &base_url, &proxy_url, 1).await;
+    let alive = h.console_account(group, "alive", "sk-alive", 2).await;
+    let key = h.key(group).await;
+    assert_relayed(h.messages(&key, message_body(false)).await).await;
+    assert_eq!(
+        attempts(&h, group).await,
+        [(bad, "network".to_owned()), (alive, "success".to_owned())]
+    );
+    assert_eq!(h.counts(&["sk-bad", "sk-alive"]), [0, 1]);
+}
