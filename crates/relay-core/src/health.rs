@@ -10,6 +10,7 @@
 //! `failure_count`.
 
 pub use crate::strategy::HealthStatus;
+use std::cell::Cell;
 use crate::UnixMillis;
 
 /// How many time slices the sliding window is cut into: enough that the window slides smoothly
@@ -72,6 +73,10 @@ pub struct SlidingWindow {
     window_ms: i64,
     bucket_width_ms: i64,
     buckets: [Bucket; WINDOW_BUCKETS],
+    /// The totals as of one slice, kept up to date by `record` while time stays in that
+    /// slice: selection reads every account's totals on every request, and summing the ring
+    /// each time cost more than everything else it reads.
+    memo: Cell<Option<(i64, WindowTotals)>>,
 }
 
 impl SlidingWindow {
@@ -84,6 +89,7 @@ impl SlidingWindow {
             window_ms,
             bucket_width_ms,
             buckets: [Bucket::EMPTY; WINDOW_BUCKETS],
+            memo: Cell::new(None),
         }
     }
 
@@ -113,19 +119,40 @@ impl SlidingWindow {
         } else if bucket.slice > slice {
             return;
         }
+        let latency_ms = sane_latency_ms(latency_ms);
         if success {
             bucket.successes += 1;
-            bucket.success_latency_sum_ms += sane_latency_ms(latency_ms);
+            bucket.success_latency_sum_ms += latency_ms;
         } else {
             bucket.failures += 1;
         }
+        // The memo stays right only for a sample in its own slice; any other is rare (a new
+        // slice began, or the clock stepped back) and the next read sums the ring again.
+        self.memo.set(match self.memo.get() {
+            Some((memo_slice, mut totals)) if memo_slice == slice => {
+                if success {
+                    totals.successes += 1;
+                    totals.success_latency_sum_ms += latency_ms;
+                } else {
+                    totals.failures += 1;
+                }
+                Some((memo_slice, totals))
+            }
+            _ => None,
+        });
     }
 
     /// The counts of the slices that are within the window at `now`.
     pub fn totals(&self, now: UnixMillis) -> WindowTotals {
         let current = self.slice_of(now);
+        if let Some((memo_slice, totals)) = self.memo.get() {
+            if memo_slice == current {
+                return totals;
+            }
+        }
         let oldest = current - (WINDOW_BUCKETS as i64 - 1);
-        self.buckets
+        let totals = self
+            .buckets
             .iter()
             .filter(|bucket| bucket.slice >= oldest && bucket.slice <= current)
             .fold(WindowTotals::default(), |mut totals, bucket| {
@@ -133,12 +160,15 @@ impl SlidingWindow {
                 totals.failures += bucket.failures;
                 totals.success_latency_sum_ms += bucket.success_latency_sum_ms;
                 totals
-            })
+            });
+        self.memo.set(Some((current, totals)));
+        totals
     }
 
     /// Forgets every sample.
     pub fn clear(&mut self) {
         self.buckets = [Bucket::EMPTY; WINDOW_BUCKETS];
+        self.memo.set(None);
     }
 }
 
@@ -277,7 +307,17 @@ impl HealthTracker {
 
     /// Health from the error rate and latency over the sliding window only.
     pub fn status(&self, now: UnixMillis) -> HealthStatus {
+        self.status_of(&self.window.totals(now))
+    }
+
+    /// The status and the number of requests in the window, from one pass over the window
+    /// (what selection reads for every candidate).
+    pub fn status_and_requests(&self, now: UnixMillis) -> (HealthStatus, u64) {
         let totals = self.window.totals(now);
+        (self.status_of(&totals), totals.requests())
+    }
+
+    fn status_of(&self, totals: &WindowTotals) -> HealthStatus {
         if totals.requests() < u64::from(self.settings.min_samples) {
             return HealthStatus::Healthy;
         }
@@ -381,6 +421,42 @@ mod tests {
         assert_eq!((later.successes, later.failures), (1, 0));
         let much_later = window.totals(T0 + 7 * MINUTE);
         assert_eq!(much_later.requests(), 0);
+    }
+
+    #[test]
+    fn memoised_totals_always_equal_a_fresh_sum() {
+        // Times move forward in small steps, sometimes jump a slice or the whole window, and
+        // now and then step back: the memo must never disagree with summing the ring.
+        let mut window = SlidingWindow::new(30_000); // 1 s slices
+        let mut now: i64 = 1_000_000;
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            now += match seed % 100 {
+                0 => 31_000,
+                1..=3 => -1_500,
+                4..=20 => 1_000,
+                _ => (seed % 300) as i64,
+            };
+            if seed % 3 == 0 {
+                let _ = window.totals(now);
+            }
+            window.record(now, seed % 5 != 0, (seed % 900) as f64);
+            let memoised = window.totals(now);
+            let fresh = SlidingWindow {
+                memo: Cell::new(None),
+                ..window.clone()
+            }
+            .totals(now);
+            assert_eq!(memoised.successes, fresh.successes, "step {step}");
+            assert_eq!(memoised.failures, fresh.failures, "step {step}");
+            assert!(
+                (memoised.success_latency_sum_ms - fresh.success_latency_sum_ms).abs() < 1e-6,
+                "step {step}"
+            );
+        }
     }
 
     #[test]

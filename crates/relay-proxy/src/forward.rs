@@ -224,11 +224,12 @@ pub fn plan(
     limit: usize,
 ) -> (Vec<Arc<AccountRuntime>>, Option<UnixMillis>, bool) {
     let mut candidates = Vec::with_capacity(group.accounts.len());
-    let mut runtimes = Vec::with_capacity(group.accounts.len());
+    // Indices into `group.accounts`, parallel to `candidates`.
+    let mut members = Vec::with_capacity(group.accounts.len());
     let mut earliest_return: Option<UnixMillis> = None;
     let mut all_rate_limited = true;
-    for runtime in &group.accounts {
-        let account = runtime.account();
+    for (member, runtime) in group.accounts.iter().enumerate() {
+        let account = runtime.account_ref();
         if !account.enabled || model.is_some_and(|m| !account.allows_model(m)) {
             continue;
         }
@@ -263,20 +264,21 @@ pub fn plan(
             continue;
         }
         let health = state.health();
-        let (successes, failures) = health.window_counts(now);
+        // Eligible, so not disabled: the health tracker alone says the status.
+        let (status, requests_in_window) = health.status_and_requests(now);
         candidates.push(Candidate {
             account_id: account.id,
             priority: account.priority,
             weight: account.weight,
-            health: state.health_status(now),
-            requests_in_window: successes + failures,
+            health: status,
+            requests_in_window,
             in_flight,
             success_ewma: health.success_ewma(),
             latency_ewma_ms: health.latency_ewma_ms(),
             max_concurrency: account.max_concurrency,
         });
         drop(state);
-        runtimes.push(Arc::clone(runtime));
+        members.push(member);
     }
     if candidates.is_empty() {
         return (Vec::new(), earliest_return, all_rate_limited);
@@ -291,16 +293,24 @@ pub fn plan(
         cursor,
     };
     let order = group.strategy.rank(&candidates, &mut context, limit);
+    let runtime_of = |candidate: usize| {
+        members
+            .get(candidate)
+            .and_then(|member| group.accounts.get(*member))
+    };
     let mut ordered: Vec<Arc<AccountRuntime>> = order
         .into_iter()
-        .filter_map(|index| runtimes.get(index).cloned())
+        .filter_map(|candidate| runtime_of(candidate).cloned())
         .collect();
     // The session's account goes first while it is usable (it is among the candidates).
     if let Some(sticky) = session_account {
         if let Some(position) = ordered.iter().position(|a| a.id == sticky) {
             let bound = ordered.remove(position);
             ordered.insert(0, bound);
-        } else if let Some(bound) = runtimes.iter().find(|a| a.id == sticky) {
+        } else if let Some(bound) = (0..members.len())
+            .filter_map(runtime_of)
+            .find(|a| a.id == sticky)
+        {
             ordered.insert(0, Arc::clone(bound));
         }
     }

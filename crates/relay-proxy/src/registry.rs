@@ -53,6 +53,11 @@ impl AccountRuntime {
         self.account.load_full()
     }
 
+    /// The account without taking a reference count: for short reads on the hot path.
+    pub fn account_ref(&self) -> arc_swap::Guard<Arc<Account>> {
+        self.account.load()
+    }
+
     pub fn credential(&self) -> Credential {
         lock(&self.credential).clone()
     }

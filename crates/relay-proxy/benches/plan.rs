@@ -1,0 +1,99 @@
+//! The whole per-request selection as the attempt loop runs it (issue: performance):
+//! `forward::plan` reads every account's live state, builds the candidates and lets the
+//! group's strategy rank them. `cargo bench -p relay-proxy`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "benchmark set-up: a failure is a broken benchmark"
+)]
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use relay_core::config::FallbackConfig;
+use relay_core::model::{Account, Credential, Group, ModelFamily, Platform};
+use relay_core::strategy::StrategyRegistry;
+use relay_proxy::forward::plan;
+use relay_proxy::registry::{Registry, RegistrySource};
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn source(accounts: usize, strategy: &str) -> RegistrySource {
+    let group = Group {
+        id: 1,
+        name: "bench".to_owned(),
+        fallback: serde_json::json!({ "strategy": strategy }),
+        created_at: NOW,
+        updated_at: NOW,
+    };
+    let accounts = (0..accounts)
+        .map(|i| {
+            let account = Account {
+                id: i as i64 + 1,
+                name: format!("account-{i}"),
+                platform: Platform::ClaudeConsole,
+                base_url: "http://127.0.0.1:1".to_owned(),
+                group_id: 1,
+                priority: (i % 10) as i32,
+                weight: 1 + (i % 7) as u32,
+                enabled: true,
+                proxy_url: None,
+                model_allowlist: Vec::new(),
+                model_mapping: BTreeMap::new(),
+                max_concurrency: None,
+                created_at: NOW,
+                updated_at: NOW,
+            };
+            (account, Credential::ApiKey(format!("sk-{i}")))
+        })
+        .collect();
+    RegistrySource {
+        groups: vec![group],
+        accounts,
+        keys: Vec::new(),
+    }
+}
+
+fn plan_per_request(c: &mut Criterion) {
+    let strategies = StrategyRegistry::with_builtin();
+    let mut bench = c.benchmark_group("plan");
+    for n in [10usize, 100, 10_000] {
+        for name in strategies.names() {
+            let registry = Registry::default();
+            registry.rebuild(source(n, &name), &FallbackConfig::default(), &strategies);
+            let snapshot = registry.load_full();
+            let group = snapshot.groups.get(&1).expect("the group").clone();
+            // Give every account some history so health figures are not all defaults.
+            for (i, runtime) in group.accounts.iter().enumerate() {
+                let mut state = relay_proxy::registry::lock(&runtime.state);
+                for k in 0..(i % 5) {
+                    let _ = state.record_outcome(
+                        NOW - 1_000 * k as i64,
+                        relay_core::classify::OutcomeClass::Success,
+                        200.0 + (i % 50) as f64,
+                        ModelFamily::Sonnet,
+                        None,
+                    );
+                }
+            }
+            // The attempt loop asks for (max_retries + 1) * 2 + 2 candidates: 10 by default.
+            bench.bench_with_input(BenchmarkId::new(name.clone(), n), &group, |b, group| {
+                b.iter(|| {
+                    black_box(plan(
+                        black_box(group),
+                        Some("claude-sonnet-4-5"),
+                        ModelFamily::Sonnet,
+                        None,
+                        NOW,
+                        10,
+                    ))
+                })
+            });
+        }
+    }
+    bench.finish();
+}
+
+criterion_group!(benches, plan_per_request);
+criterion_main!(benches);
