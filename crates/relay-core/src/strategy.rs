@@ -7,12 +7,18 @@
 //! [`SelectionContext`], so every strategy is deterministic under a seeded generator.
 //!
 //! The attempt loop rarely needs more than `max_retries + 1` (at most 11) candidates, so every
-//! strategy does only partial work when `limit` is small: one pass computes each candidate's
-//! key and keeps the best `limit` in a small sorted buffer (no map, no allocation proportional
-//! to the group). Longer rankings collect the keys and use a linear-time selection
-//! (`select_nth_unstable`) before sorting the winners; `weighted` draws from a Fenwick tree;
-//! `round_robin` indexes a snapshot sorted by account id directly. A full permutation is
-//! available with `limit >= candidates.len()`.
+//! strategy does only partial work when `limit` is small: a pass or two over the group, with no
+//! allocation but the answer (and `weighted`'s running sums in a large group). The orders of
+//! `priority_first`, `least_used`, `hybrid` and the fallback lists of `adaptive` and
+//! `smart_load_balance` pack each candidate's sort key, tie-breakers included, into a few
+//! 64-bit words with order-preserving transforms (an `f64` becomes the integer that orders as
+//! `total_cmp`), keep the best `limit` in a sorted buffer on the stack, and screen every other
+//! candidate by comparing its main figure with the worst kept one's, so that most of a large
+//! group costs a few arithmetic instructions and one well-predicted branch each. Longer
+//! rankings collect the keys and use a linear-time selection (`select_nth_unstable`) before
+//! sorting the winners. `weighted` draws from running sums of the weights (a Fenwick tree for
+//! long rankings); `round_robin` indexes a snapshot sorted by account id directly. A full
+//! permutation is available with `limit >= candidates.len()`.
 //!
 //! Snapshots are cheapest when built sorted by account id (round robin then needs no
 //! selection at all); any order is correct.
@@ -25,6 +31,7 @@
 //! A custom strategy is a type implementing [`SelectionStrategy`] plus one line:
 //! `registry.register(Arc::new(MyStrategy))`.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -147,8 +154,10 @@ impl Candidate {
 
     /// The latency, or `None` when it is unknown (no sample yet, or a nonsensical figure).
     fn known_latency_ms(&self) -> Option<f64> {
-        (self.latency_ewma_ms.is_finite() && self.latency_ewma_ms > 0.0)
-            .then_some(self.latency_ewma_ms)
+        // Above 0 and at most f64::MAX (NaN is neither). Written with a subtraction so that it
+        // compiles to two float comparisons, not a bit-pattern classification.
+        let latency_ms = self.latency_ewma_ms;
+        (latency_ms > 0.0 && latency_ms - f64::MAX <= 0.0).then_some(latency_ms)
     }
 }
 
@@ -229,82 +238,241 @@ impl StrategyRegistry {
     }
 }
 
-/// Up to this many picks, the best keys are kept in a small sorted buffer during a single pass
-/// (about one comparison per candidate, no allocation proportional to the group); for longer
-/// rankings every key is collected and partially selected.
+/// Up to this many picks, the best candidates are kept in a fixed-size sorted buffer on the
+/// stack during a single pass; longer rankings collect every key and partially select them.
 const STREAMING_TOP_K_MAX: usize = 16;
 
-/// The indices of the `limit` smallest keys under `compare` (a total order), best first.
-/// `key_count` is how many keys `keys` yields at most.
-fn best_indices<T>(
-    keys: impl Iterator<Item = T>,
-    key_count: usize,
-    limit: usize,
-    compare: impl Fn(&T, &T) -> Ordering,
-    index_of: impl Fn(&T) -> usize,
-) -> Vec<usize> {
-    let take = limit.min(key_count);
+/// The unsigned image of an `f64` that orders exactly as [`f64::total_cmp`]: negative numbers
+/// have every bit flipped (a larger magnitude is smaller), the others only the sign bit.
+fn ascending_f64(value: f64) -> u64 {
+    let bits = value.to_bits();
+    let negative_mask = ((bits as i64) >> 63) as u64;
+    bits ^ (negative_mask | (1 << 63))
+}
+
+/// The `f64` whose [`ascending_f64`] image is `image`, to the bit.
+fn f64_from_ascending(image: u64) -> f64 {
+    let non_negative_mask = ((image as i64) >> 63) as u64;
+    f64::from_bits(image ^ (!non_negative_mask | (1 << 63)))
+}
+
+/// The unsigned image of an `f64` that orders as [`f64::total_cmp`] reversed (largest first).
+fn descending_f64(value: f64) -> u64 {
+    !ascending_f64(value)
+}
+
+/// The unsigned image of an `i32` that keeps its order (the sign bit flipped).
+fn ascending_i32(value: i32) -> u32 {
+    (value as u32) ^ (1 << 31)
+}
+
+/// The unsigned image of an `i64` that keeps its order (the sign bit flipped).
+fn ascending_i64(value: i64) -> u64 {
+    (value as u64) ^ (1 << 63)
+}
+
+/// An unsigned integer of `64 × N` bits, most significant word first: the packed form of a
+/// candidate's whole sort key. The first word (the strategy's main figure) almost always
+/// decides, so it is compared alone first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WideKey<const N: usize>([u64; N]);
+
+impl<const N: usize> Default for WideKey<N> {
+    fn default() -> Self {
+        WideKey([0; N])
+    }
+}
+
+impl<const N: usize> WideKey<N> {
+    /// `self < other`.
+    #[inline(always)]
+    fn is_below(&self, other: &Self) -> bool {
+        match (self.0.first(), other.0.first()) {
+            (Some(mine), Some(theirs)) if mine != theirs => mine < theirs,
+            _ => self.0 < other.0,
+        }
+    }
+}
+
+impl<const N: usize> Ord for WideKey<N> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        if self.is_below(other) {
+            Ordering::Less
+        } else if other.is_below(self) {
+            Ordering::Greater
+        } else {
+            Ordering::Equal
+        }
+    }
+}
+
+impl<const N: usize> PartialOrd for WideKey<N> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+
+    #[inline(always)]
+    fn lt(&self, other: &Self) -> bool {
+        self.is_below(other)
+    }
+
+    #[inline(always)]
+    fn le(&self, other: &Self) -> bool {
+        !other.is_below(self)
+    }
+
+    #[inline(always)]
+    fn gt(&self, other: &Self) -> bool {
+        other.is_below(self)
+    }
+
+    #[inline(always)]
+    fn ge(&self, other: &Self) -> bool {
+        !self.is_below(other)
+    }
+}
+
+/// A deterministic strategy's order, in the form the selection below runs fastest on.
+///
+/// A candidate's whole place is one wide integer key (its fields and tie-breakers packed with
+/// order-preserving transforms), whose first word settles almost every comparison in one
+/// instruction instead of a chain of field comparisons. Most candidates of a large group never
+/// need a key: once `limit` candidates are kept, a screen compares the figure that usually
+/// decides (a score, a cost, a load) with the worst kept candidate's, and only a candidate that
+/// may beat it gets its key built.
+trait CandidateOrder {
+    /// Smaller is better; equal keys go to the smaller index.
+    type Key: Copy + Ord + Default;
+    /// What the screen looks at, computed once per candidate.
+    type Figures: Copy;
+    /// What the screen compares against, taken from the worst kept candidate's key.
+    type Bar: Copy;
+
+    fn figures(&self, candidate: &Candidate) -> Self::Figures;
+
+    /// The key of the candidate whose figures are `figures`.
+    fn key(&self, candidate: &Candidate, figures: Self::Figures) -> Self::Key;
+
+    fn bar(&self, worst_kept: &Self::Key) -> Self::Bar;
+
+    /// `false` only when the candidate certainly orders after the one `bar` was taken from.
+    fn may_beat(&self, figures: Self::Figures, bar: Self::Bar) -> bool;
+
+    fn full_key(&self, candidate: &Candidate) -> Self::Key {
+        self.key(candidate, self.figures(candidate))
+    }
+}
+
+/// The best `take` keys offered so far (smallest first) with their candidate indices, in a
+/// fixed-size buffer. Candidates are offered in increasing index order, so a key equal to one
+/// already kept goes after it: that is the index tie-break, without the index in the key.
+struct StreamingTopK<K> {
+    keys: [K; STREAMING_TOP_K_MAX],
+    indices: [usize; STREAMING_TOP_K_MAX],
+    len: usize,
+    take: usize,
+}
+
+impl<K: Copy + Ord + Default> StreamingTopK<K> {
+    /// `take` is at least 1 and at most [`STREAMING_TOP_K_MAX`].
+    fn new(take: usize) -> Self {
+        debug_assert!((1..=STREAMING_TOP_K_MAX).contains(&take));
+        StreamingTopK {
+            keys: [K::default(); STREAMING_TOP_K_MAX],
+            indices: [0; STREAMING_TOP_K_MAX],
+            len: 0,
+            take: take.clamp(1, STREAMING_TOP_K_MAX),
+        }
+    }
+
+    /// The key of the worst kept candidate (the buffer is not empty).
+    fn worst_key(&self) -> &K {
+        &self.keys[self.len.saturating_sub(1)]
+    }
+
+    /// Keeps `key` if it is among the best `take` so far; true when it was kept.
+    #[inline(always)]
+    fn offer(&mut self, key: K, index: usize) -> bool {
+        if self.len == self.take {
+            if key >= self.keys[self.take - 1] {
+                return false;
+            }
+            self.len -= 1;
+        }
+        // One insertion-sort step: shift the worse keys up by one.
+        let mut position = self.len;
+        while position > 0 && key < self.keys[position - 1] {
+            self.keys[position] = self.keys[position - 1];
+            self.indices[position] = self.indices[position - 1];
+            position -= 1;
+        }
+        self.keys[position] = key;
+        self.indices[position] = index;
+        self.len += 1;
+        true
+    }
+
+    fn indices(&self) -> &[usize] {
+        &self.indices[..self.len]
+    }
+}
+
+/// The indices of the `limit` best candidates under `order`, best first.
+fn rank_by<O: CandidateOrder>(order: &O, candidates: &[Candidate], limit: usize) -> Vec<usize> {
+    let take = limit.min(candidates.len());
     if take == 0 {
         return Vec::new();
     }
     if take <= STREAMING_TOP_K_MAX {
-        let mut best: Vec<T> = Vec::with_capacity(take);
-        for key in keys {
-            if best.len() == take {
-                match best.last() {
-                    Some(worst) if compare(&key, worst) == Ordering::Less => {
-                        best.pop();
-                    }
-                    _ => continue,
-                }
-            }
-            let position = best.partition_point(|held| compare(held, &key) == Ordering::Less);
-            best.insert(position, key);
+        let mut best = StreamingTopK::new(take);
+        let (filling, screened) = candidates.split_at(take);
+        for (index, candidate) in filling.iter().enumerate() {
+            best.offer(order.full_key(candidate), index);
         }
-        return best.iter().map(index_of).collect();
+        let mut bar = order.bar(best.worst_key());
+        for (index, candidate) in (take..).zip(screened) {
+            let figures = order.figures(candidate);
+            if order.may_beat(figures, bar) && best.offer(order.key(candidate, figures), index) {
+                bar = order.bar(best.worst_key());
+            }
+        }
+        return best.indices().to_vec();
     }
-    let mut keyed: Vec<T> = keys.collect();
-    let take = take.min(keyed.len());
-    if take == 0 {
-        return Vec::new();
-    }
+    let mut keyed: Vec<(O::Key, usize)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(index, candidate)| (order.full_key(candidate), index))
+        .collect();
     if take < keyed.len() {
-        keyed.select_nth_unstable_by(take - 1, &compare);
+        keyed.select_nth_unstable(take - 1);
         keyed.truncate(take);
     }
-    keyed.sort_unstable_by(&compare);
-    keyed.iter().map(index_of).collect()
+    keyed.sort_unstable();
+    keyed.iter().map(|(_, index)| *index).collect()
 }
 
-/// Puts candidate `first` in front of the best `limit - 1` of the others.
-fn first_then_best<T>(
+/// Candidate `first` in front of the best `limit - 1` of the others under `order`.
+fn rank_after<O: CandidateOrder>(
     first: usize,
-    candidate_count: usize,
+    order: &O,
+    candidates: &[Candidate],
     limit: usize,
-    key_of: impl Fn(usize) -> T,
-    compare: impl Fn(&T, &T) -> Ordering,
-    index_of: impl Fn(&T) -> usize,
 ) -> Vec<usize> {
-    if limit == 0 || first >= candidate_count {
-        return best_indices(
-            (0..candidate_count).map(key_of),
-            candidate_count,
-            limit,
-            compare,
-            index_of,
-        );
+    let mut ranked = rank_by(order, candidates, limit);
+    if limit == 0 || first >= candidates.len() {
+        return ranked;
     }
-    let mut ranked = Vec::with_capacity(limit.min(candidate_count));
-    ranked.push(first);
-    ranked.extend(best_indices(
-        (0..candidate_count)
-            .filter(|index| *index != first)
-            .map(key_of),
-        candidate_count - 1,
-        limit - 1,
-        compare,
-        index_of,
-    ));
+    // The best `limit` of all, less `first` (or less the last when `first` is not among them),
+    // are the best `limit - 1` of the others.
+    match ranked.iter().position(|index| *index == first) {
+        Some(position) => {
+            ranked.remove(position);
+        }
+        None => {
+            ranked.pop();
+        }
+    }
+    ranked.insert(0, first);
     ranked
 }
 
@@ -319,6 +487,40 @@ impl PriorityFirst {
     pub const NAME: &'static str = "priority_first";
 }
 
+impl CandidateOrder for PriorityFirst {
+    /// (priority, health, usage capped at 2³⁰ − 1), usage, account id. The first word alone
+    /// decides unless two candidates share a priority, a health and a usage (or both have used
+    /// more than a billion requests).
+    type Key = WideKey<3>;
+    /// The key's first word, and the usage.
+    type Figures = (u64, u64);
+    /// The worst kept candidate's first word.
+    type Bar = u64;
+
+    fn figures(&self, candidate: &Candidate) -> Self::Figures {
+        const USAGE_CAP: u64 = (1 << 30) - 1;
+        let usage = candidate.requests_in_window;
+        (
+            u64::from(ascending_i32(candidate.priority)) << 32
+                | u64::from(candidate.health.badness()) << 30
+                | usage.min(USAGE_CAP),
+            usage,
+        )
+    }
+
+    fn key(&self, candidate: &Candidate, (first_word, usage): Self::Figures) -> Self::Key {
+        WideKey([first_word, usage, ascending_i64(candidate.account_id)])
+    }
+
+    fn bar(&self, worst_kept: &Self::Key) -> Self::Bar {
+        worst_kept.0[0]
+    }
+
+    fn may_beat(&self, (first_word, _): Self::Figures, bar: Self::Bar) -> bool {
+        first_word <= bar
+    }
+}
+
 impl SelectionStrategy for PriorityFirst {
     fn name(&self) -> &str {
         Self::NAME
@@ -330,16 +532,7 @@ impl SelectionStrategy for PriorityFirst {
         _ctx: &mut SelectionContext<'_>,
         limit: usize,
     ) -> Vec<usize> {
-        let keys = candidates.iter().enumerate().map(|(index, c)| {
-            (
-                c.priority,
-                c.health.badness(),
-                c.requests_in_window,
-                c.account_id,
-                index,
-            )
-        });
-        best_indices(keys, candidates.len(), limit, Ord::cmp, |key| key.4)
+        rank_by(self, candidates, limit)
     }
 }
 
@@ -347,12 +540,17 @@ impl SelectionStrategy for PriorityFirst {
 /// unhealthy 0.05); the fallback order is also weighted random, without replacement
 /// (successive draws, each among the candidates not drawn yet).
 ///
-/// The weights live in a Fenwick tree (P. M. Fenwick, "A new data structure for cumulative
-/// frequency tables", Software: Practice and Experience 24(3), 1994): building it is linear,
-/// and each draw — find the candidate whose cumulative-weight interval holds a uniform point,
-/// then remove its weight — takes O(log n). A ranking of `limit` over `n` accounts therefore
-/// costs O(n + limit · log n), instead of a full pass per draw. Accounts of weight 0 only come
-/// after every positive-weight account, in uniform random order.
+/// Each draw takes a uniform point below the weight not drawn yet and picks the candidate whose
+/// cumulative-weight interval holds it. The weights live in a Fenwick tree (P. M. Fenwick, "A
+/// new data structure for cumulative frequency tables", Software: Practice and Experience
+/// 24(3), 1994): each draw, and the removal of the drawn weight, takes O(log n). Building the
+/// tree is linear but slow per account (every node is added into its parent), so a short
+/// ranking (the attempt loop's) of a larger group lays out only the running sums of the
+/// weights, in one pass, and finds each point by binary search, stepping over the few
+/// candidates already drawn by subtracting their weights from the sums after them. Either way
+/// a ranking of `limit` over `n` accounts costs O(n + limit · log n) (plus `limit²` for the
+/// running sums), instead of a full pass per draw. Accounts of weight 0 only come after every
+/// positive-weight account, in uniform random order.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Weighted;
 
@@ -361,6 +559,212 @@ impl Weighted {
 
     fn effective_weight(candidate: &Candidate) -> f64 {
         f64::from(candidate.weight) * candidate.health.traffic_factor()
+    }
+
+    /// Up to this many accounts the tree's build is cheap, and its draws are cheaper than the
+    /// running sums' (whose cost grows with the number of candidates drawn).
+    const SMALL_GROUP_MAX: usize = 64;
+
+    /// Successive draws for a short ranking (`take` ≤ [`STREAMING_TOP_K_MAX`]) over running sums.
+    fn rank_over_running_sums(
+        candidates: &[Candidate],
+        rng: &mut dyn rand::RngCore,
+        take: usize,
+    ) -> Vec<usize> {
+        /// Groups up to this size keep their running sums on the stack.
+        const ON_STACK: usize = 128;
+        let mut positive_left = 0usize;
+        let mut running_total = 0.0;
+        // running_sums[i] = weights[0] + … + weights[i], summed in index order.
+        let mut running_sum_through = |candidate: &Candidate| {
+            let weight = Self::effective_weight(candidate);
+            positive_left += usize::from(weight > 0.0);
+            running_total += weight;
+            running_total
+        };
+        let mut sums_on_stack = [0.0; ON_STACK];
+        let mut block_ends_on_stack = [0.0; ON_STACK / SUM_BLOCK];
+        let sums_on_heap: Vec<f64>;
+        let block_ends_on_heap: Vec<f64>;
+        let running_sums = if candidates.len() <= ON_STACK {
+            let sums = &mut sums_on_stack[..candidates.len()];
+            for (sum, candidate) in sums.iter_mut().zip(candidates) {
+                *sum = running_sum_through(candidate);
+            }
+            let block_ends = &mut block_ends_on_stack[..sums.len() / SUM_BLOCK];
+            for (end, block) in block_ends.iter_mut().zip(sums.chunks_exact(SUM_BLOCK)) {
+                *end = block[SUM_BLOCK - 1];
+            }
+            RunningSums { sums, block_ends }
+        } else {
+            sums_on_heap = candidates.iter().map(running_sum_through).collect();
+            block_ends_on_heap = sums_on_heap
+                .chunks_exact(SUM_BLOCK)
+                .map(|block| block[SUM_BLOCK - 1])
+                .collect();
+            RunningSums {
+                sums: &sums_on_heap,
+                block_ends: &block_ends_on_heap,
+            }
+        };
+        let mut ranked = Vec::with_capacity(take);
+        // The drawn candidates by increasing index, with their weights.
+        let mut drawn = [(0usize, 0.0f64); STREAMING_TOP_K_MAX];
+        let mut drawn_count = 0;
+        let mut remaining_total = running_total;
+        while ranked.len() < take && positive_left > 0 {
+            let point = rng.gen::<f64>() * remaining_total;
+            let drawn_so_far = &drawn[..drawn_count];
+            // The search never lands on a drawn or zero-weight candidate, but rounding in the
+            // sums can, very rarely, point past the end: then take the first candidate still
+            // holding weight.
+            let holds_weight = |index: usize| {
+                Self::effective_weight(&candidates[index]) > 0.0
+                    && !drawn_so_far
+                        .iter()
+                        .any(|(drawn_index, _)| *drawn_index == index)
+            };
+            let Some(index) = running_sums
+                .find(drawn_so_far, point)
+                .filter(|index| holds_weight(*index))
+                .or_else(|| (0..candidates.len()).find(|index| holds_weight(*index)))
+            else {
+                break;
+            };
+            let weight = Self::effective_weight(&candidates[index]);
+            remaining_total -= weight;
+            positive_left -= 1;
+            // Keep `drawn` sorted: shift the larger indices up by one.
+            let mut slot = drawn_count;
+            while slot > 0 && drawn[slot - 1].0 > index {
+                drawn[slot] = drawn[slot - 1];
+                slot -= 1;
+            }
+            drawn[slot] = (index, weight);
+            drawn_count += 1;
+            ranked.push(index);
+        }
+        Self::append_zero_weights(candidates, rng, take, ranked)
+    }
+
+    /// Successive draws over a Fenwick tree.
+    fn rank_over_tree(
+        candidates: &[Candidate],
+        rng: &mut dyn rand::RngCore,
+        take: usize,
+    ) -> Vec<usize> {
+        let count = candidates.len();
+        let mut leaves = Vec::with_capacity(count + 1);
+        leaves.push(0.0);
+        let mut total = 0.0;
+        let mut positive_left = 0usize;
+        leaves.extend(candidates.iter().map(|candidate| {
+            let weight = Self::effective_weight(candidate);
+            total += weight;
+            positive_left += usize::from(weight > 0.0);
+            weight
+        }));
+        let mut ranked = Vec::with_capacity(take);
+        let mut drawn = vec![false; count];
+        let holds_weight = |index: usize, drawn: &[bool]| {
+            !drawn[index] && Self::effective_weight(&candidates[index]) > 0.0
+        };
+        if positive_left > 0 {
+            let mut tree = CumulativeWeights::from_leaves(leaves);
+            let mut remaining_total = total;
+            while ranked.len() < take && positive_left > 0 {
+                let point = rng.gen::<f64>() * remaining_total;
+                // Rounding in the tree's sums can, very rarely, point at a drawn candidate or
+                // past the end: then take the first candidate still holding weight.
+                let Some(index) = tree
+                    .find(point)
+                    .filter(|index| holds_weight(*index, &drawn))
+                    .or_else(|| (0..count).find(|index| holds_weight(*index, &drawn)))
+                else {
+                    break;
+                };
+                let weight = Self::effective_weight(&candidates[index]);
+                tree.add(index, -weight);
+                remaining_total -= weight;
+                drawn[index] = true;
+                positive_left -= 1;
+                ranked.push(index);
+            }
+        }
+        Self::append_zero_weights(candidates, rng, take, ranked)
+    }
+
+    /// Fills `ranked` up to `take` with zero-weight candidates (once no positive weight is
+    /// left): a partial Fisher–Yates shuffle of them.
+    fn append_zero_weights(
+        candidates: &[Candidate],
+        rng: &mut dyn rand::RngCore,
+        take: usize,
+        mut ranked: Vec<usize>,
+    ) -> Vec<usize> {
+        if ranked.len() < take {
+            let mut zero_weight: Vec<usize> = (0..candidates.len())
+                .filter(|index| Self::effective_weight(&candidates[*index]) == 0.0)
+                .collect();
+            let wanted = (take - ranked.len()).min(zero_weight.len());
+            for slot in 0..wanted {
+                let chosen = rng.gen_range(slot..zero_weight.len());
+                zero_weight.swap(slot, chosen);
+                ranked.push(zero_weight[slot]);
+            }
+        }
+        ranked
+    }
+}
+
+/// The running sums are searched in blocks of this many.
+const SUM_BLOCK: usize = 8;
+
+/// `sums[i]` is the sum of the weights of candidates `0..=i` (so the sums never decrease);
+/// `block_ends[b]` is the last sum of block `b`, `sums[SUM_BLOCK * b + SUM_BLOCK - 1]`.
+///
+/// A binary search over the sums is a chain of dependent loads and comparisons. Searching the
+/// block ends instead, then comparing the sums of one block all at once, shortens that chain
+/// by three steps.
+struct RunningSums<'a> {
+    sums: &'a [f64],
+    block_ends: &'a [f64],
+}
+
+impl RunningSums<'_> {
+    /// The candidate whose interval `[sum before it, sum through it)` holds `point` once the
+    /// `drawn` candidates (increasing indices, with their weights) are taken out; `None` when
+    /// `point` is at or past the remaining total.
+    fn find(&self, drawn: &[(usize, f64)], point: f64) -> Option<usize> {
+        // The drawn candidates cut the sums into segments; within one, the sums of the
+        // remaining weights are the running sums less the weight drawn before the segment.
+        let mut segment_start = 0;
+        let mut segment_end = self.sums.len();
+        let mut drawn_before = 0.0;
+        for (drawn_index, weight) in drawn {
+            let drawn_through = drawn_before + weight;
+            // The remaining weight through the end of this segment.
+            if self.sums[*drawn_index] - drawn_through > point {
+                segment_end = *drawn_index;
+                break;
+            }
+            drawn_before = drawn_through;
+            segment_start = drawn_index + 1;
+        }
+        // `sum - drawn_before <= point` holds for a prefix of all the sums (they never
+        // decrease), so its length, clamped to the segment, is where the point falls in it.
+        let position = self
+            .count_at_or_below(drawn_before, point)
+            .clamp(segment_start, segment_end);
+        (position < segment_end).then_some(position)
+    }
+
+    /// How many sums are at or below `point` once `offset` is taken off each.
+    fn count_at_or_below(&self, offset: f64, point: f64) -> usize {
+        let at_or_below = |sum: &f64| sum - offset <= point;
+        let start = self.block_ends.partition_point(at_or_below) * SUM_BLOCK;
+        let block = &self.sums[start..self.sums.len().min(start + SUM_BLOCK)];
+        start + block.iter().filter(|sum| at_or_below(sum)).count()
     }
 }
 
@@ -377,50 +781,14 @@ impl SelectionStrategy for Weighted {
     ) -> Vec<usize> {
         let take = limit.min(candidates.len());
         if take == 0 {
-            return Vec::new();
+            Vec::new()
+        } else if take <= STREAMING_TOP_K_MAX && candidates.len() > Self::SMALL_GROUP_MAX {
+            Self::rank_over_running_sums(candidates, ctx.rng, take)
+        } else {
+            Self::rank_over_tree(candidates, ctx.rng, take)
         }
-        let mut weights: Vec<f64> = candidates.iter().map(Self::effective_weight).collect();
-        let mut ranked = Vec::with_capacity(take);
-        let mut positive_left = weights.iter().filter(|w| **w > 0.0).count();
-        if positive_left > 0 {
-            let mut tree = CumulativeWeights::new(&weights);
-            let mut remaining_total: f64 = weights.iter().sum();
-            while ranked.len() < take && positive_left > 0 {
-                let point = ctx.rng.gen::<f64>() * remaining_total;
-                // Rounding in the running sums can, very rarely, point at a drawn candidate or
-                // past the end: then take the first candidate still holding weight.
-                let Some(index) = tree
-                    .find(point)
-                    .filter(|index| weights[*index] > 0.0)
-                    .or_else(|| weights.iter().position(|w| *w > 0.0))
-                else {
-                    break;
-                };
-                tree.add(index, -weights[index]);
-                remaining_total -= weights[index];
-                weights[index] = WEIGHT_DRAWN;
-                positive_left -= 1;
-                ranked.push(index);
-            }
-        }
-        if ranked.len() < take {
-            // Only zero-weight candidates are left: a partial Fisher–Yates shuffle of them.
-            let mut zero_weight: Vec<usize> = (0..weights.len())
-                .filter(|index| weights[*index] == 0.0)
-                .collect();
-            let wanted = (take - ranked.len()).min(zero_weight.len());
-            for slot in 0..wanted {
-                let chosen = ctx.rng.gen_range(slot..zero_weight.len());
-                zero_weight.swap(slot, chosen);
-                ranked.push(zero_weight[slot]);
-            }
-        }
-        ranked
     }
 }
-
-/// Marks a candidate already drawn by `weighted` (real weights are never negative).
-const WEIGHT_DRAWN: f64 = -1.0;
 
 /// A Fenwick (binary indexed) tree over non-negative weights: prefix sums and point updates in
 /// O(log n), and the search for the element whose cumulative interval holds a point.
@@ -430,11 +798,17 @@ struct CumulativeWeights {
 }
 
 impl CumulativeWeights {
+    #[cfg(test)]
     fn new(weights: &[f64]) -> Self {
-        let count = weights.len();
-        let mut tree = Vec::with_capacity(count + 1);
-        tree.push(0.0);
-        tree.extend(weights.iter().map(|w| w.max(0.0)));
+        let mut leaves = Vec::with_capacity(weights.len() + 1);
+        leaves.push(0.0);
+        leaves.extend(weights.iter().map(|w| w.max(0.0)));
+        CumulativeWeights::from_leaves(leaves)
+    }
+
+    /// Builds the tree in place from `[0.0, w0, w1, …]` (non-negative weights after a zero).
+    fn from_leaves(mut tree: Vec<f64>) -> Self {
+        let count = tree.len().saturating_sub(1);
         for node in 1..=count {
             let parent = node + (node & node.wrapping_neg());
             if parent <= count {
@@ -564,6 +938,38 @@ impl LeastUsed {
     pub const NAME: &'static str = "least_used";
 }
 
+impl CandidateOrder for LeastUsed {
+    /// Load, (health, priority), account id.
+    type Key = WideKey<3>;
+    /// The load: usage divided by the health factor (multiplied by its reciprocal).
+    type Figures = f64;
+    /// The worst kept load.
+    type Bar = f64;
+
+    fn figures(&self, candidate: &Candidate) -> Self::Figures {
+        candidate.requests_in_window as f64 * candidate.health.load_penalty()
+    }
+
+    fn key(&self, candidate: &Candidate, load: Self::Figures) -> Self::Key {
+        WideKey([
+            ascending_f64(load),
+            u64::from(candidate.health.badness()) << 32
+                | u64::from(ascending_i32(candidate.priority)),
+            ascending_i64(candidate.account_id),
+        ])
+    }
+
+    fn bar(&self, worst_kept: &Self::Key) -> Self::Bar {
+        f64_from_ascending(worst_kept.0[0])
+    }
+
+    fn may_beat(&self, load: Self::Figures, bar: Self::Bar) -> bool {
+        // Loads are never NaN, and where `<=` and `total_cmp` disagree (0 and -0) the screen
+        // only lets one more candidate through.
+        load <= bar
+    }
+}
+
 impl SelectionStrategy for LeastUsed {
     fn name(&self) -> &str {
         Self::NAME
@@ -575,28 +981,7 @@ impl SelectionStrategy for LeastUsed {
         _ctx: &mut SelectionContext<'_>,
         limit: usize,
     ) -> Vec<usize> {
-        let keys = candidates.iter().enumerate().map(|(index, c)| {
-            (
-                c.requests_in_window as f64 * c.health.load_penalty(),
-                c.health.badness(),
-                c.priority,
-                c.account_id,
-                index,
-            )
-        });
-        best_indices(
-            keys,
-            candidates.len(),
-            limit,
-            |a, b| {
-                a.0.total_cmp(&b.0)
-                    .then_with(|| a.1.cmp(&b.1))
-                    .then_with(|| a.2.cmp(&b.2))
-                    .then_with(|| a.3.cmp(&b.3))
-                    .then_with(|| a.4.cmp(&b.4))
-            },
-            |key| key.4,
-        )
+        rank_by(self, candidates, limit)
     }
 }
 
@@ -651,6 +1036,37 @@ impl HybridNormaliser {
     }
 }
 
+impl CandidateOrder for HybridNormaliser {
+    /// Score descending, priority, account id.
+    type Key = WideKey<3>;
+    /// The score.
+    type Figures = f64;
+    /// The worst kept score.
+    type Bar = f64;
+
+    fn figures(&self, candidate: &Candidate) -> Self::Figures {
+        self.score(candidate)
+    }
+
+    fn key(&self, candidate: &Candidate, score: Self::Figures) -> Self::Key {
+        WideKey([
+            descending_f64(score),
+            u64::from(ascending_i32(candidate.priority)),
+            ascending_i64(candidate.account_id),
+        ])
+    }
+
+    fn bar(&self, worst_kept: &Self::Key) -> Self::Bar {
+        f64_from_ascending(!worst_kept.0[0])
+    }
+
+    fn may_beat(&self, score: Self::Figures, bar: Self::Bar) -> bool {
+        // Scores are never NaN, and where `>=` and `total_cmp` disagree (0 and -0) the screen
+        // only lets one more candidate through.
+        score >= bar
+    }
+}
+
 impl SelectionStrategy for Hybrid {
     fn name(&self) -> &str {
         Self::NAME
@@ -662,28 +1078,13 @@ impl SelectionStrategy for Hybrid {
         _ctx: &mut SelectionContext<'_>,
         limit: usize,
     ) -> Vec<usize> {
-        let max_weight = candidates.iter().map(|c| c.weight).max().unwrap_or(0);
-        let max_requests = candidates
-            .iter()
-            .map(|c| c.requests_in_window)
-            .max()
-            .unwrap_or(0);
-        let normaliser = HybridNormaliser::new(max_weight, max_requests);
-        let keys = candidates
-            .iter()
-            .enumerate()
-            .map(|(index, c)| (normaliser.score(c), c.priority, c.account_id, index));
-        best_indices(
-            keys,
-            candidates.len(),
+        let (max_weight, max_requests) = candidates.iter().fold((0, 0), |(weight, requests), c| {
+            (weight.max(c.weight), requests.max(c.requests_in_window))
+        });
+        rank_by(
+            &HybridNormaliser::new(max_weight, max_requests),
+            candidates,
             limit,
-            |a, b| {
-                b.0.total_cmp(&a.0)
-                    .then_with(|| a.1.cmp(&b.1))
-                    .then_with(|| a.2.cmp(&b.2))
-                    .then_with(|| a.3.cmp(&b.3))
-            },
-            |key| key.3,
         )
     }
 }
@@ -713,6 +1114,58 @@ impl Adaptive {
         candidate.sane_success_rate() * candidate.health.traffic_factor()
             / (1.0 + latency_ms / Self::LATENCY_HALVING_MS)
     }
+
+    /// The screen's scale: 10 s with a relative margin of 1e-9, far above the few units in the
+    /// last place between the division-free comparison and the score's own rounding.
+    const SCREEN_SCALE: f64 = Self::LATENCY_HALVING_MS * (1.0 + 1e-9);
+    /// Below this bar the screen lets every candidate through: its relative margin needs
+    /// normal (not subnormal) numbers on both sides.
+    const SCREEN_MIN_BAR: f64 = 1e-300;
+}
+
+impl CandidateOrder for Adaptive {
+    /// Score descending, usage, priority, account id.
+    type Key = WideKey<4>;
+    /// The score's two parts: `success × health factor`, and the latency (0 when unknown).
+    type Figures = (f64, f64);
+    /// The worst kept score, or 0 when it is too small to screen against.
+    type Bar = f64;
+
+    fn figures(&self, candidate: &Candidate) -> Self::Figures {
+        (
+            candidate.sane_success_rate() * candidate.health.traffic_factor(),
+            candidate.known_latency_ms().unwrap_or(0.0),
+        )
+    }
+
+    fn key(&self, candidate: &Candidate, (reliability, latency_ms): Self::Figures) -> Self::Key {
+        // The same operations as `Adaptive::score`, so the same value to the last bit.
+        let score = reliability / (1.0 + latency_ms / Self::LATENCY_HALVING_MS);
+        WideKey([
+            descending_f64(score),
+            candidate.requests_in_window,
+            u64::from(ascending_i32(candidate.priority)),
+            ascending_i64(candidate.account_id),
+        ])
+    }
+
+    fn bar(&self, worst_kept: &Self::Key) -> Self::Bar {
+        let score = f64_from_ascending(!worst_kept.0[0]);
+        if score >= Self::SCREEN_MIN_BAR {
+            score
+        } else {
+            0.0
+        }
+    }
+
+    /// The score compared without its two divisions: `r / (1 + l / 10 s) < bar` exactly when
+    /// `r · 10 s < bar · (10 s + l)`, checked with a margin that covers every rounding on both
+    /// sides, so a candidate is only turned away when its score is certainly below the bar.
+    /// A bar of 0 turns nobody away (the right side is then 0).
+    fn may_beat(&self, (reliability, latency_ms): Self::Figures, bar: Self::Bar) -> bool {
+        // Neither side is ever NaN: every figure is finite, the latency term at least 10 s.
+        reliability * Self::SCREEN_SCALE >= bar * (Self::LATENCY_HALVING_MS + latency_ms)
+    }
 }
 
 impl SelectionStrategy for Adaptive {
@@ -726,31 +1179,13 @@ impl SelectionStrategy for Adaptive {
         ctx: &mut SelectionContext<'_>,
         limit: usize,
     ) -> Vec<usize> {
-        let key_of = |index: usize| {
-            let c = &candidates[index];
-            (
-                Self::score(c),
-                c.requests_in_window,
-                c.priority,
-                c.account_id,
-                index,
-            )
-        };
-        let compare = |a: &(f64, u64, i32, AccountId, usize),
-                       b: &(f64, u64, i32, AccountId, usize)| {
-            b.0.total_cmp(&a.0)
-                .then_with(|| a.1.cmp(&b.1))
-                .then_with(|| a.2.cmp(&b.2))
-                .then_with(|| a.3.cmp(&b.3))
-                .then_with(|| a.4.cmp(&b.4))
-        };
         let count = candidates.len();
         let explore = count > 1 && ctx.rng.gen::<f64>() < Self::EXPLORATION_PROBABILITY;
         if explore {
             let explored = ctx.rng.gen_range(0..count);
-            first_then_best(explored, count, limit, key_of, compare, |key| key.4)
+            rank_after(explored, self, candidates, limit)
         } else {
-            best_indices((0..count).map(key_of), count, limit, compare, |key| key.4)
+            rank_by(self, candidates, limit)
         }
     }
 }
@@ -778,7 +1213,92 @@ impl SmartLoadBalance {
         let latency_ms = candidate
             .known_latency_ms()
             .unwrap_or(latency_when_unknown_ms);
+        Self::cost_with_latency(candidate, latency_ms)
+    }
+
+    fn cost_with_latency(candidate: &Candidate, latency_ms: f64) -> f64 {
         latency_ms * (f64::from(candidate.in_flight) + 1.0) * candidate.health.load_penalty()
+    }
+}
+
+/// The order of `smart_load_balance`'s fallback list: by cost, accounts at capacity last.
+struct LoadOrder<'a> {
+    candidates: &'a [Candidate],
+    /// The group's mean known latency, computed on first use: a group whose latencies are all
+    /// known never needs it.
+    latency_when_unknown_ms: Cell<Option<f64>>,
+}
+
+impl<'a> LoadOrder<'a> {
+    fn new(candidates: &'a [Candidate]) -> Self {
+        LoadOrder {
+            candidates,
+            latency_when_unknown_ms: Cell::new(None),
+        }
+    }
+
+    #[cold]
+    fn latency_when_unknown_ms(&self) -> f64 {
+        if let Some(latency_ms) = self.latency_when_unknown_ms.get() {
+            return latency_ms;
+        }
+        let (known_latency_sum, known_latency_count) = self
+            .candidates
+            .iter()
+            .filter_map(Candidate::known_latency_ms)
+            .fold((0.0, 0u32), |(sum, count), latency| {
+                (sum + latency, count + 1)
+            });
+        let latency_ms = if known_latency_count == 0 {
+            1.0
+        } else {
+            known_latency_sum / f64::from(known_latency_count)
+        };
+        self.latency_when_unknown_ms.set(Some(latency_ms));
+        latency_ms
+    }
+}
+
+impl LoadOrder<'_> {
+    /// Whether at capacity, then the cost's top 63 bits: the key's first word, which alone
+    /// decides unless two costs are equal or next to each other.
+    fn first_word(at_capacity: bool, cost: f64) -> u64 {
+        u64::from(at_capacity) << 63 | ascending_f64(cost) >> 1
+    }
+}
+
+impl CandidateOrder for LoadOrder<'_> {
+    /// (at capacity, cost's top bits), cost, account id.
+    type Key = WideKey<3>;
+    /// Whether the candidate is at capacity, and its cost.
+    type Figures = (bool, f64);
+    /// The worst kept candidate's first word.
+    type Bar = u64;
+
+    fn figures(&self, candidate: &Candidate) -> Self::Figures {
+        let latency_ms = candidate
+            .known_latency_ms()
+            .unwrap_or_else(|| self.latency_when_unknown_ms());
+        (
+            candidate.is_at_capacity(),
+            SmartLoadBalance::cost_with_latency(candidate, latency_ms),
+        )
+    }
+
+    fn key(&self, candidate: &Candidate, (at_capacity, cost): Self::Figures) -> Self::Key {
+        WideKey([
+            Self::first_word(at_capacity, cost),
+            ascending_f64(cost),
+            ascending_i64(candidate.account_id),
+        ])
+    }
+
+    fn bar(&self, worst_kept: &Self::Key) -> Self::Bar {
+        worst_kept.0[0]
+    }
+
+    fn may_beat(&self, (at_capacity, cost): Self::Figures, bar: Self::Bar) -> bool {
+        Self::first_word(at_capacity, cost) <= bar
     }
 }
 
@@ -793,48 +1313,25 @@ impl SelectionStrategy for SmartLoadBalance {
         ctx: &mut SelectionContext<'_>,
         limit: usize,
     ) -> Vec<usize> {
-        let (known_latency_sum, known_latency_count) = candidates
-            .iter()
-            .filter_map(Candidate::known_latency_ms)
-            .fold((0.0, 0u32), |(sum, count), latency| {
-                (sum + latency, count + 1)
-            });
-        let latency_when_unknown_ms = if known_latency_count == 0 {
-            1.0
-        } else {
-            known_latency_sum / f64::from(known_latency_count)
-        };
-        // (at capacity, cost, account id, index); smaller is better.
-        let key_of = |index: usize| {
-            let c = &candidates[index];
-            (
-                c.is_at_capacity(),
-                Self::cost(c, latency_when_unknown_ms),
-                c.account_id,
-                index,
-            )
-        };
-        let compare = |a: &(bool, f64, AccountId, usize), b: &(bool, f64, AccountId, usize)| {
-            a.0.cmp(&b.0)
-                .then_with(|| a.1.total_cmp(&b.1))
-                .then_with(|| a.2.cmp(&b.2))
-                .then_with(|| a.3.cmp(&b.3))
-        };
+        let order = LoadOrder::new(candidates);
         let count = candidates.len();
         if count < 2 || limit == 0 {
-            return best_indices((0..count).map(key_of), count, limit, compare, |key| key.3);
+            return rank_by(&order, candidates, limit);
         }
         let first_pick = ctx.rng.gen_range(0..count);
         let mut second_pick = ctx.rng.gen_range(0..count - 1);
         if second_pick >= first_pick {
             second_pick += 1;
         }
-        let winner = if compare(&key_of(first_pick), &key_of(second_pick)) == Ordering::Greater {
+        // Equal keys go to the smaller index, as everywhere else.
+        let winner = if (order.full_key(&candidates[first_pick]), first_pick)
+            > (order.full_key(&candidates[second_pick]), second_pick)
+        {
             second_pick
         } else {
             first_pick
         };
-        first_then_best(winner, count, limit, key_of, compare, |key| key.3)
+        rank_after(winner, &order, candidates, limit)
     }
 }
 
@@ -1525,6 +2022,258 @@ mod tests {
                 firsts[rank_with(&RoundRobin, &group, 0, cursor, 1)[0]] += 1;
             }
             prop_assert!(firsts.iter().all(|count| *count == rounds), "{:?}", firsts);
+        }
+    }
+
+    /// Any figures at all, garbage included (NaN, infinities, negative and subnormal numbers).
+    fn wild_candidate() -> impl Strategy<Value = Candidate> {
+        let wild_f64 = prop_oneof![
+            any::<f64>(),
+            Just(f64::NAN),
+            Just(-0.0f64),
+            Just(0.0f64),
+            Just(f64::MIN_POSITIVE / 4.0),
+            Just(f64::INFINITY),
+            0.0f64..=1.0,
+            1.0f64..5_000.0,
+        ];
+        (
+            (
+                any::<i64>(),
+                -3i32..3,
+                any::<i32>(),
+                prop_oneof![0u32..3, any::<u32>()],
+            ),
+            (0u8..3, prop_oneof![0u64..3, any::<u64>()], 0u32..3),
+            (wild_f64.clone(), wild_f64, proptest::option::of(0u32..3)),
+        )
+            .prop_map(
+                |(
+                    (account_id, small_priority, priority, weight),
+                    (health, requests, in_flight),
+                    (success, latency, max),
+                )| Candidate {
+                    account_id: account_id % 4,
+                    priority: if priority % 2 == 0 {
+                        small_priority
+                    } else {
+                        priority
+                    },
+                    weight,
+                    health: match health {
+                        0 => HealthStatus::Healthy,
+                        1 => HealthStatus::Degraded,
+                        _ => HealthStatus::Unhealthy,
+                    },
+                    requests_in_window: requests,
+                    in_flight,
+                    success_ewma: success,
+                    latency_ewma_ms: latency,
+                    max_concurrency: max,
+                },
+            )
+    }
+
+    /// The screen may only turn `candidate` away when it orders after `worst_kept`.
+    fn screen_is_sound<O: CandidateOrder>(
+        order: &O,
+        candidate: &Candidate,
+        worst_kept: &Candidate,
+    ) -> bool {
+        order.may_beat(
+            order.figures(candidate),
+            order.bar(&order.full_key(worst_kept)),
+        ) || order.full_key(candidate) > order.full_key(worst_kept)
+    }
+
+    proptest! {
+        #[test]
+        fn ascending_f64_orders_as_total_cmp(a in any::<f64>(), b in any::<f64>()) {
+            prop_assert_eq!(f64_from_ascending(ascending_f64(a)).to_bits(), a.to_bits());
+            prop_assert_eq!(ascending_f64(a).cmp(&ascending_f64(b)), a.total_cmp(&b));
+            prop_assert_eq!(descending_f64(a).cmp(&descending_f64(b)), b.total_cmp(&a));
+            prop_assert_eq!(ascending_f64(a).cmp(&ascending_f64(-0.0)), a.total_cmp(&-0.0));
+        }
+
+        #[test]
+        fn wide_keys_order_word_by_word(
+            a in proptest::array::uniform3(0u64..3),
+            b in proptest::array::uniform3(0u64..3),
+        ) {
+            prop_assert_eq!(WideKey(a).cmp(&WideKey(b)), a.cmp(&b));
+            prop_assert_eq!(WideKey(a) < WideKey(b), a < b);
+            prop_assert_eq!(WideKey(a) <= WideKey(b), a <= b);
+            prop_assert_eq!(WideKey(a) > WideKey(b), a > b);
+            prop_assert_eq!(WideKey(a) >= WideKey(b), a >= b);
+        }
+
+        #[test]
+        fn packed_keys_order_as_the_documented_comparisons(
+            a in wild_candidate(),
+            b in wild_candidate(),
+        ) {
+            let priority_first = |c: &Candidate| {
+                (c.priority, c.health.badness(), c.requests_in_window, c.account_id)
+            };
+            prop_assert_eq!(
+                PriorityFirst.full_key(&a).cmp(&PriorityFirst.full_key(&b)),
+                priority_first(&a).cmp(&priority_first(&b))
+            );
+            let load = |c: &Candidate| c.requests_in_window as f64 * c.health.load_penalty();
+            prop_assert_eq!(
+                LeastUsed.full_key(&a).cmp(&LeastUsed.full_key(&b)),
+                load(&a)
+                    .total_cmp(&load(&b))
+                    .then(a.health.badness().cmp(&b.health.badness()))
+                    .then(a.priority.cmp(&b.priority))
+                    .then(a.account_id.cmp(&b.account_id))
+            );
+            let hybrid = HybridNormaliser::new(
+                a.weight.max(b.weight),
+                a.requests_in_window.max(b.requests_in_window),
+            );
+            prop_assert_eq!(
+                hybrid.full_key(&a).cmp(&hybrid.full_key(&b)),
+                hybrid
+                    .score(&b)
+                    .total_cmp(&hybrid.score(&a))
+                    .then(a.priority.cmp(&b.priority))
+                    .then(a.account_id.cmp(&b.account_id))
+            );
+            prop_assert_eq!(
+                Adaptive.full_key(&a).cmp(&Adaptive.full_key(&b)),
+                Adaptive::score(&b)
+                    .total_cmp(&Adaptive::score(&a))
+                    .then(a.requests_in_window.cmp(&b.requests_in_window))
+                    .then(a.priority.cmp(&b.priority))
+                    .then(a.account_id.cmp(&b.account_id))
+            );
+            let pair = [a.clone(), b.clone()];
+            let load_order = LoadOrder::new(&pair);
+            let latency_when_unknown_ms = load_order.latency_when_unknown_ms();
+            let cost = |c: &Candidate| SmartLoadBalance::cost(c, latency_when_unknown_ms);
+            prop_assert_eq!(
+                load_order.full_key(&a).cmp(&load_order.full_key(&b)),
+                a.is_at_capacity()
+                    .cmp(&b.is_at_capacity())
+                    .then(cost(&a).total_cmp(&cost(&b)))
+                    .then(a.account_id.cmp(&b.account_id))
+            );
+        }
+
+        #[test]
+        fn screens_only_turn_away_candidates_that_order_after_the_bar(
+            candidate in wild_candidate(),
+            worst_kept in wild_candidate(),
+        ) {
+            prop_assert!(screen_is_sound(&PriorityFirst, &candidate, &worst_kept));
+            prop_assert!(screen_is_sound(&LeastUsed, &candidate, &worst_kept));
+            let hybrid = HybridNormaliser::new(
+                candidate.weight.max(worst_kept.weight),
+                candidate.requests_in_window.max(worst_kept.requests_in_window),
+            );
+            prop_assert!(screen_is_sound(&hybrid, &candidate, &worst_kept));
+            prop_assert!(screen_is_sound(&Adaptive, &candidate, &worst_kept));
+            let pair = [candidate.clone(), worst_kept.clone()];
+            prop_assert!(screen_is_sound(&LoadOrder::new(&pair), &candidate, &worst_kept));
+        }
+
+        #[test]
+        fn adaptive_screen_lets_through_every_score_at_or_above_the_bar(
+            (success, latency) in (0.0f64..=1.0, prop_oneof![Just(0.0f64), 1e-9f64..1e12]),
+            bar_success in 0.0f64..=1.0,
+            bar_latency in prop_oneof![Just(0.0f64), 1e-9f64..1e12],
+            nudge in -2i64..=2,
+        ) {
+            // The candidate's score within a few units in the last place of the bar's: the
+            // division-free screen must not turn away a tie or a win.
+            let mut worst_kept = Candidate::new(1, 1, 1);
+            worst_kept.success_ewma = bar_success;
+            worst_kept.latency_ewma_ms = bar_latency;
+            let mut candidate = Candidate::new(2, 1, 1);
+            candidate.latency_ewma_ms = latency;
+            let bar_score = Adaptive::score(&worst_kept);
+            // Solve the success rate that gives about the bar's score, then nudge it.
+            let wanted = (bar_score * (1.0 + latency / Adaptive::LATENCY_HALVING_MS)).min(1.0);
+            let nudged =
+                f64::from_bits(wanted.to_bits().saturating_add_signed(nudge)).clamp(0.0, 1.0);
+            candidate.success_ewma = if success < 0.5 { nudged } else { success };
+            if Adaptive::score(&candidate) >= bar_score {
+                let bar = Adaptive.bar(&Adaptive.full_key(&worst_kept));
+                prop_assert!(Adaptive.may_beat(Adaptive.figures(&candidate), bar));
+            }
+        }
+
+        #[test]
+        fn weighted_ranks_alike_over_running_sums_and_over_the_tree(
+            weights in proptest::collection::vec(0u32..4, 65..200),
+            degraded in proptest::collection::vec(any::<bool>(), 200),
+            limit in 0usize..=STREAMING_TOP_K_MAX,
+            seed in any::<u64>(),
+        ) {
+            // Healthy and degraded weights (multiples of 1/4) keep every sum exact, so both
+            // ways of drawing see the same intervals and make the same draws.
+            let group: Vec<Candidate> = weights
+                .iter()
+                .zip(&degraded)
+                .enumerate()
+                .map(|(index, (weight, degraded))| {
+                    let mut candidate = Candidate::new(index as i64, 1, *weight);
+                    if *degraded {
+                        candidate.health = HealthStatus::Degraded;
+                    }
+                    candidate
+                })
+                .collect();
+            let take = limit.min(group.len());
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let over_running_sums = Weighted::rank_over_running_sums(&group, &mut rng, take);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let over_tree = Weighted::rank_over_tree(&group, &mut rng, take);
+            prop_assert_eq!(over_running_sums, over_tree);
+        }
+
+        #[test]
+        fn running_sums_find_agrees_with_a_linear_scan(
+            weights in proptest::collection::vec(0u32..5, 1..60),
+            drawn_picks in proptest::collection::vec(any::<proptest::sample::Index>(), 0..16),
+            point_share in 0.0f64..1.0,
+        ) {
+            // Integer weights keep every sum exact, so the comparison is exact too.
+            let weights: Vec<f64> = weights.into_iter().map(f64::from).collect();
+            let mut drawn: Vec<usize> =
+                drawn_picks.iter().map(|pick| pick.index(weights.len())).collect();
+            drawn.sort_unstable();
+            drawn.dedup();
+            let sums: Vec<f64> = weights
+                .iter()
+                .scan(0.0, |total, weight| {
+                    *total += weight;
+                    Some(*total)
+                })
+                .collect();
+            let block_ends: Vec<f64> =
+                sums.chunks_exact(SUM_BLOCK).map(|block| block[SUM_BLOCK - 1]).collect();
+            let running_sums = RunningSums { sums: &sums, block_ends: &block_ends };
+            let drawn_with_weights: Vec<(usize, f64)> =
+                drawn.iter().map(|index| (*index, weights[*index])).collect();
+            let remaining: Vec<f64> = weights
+                .iter()
+                .enumerate()
+                .map(|(index, weight)| if drawn.contains(&index) { 0.0 } else { *weight })
+                .collect();
+            let total: f64 = remaining.iter().sum();
+            let point = (point_share * total).floor();
+            let mut before = 0.0;
+            let mut expected = None;
+            for (index, weight) in remaining.iter().enumerate() {
+                if point < before + weight {
+                    expected = Some(index);
+                    break;
+                }
+                before += weight;
+            }
+            prop_assert_eq!(running_sums.find(&drawn_with_weights, point), expected);
         }
     }
 }
