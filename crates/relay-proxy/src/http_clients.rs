@@ -130,12 +130,7 @@ impl UpstreamClient {
             })
         );
         let connector = RouteConnector::new(route, connect_timeout)?;
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|error| ClientError::Build(error.to_string()))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
+        let https = with_tls(connector)?;
         let inner = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
@@ -217,6 +212,17 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// `connector` with TLS (rustls, the webpki roots, HTTP/1.1) for `https` targets; `http`
+/// targets pass through as they are.
+fn with_tls<C>(connector: C) -> Result<HttpsConnector<C>, ClientError> {
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|error| ClientError::Build(error.to_string()))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector))
 }
 
 fn basic_auth(user: &str, password: &str) -> Result<HeaderValue, ClientError> {
@@ -332,12 +338,7 @@ impl RouteConnector {
         };
         match proxy.kind {
             ProxyKind::Http => {
-                let to_proxy = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-                    .map_err(|error| ClientError::Build(error.to_string()))?
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(tcp);
+                let to_proxy = with_tls(tcp)?;
                 let mut tunnel = Tunnel::new(proxy.address.clone(), to_proxy.clone());
                 if let Some((user, password)) = &proxy.credentials {
                     tunnel = tunnel.with_auth(basic_auth(user, password)?);
