@@ -10,8 +10,8 @@
 //! `failure_count`.
 
 pub use crate::strategy::HealthStatus;
-use std::cell::Cell;
 use crate::UnixMillis;
+use std::cell::Cell;
 
 /// How many time slices the sliding window is cut into: enough that the window slides smoothly
 /// (one slice of a 5 minute window is 10 s), few enough to sum in a few nanoseconds.
@@ -440,10 +440,10 @@ mod tests {
                 4..=20 => 1_000,
                 _ => (seed % 300) as i64,
             };
-            if seed % 3 == 0 {
+            if seed.is_multiple_of(3) {
                 let _ = window.totals(now);
             }
-            window.record(now, seed % 5 != 0, (seed % 900) as f64);
+            window.record(now, !seed.is_multiple_of(5), (seed % 900) as f64);
             let memoised = window.totals(now);
             let fresh = SlidingWindow {
                 memo: Cell::new(None),
