@@ -1865,6 +1865,15 @@ mod tests {
         }
     }
 
+    /// A generated health code (0, 1, 2) as a status.
+    fn health_of(code: u8) -> HealthStatus {
+        match code {
+            0 => HealthStatus::Healthy,
+            1 => HealthStatus::Degraded,
+            _ => HealthStatus::Unhealthy,
+        }
+    }
+
     fn arbitrary_candidate() -> impl Strategy<Value = Candidate> {
         (
             -5i32..5,
@@ -1879,19 +1888,15 @@ mod tests {
             .prop_map(
                 |(priority, weight, health, requests, in_flight, success, latency, max)| {
                     Candidate {
-                        account_id: 0,
                         priority,
                         weight,
-                        health: match health {
-                            0 => HealthStatus::Healthy,
-                            1 => HealthStatus::Degraded,
-                            _ => HealthStatus::Unhealthy,
-                        },
+                        health: health_of(health),
                         requests_in_window: requests,
                         in_flight,
                         success_ewma: success,
                         latency_ewma_ms: latency,
                         max_concurrency: max,
+                        ..Candidate::new(0, 0, 0)
                     }
                 },
             )
@@ -2060,11 +2065,7 @@ mod tests {
                         priority
                     },
                     weight,
-                    health: match health {
-                        0 => HealthStatus::Healthy,
-                        1 => HealthStatus::Degraded,
-                        _ => HealthStatus::Unhealthy,
-                    },
+                    health: health_of(health),
                     requests_in_window: requests,
                     in_flight,
                     success_ewma: success,
