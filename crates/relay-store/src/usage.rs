@@ -162,6 +162,22 @@ const USAGE_COLUMNS: [&str; 17] = [
 /// Rows per multi-row INSERT statement.
 const INSERT_ROWS_PER_STATEMENT: usize = 100;
 
+/// How a batch of `total` rows is cut into INSERT statements: full statements of
+/// [`INSERT_ROWS_PER_STATEMENT`] rows, then the rest in powers of two. Every size is one
+/// prepared statement that the driver caches per connection; with the rest in one piece a
+/// long-running relay ended up caching a large statement for every size from 1 to 99 (tens
+/// of MB), with powers of two there are at most eight.
+fn insert_chunk_sizes(total: usize) -> impl Iterator<Item = usize> {
+    let full = total / INSERT_ROWS_PER_STATEMENT;
+    let rest = total % INSERT_ROWS_PER_STATEMENT;
+    std::iter::repeat_n(INSERT_ROWS_PER_STATEMENT, full).chain(
+        (0..usize::BITS)
+            .rev()
+            .map(|bit| 1usize << bit)
+            .filter(move |size| rest & size != 0),
+    )
+}
+
 fn usage_values(row: &UsageRow) -> [SqlValue; 17] {
     [
         SqlValue::text(row.request_id.clone()),
@@ -319,7 +335,10 @@ impl UsageStore for SqlStore {
         let (per_account, per_api_key) = increments_of(rows);
 
         let mut transaction = self.begin_write().await?;
-        for chunk in rows.chunks(INSERT_ROWS_PER_STATEMENT) {
+        let mut rest = rows;
+        for size in insert_chunk_sizes(rows.len()) {
+            let (chunk, after) = rest.split_at(size);
+            rest = after;
             let insert_sql = insert_sql_for(chunk.len());
             let values: Vec<SqlValue> = chunk.iter().flat_map(usage_values).collect();
             bind_values(sqlx::query(&insert_sql), &values)
@@ -502,6 +521,21 @@ mod tests {
         let key = per_api_key.get(&7).copied().unwrap_or_default();
         assert_eq!(key.requests, 4);
         assert_eq!(key.last_used_at, 500);
+    }
+
+    #[test]
+    fn batches_are_cut_into_a_few_statement_sizes() {
+        let mut sizes_seen = std::collections::BTreeSet::new();
+        for total in 0..=1_000 {
+            let sizes: Vec<usize> = insert_chunk_sizes(total).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), total, "{total}: {sizes:?}");
+            assert!(sizes.iter().all(|size| *size <= INSERT_ROWS_PER_STATEMENT));
+            sizes_seen.extend(sizes);
+        }
+        assert_eq!(
+            sizes_seen.into_iter().collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 32, 64, INSERT_ROWS_PER_STATEMENT]
+        );
     }
 
     #[test]
