@@ -44,7 +44,7 @@ use crate::logs;
 use crate::oauth::{self, OAuthError};
 use crate::registry::{lock, AccountRuntime, GroupRuntime};
 use crate::state::RelayState;
-use crate::upstream::{client_headers, upstream_headers, upstream_url};
+use crate::upstream::{client_headers, upstream_headers, upstream_uri};
 
 /// How much of an error answer is read to classify it.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -915,24 +915,19 @@ async fn send_once(
         }
         _ => request.body.clone(),
     };
-    let url = upstream_url(
-        &account.base_url,
-        request.endpoint.path(),
-        request.query.as_deref(),
-    );
     let mut upstream_request = http::Request::new(if request.endpoint.method() == Method::POST {
         UpstreamBody::new(body)
     } else {
         UpstreamBody::default()
     });
     *upstream_request.method_mut() = request.endpoint.method();
-    *upstream_request.uri_mut() = match url.parse() {
+    *upstream_request.uri_mut() = match upstream_uri(
+        &account.base_url,
+        request.endpoint.path(),
+        request.query.as_deref(),
+    ) {
         Ok(uri) => uri,
-        Err(error) => {
-            return AttemptOutcome::Failed(AttemptFailure::network(format!(
-                "the account's base_url does not make a valid URL ({url}): {error}"
-            )))
-        }
+        Err(reason) => return AttemptOutcome::Failed(AttemptFailure::network(reason)),
     };
     *upstream_request.headers_mut() = upstream_headers(&request.headers, &account, secret);
     let header_wait = if request.stream {

@@ -20,7 +20,7 @@ use crate::logs;
 use crate::oauth;
 use crate::registry::{lock, AccountRuntime};
 use crate::state::RelayState;
-use crate::upstream::{upstream_headers, upstream_url};
+use crate::upstream::{upstream_headers, upstream_uri};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeResult {
@@ -88,19 +88,11 @@ pub async fn send_probe(state: &RelayState, runtime: &Arc<AccountRuntime>) -> Pr
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    let url = upstream_url(&account.base_url, "/v1/messages", None);
     let mut request = http::Request::new(UpstreamBody::new(bytes::Bytes::from(body)));
     *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = match url.parse() {
+    *request.uri_mut() = match upstream_uri(&account.base_url, "/v1/messages", None) {
         Ok(uri) => uri,
-        Err(error) => {
-            return outcome(
-                false,
-                None,
-                OutcomeClass::Network,
-                format!("the account's base_url does not make a valid URL ({url}): {error}"),
-            )
-        }
+        Err(reason) => return outcome(false, None, OutcomeClass::Network, reason),
     };
     *request.headers_mut() = headers;
     match client.fetch(request, Duration::from_secs(60)).await {

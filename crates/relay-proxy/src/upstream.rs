@@ -49,6 +49,14 @@ pub fn upstream_url(base_url: &str, path: &str, query: Option<&str>) -> String {
     url
 }
 
+/// [`upstream_url`] as the client's URI; the error says which account setting is at fault.
+pub fn upstream_uri(base_url: &str, path: &str, query: Option<&str>) -> Result<http::Uri, String> {
+    let url = upstream_url(base_url, path, query);
+    url.parse().map_err(|error| {
+        format!("the account's base_url does not make a valid URL ({url}): {error}")
+    })
+}
+
 fn listed_in_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
     headers
         .get_all(header::CONNECTION)
