@@ -45,6 +45,18 @@ impl UsageRecorder {
     }
 }
 
+/// Drops the oldest rows (with an error log) when the backlog is over its bound.
+fn keep_within_bound(pending: &mut Vec<UsageRow>) {
+    if pending.len() > MAX_PENDING_ROWS {
+        let excess = pending.len() - MAX_PENDING_ROWS;
+        pending.drain(..excess);
+        tracing::error!(
+            dropped = excess,
+            "usage backlog over its bound; oldest rows dropped"
+        );
+    }
+}
+
 /// The writer task's half.
 #[derive(Debug)]
 pub struct UsageWriter {
@@ -146,14 +158,7 @@ impl UsageWriter {
                 UsageMessage::Flush(done) => waiters.push(done),
             }
         }
-        if pending.len() > MAX_PENDING_ROWS {
-            let excess = pending.len() - MAX_PENDING_ROWS;
-            pending.drain(..excess);
-            tracing::error!(
-                dropped = excess,
-                "usage backlog over its bound; oldest rows dropped"
-            );
-        }
+        keep_within_bound(pending);
     }
 
     /// Writes the first `take` rows of `pending` one at a time, removing them; a row the store
@@ -190,14 +195,7 @@ impl UsageWriter {
                     if failures == 0 {
                         tracing::error!(%error, rows = pending.len(), "writing usage rows failed; will retry");
                     }
-                    if pending.len() > MAX_PENDING_ROWS {
-                        let excess = pending.len() - MAX_PENDING_ROWS;
-                        pending.drain(..excess);
-                        tracing::error!(
-                            dropped = excess,
-                            "usage backlog over its bound; oldest rows dropped"
-                        );
-                    }
+                    keep_within_bound(pending);
                     return failures.saturating_add(1);
                 }
             }
