@@ -353,14 +353,8 @@ impl http_body::Body for RelayBody {
         if self.ended {
             return SizeHint::with_exact(0);
         }
-        let prefetched: usize = self.prefetched.iter().map(Bytes::len).sum();
-        let upstream = self.upstream.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(upstream.lower() + prefetched as u64);
-        if let Some(upper) = upstream.upper() {
-            hint.set_upper(upper + prefetched as u64);
-        }
-        hint
+        // Only a stream is prefetched (up to its first event): here the upstream's body is all.
+        self.upstream.size_hint()
     }
 }
 
@@ -392,7 +386,7 @@ pub fn relay_body(
     attempt: CommittedAttempt,
 ) -> Body {
     let is_sse = matches!(reader, UsageReader::Sse(_));
-    let mut relaying = RelayBody {
+    let relaying = RelayBody {
         prefetched: VecDeque::from(prefetched),
         upstream,
         reader,
@@ -403,13 +397,7 @@ pub fn relay_body(
         is_sse,
         ended: false,
     };
-    // Prefetched chunks were already fed to the SSE parser by the attempt loop; JSON readers
-    // start empty and see them here.
-    if let UsageReader::Json(_) = relaying.reader {
-        let chunks: Vec<Bytes> = relaying.prefetched.iter().cloned().collect();
-        for chunk in &chunks {
-            relaying.observe(chunk);
-        }
-    }
+    // Only SSE answers are prefetched (until their first event), and the attempt loop has
+    // already fed those chunks to the SSE parser.
     Body::new(relaying)
 }
