@@ -1,37 +1,62 @@
 //! Usage rows are written in batches off the request path.
 //!
-//! The request path only pushes a row into an unbounded channel (no await, no lock held). A
-//! single writer task drains it, writing a batch every `usage_flush_interval` or every
-//! `BATCH_SIZE` rows, whichever comes first. A failed write keeps the rows and retries with
-//! backoff; on shutdown the writer drains the channel and writes everything before it exits.
+//! The request path only appends a row to a shared queue (a short mutex, no await); it wakes
+//! the single writer task only when the queue reaches a batch, so under load a request costs
+//! no wake-up of another thread. The writer also wakes every `usage_flush_interval` and
+//! writes what is queued. A failed write keeps the rows and retries with backoff; on shutdown
+//! the writer takes the queue and writes everything before it exits.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use relay_store::{SqlStore, UsageRow, UsageStore};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
+
+use crate::registry::lock;
 
 const BATCH_SIZE: usize = 512;
 /// Rows kept while the store is unreachable or slower than the traffic, before the oldest
 /// are dropped (with an error log): bounds the writer's memory (~100 MB at most).
 const MAX_PENDING_ROWS: usize = 200_000;
 
-#[derive(Debug)]
-enum UsageMessage {
-    Row(Box<UsageRow>),
-    Flush(oneshot::Sender<()>),
+#[derive(Debug, Default)]
+struct Queue {
+    rows: Vec<UsageRow>,
+    /// Flushes waiting for every row queued before them to be written.
+    waiters: Vec<oneshot::Sender<()>>,
+    /// The writer has stopped: nothing queued now would be written.
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the writer: a batch is queued, or a flush waits.
+    wake: Notify,
 }
 
 /// The request path's handle: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct UsageRecorder {
-    sender: mpsc::UnboundedSender<UsageMessage>,
+    shared: Arc<Shared>,
 }
 
 impl UsageRecorder {
     pub fn record(&self, row: UsageRow) {
-        if self.sender.send(UsageMessage::Row(Box::new(row))).is_err() {
-            tracing::error!("usage writer has stopped; a usage row was not recorded");
+        let queued = {
+            let mut queue = lock(&self.shared.queue);
+            if queue.closed {
+                None
+            } else {
+                queue.rows.push(row);
+                Some(queue.rows.len())
+            }
+        };
+        match queued {
+            Some(BATCH_SIZE) => self.shared.wake.notify_one(),
+            Some(_) => {}
+            None => tracing::error!("usage writer has stopped; a usage row was not recorded"),
         }
     }
 
@@ -39,9 +64,15 @@ impl UsageRecorder {
     /// up for now because the store is down). Used before admin reads, for read-your-writes.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.sender.send(UsageMessage::Flush(done)).is_ok() {
-            let _ = wait.await;
+        {
+            let mut queue = lock(&self.shared.queue);
+            if queue.closed {
+                return;
+            }
+            queue.waiters.push(done);
         }
+        self.shared.wake.notify_one();
+        let _ = wait.await;
     }
 }
 
@@ -60,17 +91,19 @@ fn keep_within_bound(pending: &mut Vec<UsageRow>) {
 /// The writer task's half.
 #[derive(Debug)]
 pub struct UsageWriter {
-    receiver: mpsc::UnboundedReceiver<UsageMessage>,
+    shared: Arc<Shared>,
     store: SqlStore,
     flush_interval: Duration,
 }
 
 pub fn usage_channel(store: SqlStore, flush_interval: Duration) -> (UsageRecorder, UsageWriter) {
-    let (sender, receiver) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared::default());
     (
-        UsageRecorder { sender },
+        UsageRecorder {
+            shared: Arc::clone(&shared),
+        },
         UsageWriter {
-            receiver,
+            shared,
             store,
             flush_interval,
         },
@@ -79,9 +112,8 @@ pub fn usage_channel(store: SqlStore, flush_interval: Duration) -> (UsageRecorde
 
 impl UsageWriter {
     /// Runs until `shutdown` is cancelled, then writes everything still queued and returns.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let mut pending: Vec<UsageRow> = Vec::new();
-        let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
         let mut ticker = tokio::time::interval(self.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failures: u32 = 0;
@@ -89,42 +121,19 @@ impl UsageWriter {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                message = self.receiver.recv() => match message {
-                    Some(UsageMessage::Row(row)) => {
-                        pending.push(*row);
-                        if pending.len() >= BATCH_SIZE {
-                            // Take everything already queued, so the channel never grows
-                            // while a write runs longer than the traffic between writes.
-                            self.drain_queued(&mut pending, &mut waiters);
-                            failures = self.write(&mut pending, failures).await;
-                            for waiter in waiters.drain(..) {
-                                let _ = waiter.send(());
-                            }
-                        }
-                    }
-                    Some(UsageMessage::Flush(done)) => {
-                        waiters.push(done);
-                        failures = self.write(&mut pending, failures).await;
-                        for waiter in waiters.drain(..) {
-                            let _ = waiter.send(());
-                        }
-                    }
-                    None => break,
-                },
-                _ = ticker.tick() => {
-                    if !pending.is_empty() {
-                        failures = self.write(&mut pending, failures).await;
-                    }
-                }
+                _ = self.shared.wake.notified() => {}
+                _ = ticker.tick() => {}
+            }
+            let waiters = self.take_queued(&mut pending, false);
+            if !pending.is_empty() {
+                failures = self.write(&mut pending, failures).await;
+            }
+            for waiter in waiters {
+                let _ = waiter.send(());
             }
         }
         // Shutdown: take everything still queued and write it, retrying a few times.
-        while let Ok(message) = self.receiver.try_recv() {
-            match message {
-                UsageMessage::Row(row) => pending.push(*row),
-                UsageMessage::Flush(done) => waiters.push(done),
-            }
-        }
+        let waiters = self.take_queued(&mut pending, true);
         for _ in 0..5 {
             if pending.is_empty() {
                 break;
@@ -145,20 +154,24 @@ impl UsageWriter {
         }
     }
 
-    /// Moves every message already in the channel into `pending` (rows) and `waiters`
-    /// (flushes), keeping `pending` within its bound.
-    fn drain_queued(
-        &mut self,
-        pending: &mut Vec<UsageRow>,
-        waiters: &mut Vec<oneshot::Sender<()>>,
-    ) {
-        while let Ok(message) = self.receiver.try_recv() {
-            match message {
-                UsageMessage::Row(row) => pending.push(*row),
-                UsageMessage::Flush(done) => waiters.push(done),
-            }
+    /// Moves the queued rows into `pending` (kept within its bound) and returns the waiting
+    /// flushes; `close` refuses rows from now on.
+    fn take_queued(&self, pending: &mut Vec<UsageRow>, close: bool) -> Vec<oneshot::Sender<()>> {
+        let (mut rows, waiters) = {
+            let mut queue = lock(&self.shared.queue);
+            queue.closed |= close;
+            (
+                std::mem::take(&mut queue.rows),
+                std::mem::take(&mut queue.waiters),
+            )
+        };
+        if pending.is_empty() {
+            *pending = rows;
+        } else {
+            pending.append(&mut rows);
         }
         keep_within_bound(pending);
+        waiters
     }
 
     /// Writes the first `take` rows of `pending` one at a time, removing them; a row the store
