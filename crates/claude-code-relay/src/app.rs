@@ -3,10 +3,14 @@
 //! shutdown.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
 use relay_admin::{admin_router, ensure_admin_token, AdminState, AdminTokenSource};
 use relay_core::config::{FallbackConfig, FallbackConfigPatch};
 use relay_core::envelope::ErrorKind;
@@ -17,8 +21,8 @@ use relay_proxy::usage::usage_channel;
 use relay_proxy::{data_plane_router, RelayState};
 use relay_store::{SettingsStore, SqlStore};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, Notify};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
@@ -33,7 +37,7 @@ pub struct RunningRelay {
     /// The cluster adapter's progress and connection, when `REDIS_URL` is set.
     pub shared: Option<relay_shared::SharedMonitor>,
     shutdown: CancellationToken,
-    server: JoinHandle<()>,
+    server: Server,
     background: Vec<JoinHandle<()>>,
     usage_stop: CancellationToken,
     usage_writer: JoinHandle<()>,
@@ -90,7 +94,20 @@ async fn startup_fallback_config(
     }
 }
 
-/// Starts a relay on `listener` (or on the configured address).
+/// Where a relay serves its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// As tasks of the runtime that called `start` (tests: one runtime, one clock).
+    CallerRuntime,
+    /// On this many worker threads, each with a single-threaded runtime of its own accepting
+    /// from the one listening socket. A connection lives on one thread from accept to close,
+    /// with its upstream connections (see `relay_proxy::http_clients::enter_worker`): no work
+    /// stealing, no wake-up crossing threads on the request path.
+    Workers(NonZeroUsize),
+}
+
+/// Starts a relay on `listener` (or on the configured address), serving on the caller's
+/// runtime.
 pub async fn start(
     config: ServerConfig,
     listener: Option<TcpListener>,
@@ -103,6 +120,17 @@ pub async fn start_with_clock(
     config: ServerConfig,
     listener: Option<TcpListener>,
     clock: Arc<dyn Clock>,
+) -> anyhow::Result<RunningRelay> {
+    start_serving(config, listener, clock, Serving::CallerRuntime).await
+}
+
+/// Starts a relay that serves as `serving` says; background tasks (usage writer, probes,
+/// cluster adapter) run on the caller's runtime.
+pub async fn start_serving(
+    config: ServerConfig,
+    listener: Option<TcpListener>,
+    clock: Arc<dyn Clock>,
+    serving: Serving,
 ) -> anyhow::Result<RunningRelay> {
     let store = SqlStore::connect(config.database_url.as_deref())
         .await
@@ -164,21 +192,14 @@ pub async fn start_with_clock(
             .with_context(|| format!("listening on {}", config.listen))?,
     };
     let addr = listener.local_addr()?;
-    let server_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
-        });
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(server_shutdown.cancelled_owned())
-            .await;
-        if let Err(error) = result {
-            tracing::error!(%error, "server stopped with an error");
+    let server = match serving {
+        Serving::CallerRuntime => {
+            let abort = CancellationToken::new();
+            let server = tokio::spawn(serve(listener, app, shutdown.clone(), abort.clone()));
+            Server::Task { server, abort }
         }
-    });
+        Serving::Workers(count) => Server::workers(count, listener, app, &shutdown)?,
+    };
 
     let generated_admin_token = match token_source {
         AdminTokenSource::Generated(token) => Some(token),
@@ -207,12 +228,7 @@ impl RunningRelay {
     /// streams the grace period, then write every pending usage row.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        let mut server = self.server;
-        if tokio::time::timeout(self.grace, &mut server).await.is_err() {
-            tracing::warn!("grace period over: closing the remaining connections");
-            server.abort();
-            let _ = server.await;
-        }
+        let workers = self.server.stop(self.grace).await;
         for task in self.background {
             let _ = task.await;
         }
@@ -222,5 +238,187 @@ impl RunningRelay {
         self.usage_stop.cancel();
         let _ = self.usage_writer.await;
         self.state.store.close().await;
+        if let Some(workers) = workers {
+            workers.exit().await;
+        }
+    }
+}
+
+/// The HTTP/1.1 server: accepts until `shutdown` is cancelled, lets the connections finish
+/// what they are doing (idle keep-alive connections close at once), and drops those still
+/// open when `abort` is cancelled.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
+    let builder = hyper::server::conn::http1::Builder::new();
+    let mut connections = JoinSet::new();
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(error) => {
+                    // Out of file descriptors, or a connection reset before it was taken:
+                    // keep listening, without spinning while the condition lasts.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+        let connection =
+            builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                () = shutdown.cancelled() => {}
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let finished = async { while connections.join_next().await.is_some() {} };
+    tokio::select! {
+        () = finished => {}
+        () = abort.cancelled() => {
+            tracing::warn!(
+                connections = connections.len(),
+                "grace period over: closing the remaining connections"
+            );
+            connections.shutdown().await;
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Server {
+    Task {
+        server: JoinHandle<()>,
+        abort: CancellationToken,
+    },
+    Workers(Workers),
+}
+
+/// The worker threads of `Serving::Workers`.
+#[derive(Debug)]
+struct Workers {
+    /// One per worker: sent when it has stopped serving.
+    served: Vec<oneshot::Receiver<()>>,
+    /// Cancelled when the grace period is over: workers drop the connections still open.
+    abort: CancellationToken,
+    /// Cancelled last: the workers' runtimes end. They stay up until then because sockets
+    /// they opened (database connections made while serving admin requests) are driven by
+    /// them, and the final writes of the shutdown may use those.
+    exit: CancellationToken,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn workers(
+        count: NonZeroUsize,
+        listener: TcpListener,
+        app: Router,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Server> {
+        let listener = listener
+            .into_std()
+            .context("handing the listening socket to the workers")?;
+        let abort = CancellationToken::new();
+        let exit = CancellationToken::new();
+        let mut served = Vec::new();
+        let mut threads = Vec::new();
+        for index in 1..=count.get() {
+            let listener = listener
+                .try_clone()
+                .context("handing the listening socket to the workers")?;
+            let (done, finished) = oneshot::channel();
+            let (app, shutdown, abort, exit) =
+                (app.clone(), shutdown.clone(), abort.clone(), exit.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("relay-worker-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            tracing::error!(%error, worker = index, "cannot start a worker's runtime");
+                            return;
+                        }
+                    };
+                    relay_proxy::http_clients::enter_worker(index);
+                    runtime.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => serve(listener, app, shutdown, abort).await,
+                            Err(error) => {
+                                tracing::error!(%error, worker = index, "a worker cannot listen");
+                            }
+                        }
+                        let _ = done.send(());
+                        exit.cancelled().await;
+                    });
+                })
+                .context("starting a worker thread")?;
+            served.push(finished);
+            threads.push(thread);
+        }
+        Ok(Server::Workers(Workers {
+            served,
+            abort,
+            exit,
+            threads,
+        }))
+    }
+
+    /// Waits up to `grace` for in-flight requests, then drops the connections still open.
+    /// Returns the workers, to be ended once the rest of the shutdown is done.
+    async fn stop(self, grace: Duration) -> Option<Workers> {
+        match self {
+            Server::Task { mut server, abort } => {
+                if tokio::time::timeout(grace, &mut server).await.is_err() {
+                    abort.cancel();
+                    let _ = server.await;
+                }
+                None
+            }
+            Server::Workers(mut workers) => {
+                let served = std::mem::take(&mut workers.served);
+                let served = async move {
+                    for worker in served {
+                        let _ = worker.await;
+                    }
+                };
+                tokio::pin!(served);
+                if tokio::time::timeout(grace, &mut served).await.is_err() {
+                    workers.abort.cancel();
+                    served.await;
+                }
+                Some(workers)
+            }
+        }
+    }
+}
+
+impl Workers {
+    async fn exit(self) {
+        self.exit.cancel();
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        });
+        let _ = joined.await;
     }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +43,8 @@ pub struct RawConfigFile {
     pub body_limit_bytes: Option<usize>,
     /// Grace period for in-flight requests on shutdown (default "10s").
     pub shutdown_grace: Option<String>,
+    /// Serving threads (`RELAY_WORKERS`); one per CPU when unset.
+    pub workers: Option<usize>,
     /// Upstream connect timeout (default "10s").
     pub connect_timeout: Option<String>,
     /// Longest silence between two chunks of an upstream answer (default "5m").
@@ -88,6 +91,8 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
+    /// Serving threads; `None`: one per CPU.
+    pub workers: Option<NonZeroUsize>,
     pub relay: RelaySettings,
     pub fallback: FallbackConfig,
     pub config_path: Option<PathBuf>,
@@ -228,6 +233,20 @@ impl ServerConfig {
             None => Duration::from_secs(10),
         };
 
+        let workers = match pick(&None, "RELAY_WORKERS", &file.workers.map(|w| w.to_string())) {
+            Some(raw) => Some(
+                raw.parse::<NonZeroUsize>()
+                    .ok()
+                    .filter(|w| w.get() <= 1024)
+                    .ok_or_else(|| {
+                        ConfigError::Invalid(format!(
+                            "RELAY_WORKERS={raw}: must be a thread count between 1 and 1024"
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+
         let is_known = |name: &str| BUILTIN_STRATEGIES.contains(&name);
         let mut fallback = FallbackConfig::default();
         if let Some(patch) = &file.fallback {
@@ -245,6 +264,7 @@ impl ServerConfig {
             admin_token,
             log_format,
             shutdown_grace,
+            workers,
             relay,
             fallback,
             config_path,

@@ -2,11 +2,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use claude_code_relay::app;
 use claude_code_relay::config::{Overrides, ServerConfig};
 use relay_core::config::ProcessEnv;
+use relay_proxy::clock::SystemClock;
 
 /// mimalloc instead of the system allocator: the request path allocates and frees many small
 /// buffers on every worker thread, where glibc's allocator took about a tenth of the relay's
@@ -72,24 +74,36 @@ fn overrides(args: &ServeArgs) -> Overrides {
     }
 }
 
+/// A runtime (multi-threaded or not), or the exit code when there is none.
+fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|error| {
+        eprintln!("cannot start the async runtime: {error}");
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     match cli.command.unwrap_or(Command::Serve(cli.serve)) {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        // Requests are served on worker threads of their own (`app::Serving::Workers`); this
+        // thread's runtime runs the background tasks only.
+        Command::Serve(args) => match runtime(false) {
+            Ok(runtime) => runtime.block_on(serve(args)),
+            Err(code) => code,
+        },
         Command::CheckConfig(args) => match ServerConfig::load(&ProcessEnv, &overrides(&args)) {
             Ok(config) => {
                 println!("configuration is valid");
                 println!("  listen: {}", config.listen);
+                match config.workers {
+                    Some(workers) => println!("  workers: {workers}"),
+                    None => println!("  workers: one per CPU"),
+                }
                 println!(
                     "  database: {}",
                     config
@@ -113,7 +127,10 @@ fn main() -> ExitCode {
             chunk_delay,
             text_chunks,
             no_record,
-        } => runtime.block_on(mock(listen, chunk_delay, text_chunks, no_record)),
+        } => match runtime(true) {
+            Ok(runtime) => runtime.block_on(mock(listen, chunk_delay, text_chunks, no_record)),
+            Err(code) => code,
+        },
     }
 }
 
@@ -127,7 +144,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let _log_writer = claude_code_relay::logging::init(config.log_format);
     let signals = ShutdownSignals::install();
-    let relay = match app::start(config, None).await {
+    let workers = config.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().unwrap_or(std::num::NonZeroUsize::MIN)
+    });
+    let serving = app::Serving::Workers(workers);
+    let relay = match app::start_serving(config, None, Arc::new(SystemClock), serving).await {
         Ok(relay) => relay,
         Err(error) => {
             tracing::error!("cannot start: {error:#}");

@@ -44,43 +44,73 @@ pub enum ClientError {
     Build(String),
 }
 
+thread_local! {
+    /// The serving worker this thread is (see `enter_worker`); 0 on any other thread.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as serving worker `index` (1, 2, ...): it gets upstream clients
+/// of its own, so the connections a worker uses are driven by that worker's runtime and no
+/// request waits on another thread's scheduler to reach its upstream.
+pub fn enter_worker(index: usize) {
+    WORKER.with(|worker| worker.set(index));
+}
+
+/// Pools of upstream connections, one per route (direct or a given proxy) and per serving
+/// worker.
 #[derive(Debug)]
 pub struct HttpClients {
     connect_timeout: Duration,
-    direct: Mutex<Option<UpstreamClient>>,
-    by_proxy: Mutex<HashMap<String, UpstreamClient>>,
+    direct: Mutex<Vec<Option<UpstreamClient>>>,
+    by_proxy: Mutex<HashMap<String, Vec<Option<UpstreamClient>>>>,
+}
+
+/// The client in `slot`, built on first use.
+fn client_in(
+    slots: &mut Vec<Option<UpstreamClient>>,
+    slot: usize,
+    build: impl FnOnce() -> Result<UpstreamClient, ClientError>,
+) -> Result<UpstreamClient, ClientError> {
+    if slots.len() <= slot {
+        slots.resize(slot + 1, None);
+    }
+    if let Some(client) = &slots[slot] {
+        return Ok(client.clone());
+    }
+    let client = build()?;
+    slots[slot] = Some(client.clone());
+    Ok(client)
 }
 
 impl HttpClients {
     pub fn new(connect_timeout: Duration) -> Self {
         HttpClients {
             connect_timeout,
-            direct: Mutex::new(None),
+            direct: Mutex::new(Vec::new()),
             by_proxy: Mutex::new(HashMap::new()),
         }
     }
 
     /// The client for an account: direct, or through its HTTP/HTTPS/SOCKS5 proxy.
     pub fn client_for(&self, proxy_url: Option<&str>) -> Result<UpstreamClient, ClientError> {
+        let slot = WORKER.with(|worker| worker.get());
         match proxy_url.filter(|p| !p.is_empty()) {
-            None => {
-                let mut direct = lock(&self.direct);
-                if let Some(client) = direct.as_ref() {
-                    return Ok(client.clone());
-                }
-                let client = UpstreamClient::build(Route::Direct, self.connect_timeout)?;
-                *direct = Some(client.clone());
-                Ok(client)
-            }
+            None => client_in(&mut lock(&self.direct), slot, || {
+                UpstreamClient::build(Route::Direct, self.connect_timeout)
+            }),
             Some(proxy_url) => {
+                let build = || {
+                    let proxy = ProxySpec::parse(proxy_url)?;
+                    UpstreamClient::build(Route::Proxy(proxy), self.connect_timeout)
+                };
                 let mut by_proxy = lock(&self.by_proxy);
-                if let Some(client) = by_proxy.get(proxy_url) {
-                    return Ok(client.clone());
+                if let Some(slots) = by_proxy.get_mut(proxy_url) {
+                    return client_in(slots, slot, build);
                 }
-                let proxy = ProxySpec::parse(proxy_url)?;
-                let client = UpstreamClient::build(Route::Proxy(proxy), self.connect_timeout)?;
-                by_proxy.insert(proxy_url.to_owned(), client.clone());
-                Ok(client)
+                // An invalid URL leaves no entry behind.
+                let client = build()?;
+                let slots = by_proxy.entry(proxy_url.to_owned()).or_default();
+                client_in(slots, slot, || Ok(client))
             }
         }
     }

@@ -126,8 +126,19 @@ fn check_config_refuses_invalid_values_naming_the_variable() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("FALLBACK_STRATEGY"));
 
+    for workers in ["0", "many"] {
+        let output = binary()
+            .arg("check-config")
+            .env("RELAY_WORKERS", workers)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&output.stderr).contains("RELAY_WORKERS"));
+    }
+
     let output = binary()
         .arg("check-config")
+        .env("RELAY_WORKERS", "3")
         .env("FALLBACK_STRATEGY", "weighted")
         .env("FALLBACK_HEALTH_CHECK_INTERVAL", "5m")
         .output()
@@ -154,4 +165,116 @@ async fn sigterm_stops_the_binary_cleanly_with_exit_0() {
     );
     assert!(process.dir.join("data").join("relay.db").exists());
     process.stop().await;
+}
+
+fn two_workers() -> claude_code_relay::app::Serving {
+    claude_code_relay::app::Serving::Workers(std::num::NonZeroUsize::new(2).unwrap())
+}
+
+async fn usage_total(h: &Harness) -> u64 {
+    let store = SqlStore::connect(Some(&h.env["DATABASE_URL"]))
+        .await
+        .unwrap();
+    let (_, total) = store
+        .list_usage(&UsageFilter {
+            limit: 1,
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    total
+}
+
+/// The binary's way of serving: worker threads with runtimes of their own, one listening
+/// socket. Many connections at once are all served, a running stream finishes during the
+/// shutdown, and the final writes reach the store (its connections may have been opened by
+/// the workers while they served the admin API).
+#[tokio::test]
+async fn worker_threads_serve_every_connection_and_shut_down_gracefully() {
+    let mut h = Harness::start_serving(
+        MockConfig {
+            chunk_delay: Duration::from_millis(100),
+            ..MockConfig::default()
+        },
+        |_| {},
+        two_workers(),
+    )
+    .await;
+    let (_, _, key) = h.simple_setup().await;
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        // A client each: 24 connections, spread over the workers by the kernel.
+        let client = reqwest::Client::new();
+        let url = h.url("/v1/messages");
+        let key = key.clone();
+        requests.spawn(async move {
+            let response = client
+                .post(url)
+                .header("x-api-key", key)
+                .json(&message_body(false))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, body)
+        });
+    }
+    while let Some(result) = requests.join_next().await {
+        let (status, body) = result.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["type"], "message");
+    }
+
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    let relay = h.relay.take().unwrap();
+    let stopping = tokio::spawn(relay.shutdown());
+    let mut rest = String::new();
+    while let Some(chunk) = stream.next().await {
+        rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(rest.contains("message_stop"), "stream was cut: {rest}");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown finishes once the stream is done")
+        .unwrap();
+    assert_eq!(usage_total(&h).await, 25);
+}
+
+/// After the grace period the workers drop the connections still open: the client sees its
+/// stream end early, the shutdown completes, and the cut stream's usage row is still written.
+#[tokio::test]
+async fn worker_threads_close_what_is_left_after_the_grace_period() {
+    let mut h = Harness::start_serving(
+        MockConfig {
+            chunk_delay: Duration::from_secs(5),
+            ..MockConfig::default()
+        },
+        |env| {
+            env.insert("RELAY_SHUTDOWN_GRACE".to_owned(), "200ms".to_owned());
+        },
+        two_workers(),
+    )
+    .await;
+    let (_, _, key) = h.simple_setup().await;
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+
+    let relay = h.relay.take().unwrap();
+    tokio::time::timeout(Duration::from_secs(4), relay.shutdown())
+        .await
+        .expect("the grace period bounds the shutdown");
+    let mut rest = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!rest.contains("message_stop"), "{rest}");
+    assert_eq!(usage_total(&h).await, 1);
 }

@@ -136,6 +136,15 @@ pub fn base_env(dir: &std::path::Path, mock: &MockUpstream) -> HashMap<String, S
 }
 
 pub async fn start_relay(env: &HashMap<String, String>) -> RunningRelay {
+    start_relay_serving(env, app::Serving::CallerRuntime).await
+}
+
+/// A relay serving as `serving` says (worker threads, as the binary does, or the test's own
+/// runtime).
+pub async fn start_relay_serving(
+    env: &HashMap<String, String>,
+    serving: app::Serving,
+) -> RunningRelay {
     // The relay's warnings and errors appear in a failing test's output.
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warn")
@@ -143,7 +152,8 @@ pub async fn start_relay(env: &HashMap<String, String>) -> RunningRelay {
         .try_init();
     let config = ServerConfig::load(env, &Overrides::default()).expect("valid test config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    app::start(config, Some(listener))
+    let clock = std::sync::Arc::new(relay_proxy::clock::SystemClock);
+    app::start_serving(config, Some(listener), clock, serving)
         .await
         .expect("relay starts")
 }
@@ -157,11 +167,19 @@ impl Harness {
         mock_config: MockConfig,
         adjust: impl FnOnce(&mut HashMap<String, String>),
     ) -> Harness {
+        Harness::start_serving(mock_config, adjust, app::Serving::CallerRuntime).await
+    }
+
+    pub async fn start_serving(
+        mock_config: MockConfig,
+        adjust: impl FnOnce(&mut HashMap<String, String>),
+        serving: app::Serving,
+    ) -> Harness {
         let mock = MockUpstream::start(mock_config).await.unwrap();
         let dir = temp_dir();
         let mut env = base_env(&dir, &mock);
         adjust(&mut env);
-        let relay = start_relay(&env).await;
+        let relay = start_relay_serving(&env, serving).await;
         let base = relay.base_url();
         Harness {
             relay: Some(relay),
