@@ -152,13 +152,35 @@ pub enum UsageReader {
     None,
 }
 
+/// Most SSE chunks gathered into one write to the client (see `RelayBody`).
+const MAX_GATHERED_CHUNKS: usize = 32;
+const MAX_GATHERED_BYTES: usize = 64 * 1024;
+/// Scheduler passes in a row without a new chunk before the gathered ones go out. hyper's
+/// client connection task hands a chunk over every second pass or so (measured), so one
+/// empty pass does not yet mean the upstream has nothing more at hand.
+const MAX_FRUITLESS_PASSES: u8 = 2;
+
 /// The client-facing body of a committed attempt: the upstream's body, chunk by chunk.
 ///
 /// One idle timer per answer, armed only while the relay waits on the upstream: it fires
 /// when the upstream has had nothing to give for `idle_timeout` (a client that reads slowly
 /// does not count against the upstream).
+///
+/// An SSE chunk is not handed over the moment it arrives: the body first yields to the
+/// scheduler, which lets the upstream connection's task decode what it has already received.
+/// The chunks gathered that way go out together, in one write to the client, as soon as the
+/// upstream has had nothing more for two passes (or at 32 chunks / 64 KiB). hyper hands a
+/// response body over one decoded chunk at a time, so without this a burst of events cost
+/// one client write (and one wake-up of each side) per event. A chunk is never held waiting
+/// for the network: only for a few scheduler passes, while other chunks were already there.
 pub struct RelayBody {
-    prefetched: VecDeque<Bytes>,
+    /// Chunks gathered and not yet handed to hyper (the prefetch of the attempt loop first).
+    gathered: VecDeque<Bytes>,
+    gathered_bytes: usize,
+    /// Handing `gathered` over: nothing more is read from the upstream until it is empty.
+    releasing: bool,
+    /// Scheduler passes in a row that brought no new chunk while gathering.
+    fruitless: u8,
     upstream: Incoming,
     reader: UsageReader,
     idle_timeout: Duration,
@@ -241,11 +263,33 @@ impl RelayBody {
         });
         self.ended = true;
         if self.is_sse {
-            Poll::Ready(Some(Ok(Frame::data(stream_error_event(&format!(
+            self.gather(stream_error_event(&format!(
                 "the upstream stream was interrupted ({failure}); retry the request"
-            ))))))
+            )));
+            self.release()
         } else {
             Poll::Ready(Some(Err(std::io::Error::other(failure))))
+        }
+    }
+
+    fn gather(&mut self, chunk: Bytes) {
+        self.gathered_bytes += chunk.len();
+        self.gathered.push_back(chunk);
+    }
+
+    /// Starts handing the gathered chunks to hyper; the first one now. Nothing gathered
+    /// happens only once the answer has ended.
+    fn release(&mut self) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.releasing = true;
+        match self.gathered.pop_front() {
+            Some(chunk) => {
+                self.gathered_bytes -= chunk.len();
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            None => {
+                self.releasing = false;
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -274,11 +318,15 @@ impl http_body::Body for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        if let Some(chunk) = this.prefetched.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        if this.releasing || this.ended {
+            if let Some(chunk) = this.gathered.pop_front() {
+                this.gathered_bytes -= chunk.len();
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            this.releasing = false;
+            if this.ended {
+                return Poll::Ready(None);
+            }
         }
         loop {
             match Pin::new(&mut this.upstream).poll_frame(cx) {
@@ -292,7 +340,19 @@ impl http_body::Body for RelayBody {
                         continue;
                     }
                     this.observe(&chunk);
-                    if !this.is_sse && this.upstream.is_end_stream() {
+                    if this.is_sse {
+                        this.fruitless = 0;
+                        this.gather(chunk);
+                        if this.gathered.len() < MAX_GATHERED_CHUNKS
+                            && this.gathered_bytes < MAX_GATHERED_BYTES
+                        {
+                            // A scheduler pass for the upstream side to decode what it has.
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        return this.release();
+                    }
+                    if this.upstream.is_end_stream() {
                         // The answer's length is known and this is its last chunk: once it is
                         // written, hyper stops polling a body of known length, so the attempt
                         // is finished now rather than recorded as abandoned at drop.
@@ -314,11 +374,11 @@ impl http_body::Body for RelayBody {
                     this.finish(end);
                     this.ended = true;
                     if cut_short && this.is_sse {
-                        return Poll::Ready(Some(Ok(Frame::data(stream_error_event(
+                        this.gather(stream_error_event(
                             "the upstream closed the stream before it was complete; retry the request",
-                        )))));
+                        ));
                     }
-                    return Poll::Ready(None);
+                    return this.release();
                 }
                 Poll::Ready(Some(Err(error))) => {
                     return this.broken(format!(
@@ -327,6 +387,14 @@ impl http_body::Body for RelayBody {
                     ));
                 }
                 Poll::Pending => {
+                    if !this.gathered.is_empty() {
+                        if this.fruitless < MAX_FRUITLESS_PASSES {
+                            this.fruitless += 1;
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        return this.release();
+                    }
                     if this.idle_expired(cx) {
                         return this.broken(format!(
                             "no data from the upstream for {}",
@@ -340,8 +408,9 @@ impl http_body::Body for RelayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        // Only once finished: the end must be polled for, so the attempt is recorded.
-        self.ended
+        // Only once finished and every gathered chunk is out: the end must be polled for, so
+        // the attempt is recorded.
+        self.ended && self.gathered.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -386,8 +455,12 @@ pub fn relay_body(
     attempt: CommittedAttempt,
 ) -> Body {
     let is_sse = matches!(reader, UsageReader::Sse(_));
+    let gathered_bytes = prefetched.iter().map(Bytes::len).sum();
     let relaying = RelayBody {
-        prefetched: VecDeque::from(prefetched),
+        releasing: !prefetched.is_empty(),
+        fruitless: 0,
+        gathered: VecDeque::from(prefetched),
+        gathered_bytes,
         upstream,
         reader,
         idle_timeout,
