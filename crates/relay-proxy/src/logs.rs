@@ -72,10 +72,30 @@ pub fn switching(lang: LogLang) -> String {
 }
 
 /// ✅ An attempt succeeded.
-pub fn attempt_succeeded(lang: LogLang, account: &str, took: Duration) -> String {
-    match lang {
-        LogLang::Zh => format!("✅ 账号 {account} 请求成功，耗时: {}", seconds(took)),
-        LogLang::En => format!("✅ Account {account} succeeded in {}", seconds(took)),
+pub fn attempt_succeeded(lang: LogLang, account: &str, took: Duration) -> AttemptSucceeded<'_> {
+    AttemptSucceeded {
+        lang,
+        account,
+        took,
+    }
+}
+
+/// The line of every successful request, formatted straight into the log line (no string
+/// of its own: it is written once per request).
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptSucceeded<'a> {
+    lang: LogLang,
+    account: &'a str,
+    took: Duration,
+}
+
+impl std::fmt::Display for AttemptSucceeded<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (account, took) = (self.account, self.took.as_secs_f64());
+        match self.lang {
+            LogLang::Zh => write!(f, "✅ 账号 {account} 请求成功，耗时: {took:.1}s"),
+            LogLang::En => write!(f, "✅ Account {account} succeeded in {took:.1}s"),
+        }
     }
 }
 
@@ -222,5 +242,23 @@ pub fn stream_broken(lang: LogLang, account: &str, reason: &str) -> String {
     match lang {
         LogLang::Zh => format!("⚡ 账号 {account} 流式响应中断: {reason}"),
         LogLang::En => format!("⚡ Account {account} stream broke mid-way: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_success_line_reads_as_the_seed_wrote_it_in_both_languages() {
+        let took = Duration::from_millis(1_260);
+        assert_eq!(
+            attempt_succeeded(LogLang::Zh, "acct-1", took).to_string(),
+            "✅ 账号 acct-1 请求成功，耗时: 1.3s"
+        );
+        assert_eq!(
+            attempt_succeeded(LogLang::En, "acct-1", took).to_string(),
+            "✅ Account acct-1 succeeded in 1.3s"
+        );
     }
 }
