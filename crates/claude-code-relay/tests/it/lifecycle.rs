@@ -11,6 +11,36 @@ use serde_json::json;
 
 use crate::support::*;
 
+/// Opens a stream and reads its first chunk (`message_start`).
+async fn open_stream(
+    h: &Harness,
+    key: &str,
+) -> impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin {
+    let response = h.messages(key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    stream
+}
+
+/// Opens a stream, shuts the relay down while it runs, and checks that the stream still
+/// ends complete and the shutdown finishes once it has.
+async fn stream_through_shutdown(h: &mut Harness, key: &str) {
+    let mut stream = open_stream(h, key).await;
+    let relay = h.relay.take().unwrap();
+    let stopping = tokio::spawn(relay.shutdown());
+    let mut rest = String::new();
+    while let Some(chunk) = stream.next().await {
+        rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    assert!(rest.contains("message_stop"), "stream was cut: {rest}");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown finishes once the stream is done")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn restart_on_the_same_store_loses_nothing() {
     let mut h = Harness::start().await;
@@ -52,25 +82,7 @@ async fn shutdown_lets_a_running_stream_finish_and_flushes_its_usage() {
     )
     .await;
     let (_, _, key) = h.simple_setup().await;
-    let response = h.messages(&key, message_body(true)).await;
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let first = stream.next().await.unwrap().unwrap();
-    assert!(std::str::from_utf8(&first)
-        .unwrap()
-        .contains("message_start"));
-
-    let relay = h.relay.take().unwrap();
-    let stopping = tokio::spawn(relay.shutdown());
-    let mut rest = String::new();
-    while let Some(chunk) = stream.next().await {
-        rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
-    }
-    assert!(rest.contains("message_stop"), "stream was cut: {rest}");
-    tokio::time::timeout(Duration::from_secs(10), stopping)
-        .await
-        .expect("shutdown finishes once the stream is done")
-        .unwrap();
+    stream_through_shutdown(&mut h, &key).await;
 
     let store = SqlStore::connect(Some(&h.env["DATABASE_URL"]))
         .await
@@ -226,22 +238,7 @@ async fn worker_threads_serve_every_connection_and_shut_down_gracefully() {
         assert_eq!(body["type"], "message");
     }
 
-    let response = h.messages(&key, message_body(true)).await;
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let first = stream.next().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("message_start"));
-    let relay = h.relay.take().unwrap();
-    let stopping = tokio::spawn(relay.shutdown());
-    let mut rest = String::new();
-    while let Some(chunk) = stream.next().await {
-        rest.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
-    }
-    assert!(rest.contains("message_stop"), "stream was cut: {rest}");
-    tokio::time::timeout(Duration::from_secs(10), stopping)
-        .await
-        .expect("shutdown finishes once the stream is done")
-        .unwrap();
+    stream_through_shutdown(&mut h, &key).await;
     assert_eq!(usage_total(&h).await, 25);
 }
 
@@ -261,12 +258,7 @@ async fn worker_threads_close_what_is_left_after_the_grace_period() {
     )
     .await;
     let (_, _, key) = h.simple_setup().await;
-    let response = h.messages(&key, message_body(true)).await;
-    assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let first = stream.next().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("message_start"));
-
+    let mut stream = open_stream(&h, &key).await;
     let relay = h.relay.take().unwrap();
     tokio::time::timeout(Duration::from_secs(4), relay.shutdown())
         .await
