@@ -193,12 +193,8 @@ pub async fn start_serving(
     };
     let addr = listener.local_addr()?;
     let server = match serving {
-        Serving::CallerRuntime => {
-            let abort = CancellationToken::new();
-            let server = tokio::spawn(serve(listener, app, shutdown.clone(), abort.clone()));
-            Server::Task { server, abort }
-        }
-        Serving::Workers(count) => Server::workers(count, listener, app, &shutdown)?,
+        Serving::CallerRuntime => Server::on_caller_runtime(listener, app, &shutdown),
+        Serving::Workers(count) => Server::on_workers(count, listener, app, &shutdown)?,
     };
 
     let generated_admin_token = match token_source {
@@ -300,22 +296,19 @@ async fn serve(
     }
 }
 
+/// The HTTP server, on the caller's runtime or on worker threads.
 #[derive(Debug)]
-enum Server {
-    Task {
-        server: JoinHandle<()>,
-        abort: CancellationToken,
-    },
-    Workers(Workers),
+struct Server {
+    /// One per serving loop: sent (or dropped) when it has stopped serving.
+    served: Vec<oneshot::Receiver<()>>,
+    /// Cancelled when the grace period is over: the connections still open are dropped.
+    abort: CancellationToken,
+    workers: Option<WorkerThreads>,
 }
 
-/// The worker threads of `Serving::Workers`.
+/// The threads of `Serving::Workers`.
 #[derive(Debug)]
-struct Workers {
-    /// One per worker: sent when it has stopped serving.
-    served: Vec<oneshot::Receiver<()>>,
-    /// Cancelled when the grace period is over: workers drop the connections still open.
-    abort: CancellationToken,
+struct WorkerThreads {
     /// Cancelled last: the workers' runtimes end. They stay up until then because sockets
     /// they opened (database connections made while serving admin requests) are driven by
     /// them, and the final writes of the shutdown may use those.
@@ -324,7 +317,26 @@ struct Workers {
 }
 
 impl Server {
-    fn workers(
+    fn on_caller_runtime(
+        listener: TcpListener,
+        app: Router,
+        shutdown: &CancellationToken,
+    ) -> Server {
+        let abort = CancellationToken::new();
+        let (done, served) = oneshot::channel();
+        let (shutdown, stop_now) = (shutdown.clone(), abort.clone());
+        tokio::spawn(async move {
+            serve(listener, app, shutdown, stop_now).await;
+            let _ = done.send(());
+        });
+        Server {
+            served: vec![served],
+            abort,
+            workers: None,
+        }
+    }
+
+    fn on_workers(
         count: NonZeroUsize,
         listener: TcpListener,
         app: Router,
@@ -373,44 +385,32 @@ impl Server {
             served.push(finished);
             threads.push(thread);
         }
-        Ok(Server::Workers(Workers {
+        Ok(Server {
             served,
             abort,
-            exit,
-            threads,
-        }))
+            workers: Some(WorkerThreads { exit, threads }),
+        })
     }
 
     /// Waits up to `grace` for in-flight requests, then drops the connections still open.
-    /// Returns the workers, to be ended once the rest of the shutdown is done.
-    async fn stop(self, grace: Duration) -> Option<Workers> {
-        match self {
-            Server::Task { mut server, abort } => {
-                if tokio::time::timeout(grace, &mut server).await.is_err() {
-                    abort.cancel();
-                    let _ = server.await;
-                }
-                None
+    /// Returns the worker threads, to be ended once the rest of the shutdown is done.
+    async fn stop(self, grace: Duration) -> Option<WorkerThreads> {
+        let served = self.served;
+        let served = async move {
+            for serving in served {
+                let _ = serving.await;
             }
-            Server::Workers(mut workers) => {
-                let served = std::mem::take(&mut workers.served);
-                let served = async move {
-                    for worker in served {
-                        let _ = worker.await;
-                    }
-                };
-                tokio::pin!(served);
-                if tokio::time::timeout(grace, &mut served).await.is_err() {
-                    workers.abort.cancel();
-                    served.await;
-                }
-                Some(workers)
-            }
+        };
+        tokio::pin!(served);
+        if tokio::time::timeout(grace, &mut served).await.is_err() {
+            self.abort.cancel();
+            served.await;
         }
+        self.workers
     }
 }
 
-impl Workers {
+impl WorkerThreads {
     async fn exit(self) {
         self.exit.cancel();
         let threads = self.threads;
