@@ -12,7 +12,7 @@ use relay_core::duration::{format_rfc3339, format_seconds_one_decimal, parse_dur
 use relay_core::state::DisableReason;
 use relay_core::UnixMillis;
 use relay_proxy::forward::log_state_events;
-use relay_proxy::registry::{lock, AccountRuntime};
+use relay_proxy::registry::AccountRuntime;
 use relay_store::SettingsStore;
 use serde_json::{json, Value};
 
@@ -109,7 +109,9 @@ async fn disable_account(
     let runtime = find_account(&state, group_id, account_id)?;
     let now = state.relay.now();
     let until = duration.map(|d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
-    let events = lock(&runtime.state).disable(now, until, DisableReason::Manual);
+    let events = runtime.update_state(now, |state| {
+        state.disable(now, until, DisableReason::Manual)
+    });
     let name = runtime.account().name.clone();
     log_state_events(&state.relay, &runtime.account(), &events);
     tracing::warn!(account = %name, reason = %reason, "account disabled through the admin API");
@@ -131,7 +133,7 @@ async fn enable_account(
     let account_id: i64 = payload.required("account_id", "an account id")?;
     let runtime = find_account(&state, group_id, account_id)?;
     let now = state.relay.now();
-    let events = lock(&runtime.state).enable(now);
+    let events = runtime.update_state(now, |state| state.enable(now));
     log_state_events(&state.relay, &runtime.account(), &events);
     state.relay.save_account_states().await?;
     Ok(Json(json!({
@@ -149,7 +151,7 @@ fn time_or_null(time: Option<UnixMillis>) -> Value {
 /// The seed's account-health object, plus `disabled_until` and `breaker`.
 pub fn account_health_json(runtime: &AccountRuntime, now: UnixMillis) -> Value {
     let account = runtime.account();
-    let state = lock(&runtime.state);
+    runtime.read_state(|state| {
     let health = state.health();
     let avg_ms = health.avg_latency_ms();
     json!({
@@ -172,15 +174,17 @@ pub fn account_health_json(runtime: &AccountRuntime, now: UnixMillis) -> Value {
         "latency_ewma_ms": health.latency_ewma_ms(),
         "in_flight": runtime.in_flight.load(std::sync::atomic::Ordering::Relaxed),
     })
+    })
 }
 
 /// The short live status shown inside an account's admin answer.
 pub fn account_status_json(runtime: &AccountRuntime, now: UnixMillis) -> Value {
-    let state = lock(&runtime.state);
-    json!({
-        "health": state.health_status(now),
-        "disabled_until": time_or_null(state.disabled_until()),
-        "breaker": state.breaker().phase(now),
+    runtime.read_state(|state| {
+        json!({
+            "health": state.health_status(now),
+            "disabled_until": time_or_null(state.disabled_until()),
+            "breaker": state.breaker().phase(now),
+        })
     })
 }
 

@@ -245,13 +245,12 @@ impl LiveView {
             .iter()
             .map(|(id, runtime)| {
                 let account = runtime.account();
-                let (health, breaker) = {
-                    let state = lock(&runtime.state);
+                let (health, breaker) = runtime.read_state(|state| {
                     (
                         state.health_status(now).as_str(),
                         state.breaker().phase(now).as_str(),
                     )
-                };
+                });
                 let live = LiveAccount {
                     name: account.name.clone(),
                     group_id: account.group_id,

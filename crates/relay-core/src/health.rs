@@ -106,6 +106,12 @@ impl SlidingWindow {
         slice.rem_euclid(WINDOW_BUCKETS as i64) as usize
     }
 
+    /// The first moment after `now` at which [`SlidingWindow::totals`] may give another answer
+    /// without a new sample: the start of the next slice.
+    pub fn totals_change_at(&self, now: UnixMillis) -> UnixMillis {
+        (self.slice_of(now) + 1).saturating_mul(self.bucket_width_ms)
+    }
+
     /// Counts one sample at `now`. A sample older than what its bucket already holds (a clock
     /// stepping back past a whole window) is dropped rather than mixed into newer counts.
     pub fn record(&mut self, now: UnixMillis, success: bool, latency_ms: f64) {
@@ -371,6 +377,12 @@ impl HealthTracker {
 
     pub fn last_failure(&self) -> Option<UnixMillis> {
         self.last_failure
+    }
+
+    /// The first moment after `now` at which the status and window usage may change without a
+    /// new sample.
+    pub fn window_changes_at(&self, now: UnixMillis) -> UnixMillis {
+        self.window.totals_change_at(now)
     }
 
     /// Exponentially weighted success rate, 1.0 for an account without history.

@@ -113,6 +113,71 @@ impl Eligibility {
     }
 }
 
+/// What selection reads of one account, as of a moment, and how long it stays exactly that:
+/// for every `now` in `valid_from..valid_until` the state gives these same answers (nothing
+/// in it changes with time alone before `valid_until`: not a cooldown, disable or open breaker
+/// ending, nor the health window moving to its next slice). A change to the state makes it
+/// stale, so whoever changes the state takes a new view.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SelectionView {
+    pub valid_from: UnixMillis,
+    pub valid_until: UnixMillis,
+    /// [`AccountState::eligibility`] for each model family.
+    pub eligibility: [Eligibility; FAMILY_COUNT],
+    /// The health tracker's status (what an eligible account's health is).
+    pub health: HealthStatus,
+    pub requests_in_window: u64,
+    pub success_ewma: f64,
+    pub latency_ewma_ms: f64,
+}
+
+impl SelectionView {
+    /// A view that holds at no time: what there is before the first one is taken.
+    pub const STALE: SelectionView = SelectionView {
+        valid_from: UnixMillis::MAX,
+        valid_until: UnixMillis::MIN,
+        eligibility: [Eligibility::Eligible; FAMILY_COUNT],
+        health: HealthStatus::Healthy,
+        requests_in_window: 0,
+        success_ewma: 1.0,
+        latency_ewma_ms: 0.0,
+    };
+
+    pub fn holds_at(&self, now: UnixMillis) -> bool {
+        self.valid_from <= now && now < self.valid_until
+    }
+
+    pub fn eligibility(&self, family: ModelFamily) -> Eligibility {
+        self.eligibility[family_slot(family)]
+    }
+
+    /// The part of the view a request for `family` reads.
+    pub fn for_family(&self, family: ModelFamily) -> FamilyView {
+        FamilyView {
+            eligibility: self.eligibility(family),
+            health: self.health,
+            requests_in_window: self.requests_in_window,
+            success_ewma: self.success_ewma,
+            latency_ewma_ms: self.latency_ewma_ms,
+        }
+    }
+}
+
+/// A [`SelectionView`] as one request reads it: the eligibility for the request's model family.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FamilyView {
+    pub eligibility: Eligibility,
+    pub health: HealthStatus,
+    pub requests_in_window: u64,
+    pub success_ewma: f64,
+    pub latency_ewma_ms: f64,
+}
+
+/// Where a family's eligibility sits in [`SelectionView::eligibility`].
+pub fn family_index(family: ModelFamily) -> usize {
+    family_slot(family)
+}
+
 /// Something that changed in an account's state, for log lines and shared state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateEvent {
@@ -630,6 +695,35 @@ impl AccountState {
         }
     }
 
+    /// What selection reads of the account at `now`, and until when it holds.
+    pub fn selection_view(&self, now: UnixMillis) -> SelectionView {
+        let eligibility = ALL_FAMILIES.map(|family| self.eligibility(now, family));
+        let (health, requests_in_window) = self.health.status_and_requests(now);
+        let mut valid_until = self.health.window_changes_at(now);
+        for blocked in &eligibility {
+            if let Some(until) = blocked.retry_at() {
+                valid_until = valid_until.min(until);
+            }
+        }
+        // A half-open breaker whose trial is out answers "retry shortly" counted from the
+        // moment asked, so that answer holds only for the moment it was taken.
+        if self.breaker_enabled
+            && self.breaker.phase(now) == BreakerPhase::HalfOpen
+            && self.breaker.retry_at(now).is_some()
+        {
+            valid_until = valid_until.min(now.saturating_add(1));
+        }
+        SelectionView {
+            valid_from: now,
+            valid_until,
+            eligibility,
+            health,
+            requests_in_window,
+            success_ewma: self.health.success_ewma(),
+            latency_ewma_ms: self.health.latency_ewma_ms(),
+        }
+    }
+
     fn set_disabled(&mut self, until: Option<UnixMillis>, reason: DisableReason) {
         self.disabled_until = until;
         self.disable_reason = Some(reason);
@@ -749,6 +843,87 @@ mod tests {
 
     fn record(state: &mut AccountState, now: i64, class: OutcomeClass) -> Vec<StateEvent> {
         state.record_outcome(now, class, 1_000.0, SONNET, None)
+    }
+
+    /// What a view must agree with at `at`: the state asked afresh.
+    fn assert_view_holds(state: &AccountState, view: &SelectionView, at: i64, case: &str) {
+        for family in ALL_FAMILIES {
+            assert_eq!(
+                view.eligibility(family),
+                state.eligibility(at, family),
+                "{case}: eligibility of {family:?} at +{} ms",
+                at - view.valid_from
+            );
+        }
+        assert_eq!(
+            (view.health, view.requests_in_window),
+            state.health().status_and_requests(at),
+            "{case}: health at +{} ms",
+            at - view.valid_from
+        );
+        assert_eq!(view.success_ewma, state.health().success_ewma());
+        assert_eq!(view.latency_ewma_ms, state.health().latency_ewma_ms());
+    }
+
+    #[test]
+    fn a_selection_view_holds_until_something_changes_with_time() {
+        let opus_cooldown = Cooldown {
+            until: T0 + 90 * SECOND,
+            scope: CooldownScope::Family(ModelFamily::Opus),
+            source: CooldownSource::Default,
+        };
+        let mut cases: Vec<(&str, AccountState)> = vec![("fresh", fresh())];
+        let mut busy = fresh();
+        for k in 0..40 {
+            let class = if k % 4 == 0 {
+                OutcomeClass::ServerError
+            } else {
+                OutcomeClass::Success
+            };
+            record(&mut busy, T0 - 50 * SECOND + k * 1_300, class);
+        }
+        cases.push(("samples across the window", busy));
+        let mut cooling = fresh();
+        cooling.record_outcome(
+            T0,
+            OutcomeClass::RateLimited,
+            10.0,
+            ModelFamily::Opus,
+            Some(opus_cooldown),
+        );
+        record(&mut cooling, T0, OutcomeClass::RateLimited);
+        cases.push(("family and account cooldowns", cooling));
+        let mut open = fresh();
+        for k in 0..3 {
+            record(&mut open, T0 - 3 + k, OutcomeClass::ServerError);
+        }
+        cases.push(("breaker open", open.clone()));
+        let mut trial = open;
+        let reopens_at = trial.breaker().open_until().expect("the breaker opened");
+        assert_eq!(trial.try_admit(reopens_at, SONNET), Ok(Admission::Trial));
+        cases.push(("half-open, trial out", trial));
+        let mut manual = fresh();
+        manual.disable(T0, Some(T0 + 30 * SECOND), DisableReason::Manual);
+        cases.push(("disabled for a while", manual));
+        let mut forever = fresh();
+        forever.disable(T0, None, DisableReason::Auth);
+        cases.push(("disabled until re-enabled", forever));
+
+        for (case, state) in &cases {
+            // Step through two minutes: each view must hold over its whole span, and the span
+            // must end where the state's answer may next change.
+            let mut now = T0 - 2;
+            while now < T0 + 2 * MINUTE {
+                let view = state.selection_view(now);
+                assert!(view.holds_at(now) && view.valid_until > now, "{case}");
+                for at in [now, (now + view.valid_until) / 2, view.valid_until - 1] {
+                    assert_view_holds(state, &view, at, case);
+                }
+                assert!(!view.holds_at(view.valid_until) && !view.holds_at(now - 1));
+                now = view.valid_until.min(now + 7 * SECOND);
+            }
+        }
+        assert!(!SelectionView::STALE.holds_at(T0));
     }
 
     #[test]

@@ -17,6 +17,10 @@ use relay_core::strategy::StrategyRegistry;
 use relay_proxy::forward::plan;
 use relay_proxy::registry::{Registry, RegistrySource};
 
+/// The relay's own allocator, so the accounts lie in memory as they do in the relay.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const NOW: i64 = 1_800_000_000_000;
 
 fn source(accounts: usize, strategy: &str) -> RegistrySource {
@@ -66,15 +70,17 @@ fn plan_per_request(c: &mut Criterion) {
             let group = snapshot.groups.get(&1).expect("the group").clone();
             // Give every account some history so health figures are not all defaults.
             for (i, runtime) in group.accounts.iter().enumerate() {
-                let mut state = relay_proxy::registry::lock(&runtime.state);
                 for k in 0..(i % 5) {
-                    let _ = state.record_outcome(
-                        NOW - 1_000 * k as i64,
-                        relay_core::classify::OutcomeClass::Success,
-                        200.0 + (i % 50) as f64,
-                        ModelFamily::Sonnet,
-                        None,
-                    );
+                    let at = NOW - 1_000 * k as i64;
+                    runtime.update_state(at, |state| {
+                        state.record_outcome(
+                            at,
+                            relay_core::classify::OutcomeClass::Success,
+                            200.0 + (i % 50) as f64,
+                            ModelFamily::Sonnet,
+                            None,
+                        )
+                    });
                 }
             }
             // The attempt loop asks for (max_retries + 1) * 2 + 2 candidates: 10 by default.

@@ -86,13 +86,15 @@ impl CommittedAttempt {
                     "{}",
                     logs::stream_broken(state.settings.log_lang, &account.name, reason)
                 );
-                let events = lock(&self.account.state).record_outcome(
-                    now,
-                    *class,
-                    self.record.ttfb_ms as f64,
-                    self.family,
-                    None,
-                );
+                let events = self.account.update_state(now, |account_state| {
+                    account_state.record_outcome(
+                        now,
+                        *class,
+                        self.record.ttfb_ms as f64,
+                        self.family,
+                        None,
+                    )
+                });
                 log_state_events(state, &account, &events);
                 class.as_str()
             }

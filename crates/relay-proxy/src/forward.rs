@@ -12,6 +12,7 @@
 //! - A stream is held until the upstream's first SSE event (within `first_byte_timeout`), so
 //!   an `event: error` sent as the first event still fails over.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -212,6 +213,13 @@ fn elapsed_ms(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+thread_local! {
+    /// `plan`'s candidate list, kept from one request to the next on each thread: a group of
+    /// thousands of accounts would otherwise allocate (and fault in) a list that size for
+    /// every request.
+    static CANDIDATES: RefCell<Vec<Candidate>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The accounts of a group that may take this request now, in the strategy's preference
 /// order, with the sticky account first when it is usable. Also returns the earliest time an
 /// ineligible account becomes usable again, for `Retry-After`.
@@ -223,18 +231,50 @@ pub fn plan(
     now: UnixMillis,
     limit: usize,
 ) -> (Vec<Arc<AccountRuntime>>, Option<UnixMillis>, bool) {
-    let mut candidates = Vec::with_capacity(group.accounts.len());
-    // Indices into `group.accounts`, parallel to `candidates`.
-    let mut members = Vec::with_capacity(group.accounts.len());
+    CANDIDATES.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut candidates) => {
+            candidates.clear();
+            plan_into(
+                &mut candidates,
+                group,
+                model,
+                family,
+                session_account,
+                now,
+                limit,
+            )
+        }
+        // Only a strategy that plans from inside its own ranking could get here.
+        Err(_) => plan_into(
+            &mut Vec::new(),
+            group,
+            model,
+            family,
+            session_account,
+            now,
+            limit,
+        ),
+    })
+}
+
+fn plan_into(
+    candidates: &mut Vec<Candidate>,
+    group: &GroupRuntime,
+    model: Option<&str>,
+    family: ModelFamily,
+    session_account: Option<i64>,
+    now: UnixMillis,
+    limit: usize,
+) -> (Vec<Arc<AccountRuntime>>, Option<UnixMillis>, bool) {
+    candidates.reserve(group.members.len());
     let mut earliest_return: Option<UnixMillis> = None;
     let mut all_rate_limited = true;
-    for (member, runtime) in group.accounts.iter().enumerate() {
-        let account = runtime.account_ref();
-        if !account.enabled || model.is_some_and(|m| !account.allows_model(m)) {
+    for member in &group.members {
+        if !member.enabled || model.is_some_and(|m| !member.allows_model(m)) {
             continue;
         }
-        let state = lock(&runtime.state);
-        match state.eligibility(now, family) {
+        let view = member.runtime.selection_view(now, family);
+        match view.eligibility {
             Eligibility::Eligible => {}
             other => {
                 let until = match other {
@@ -258,27 +298,26 @@ pub fn plan(
                 continue;
             }
         }
-        let in_flight = runtime.in_flight.load(std::sync::atomic::Ordering::Relaxed);
-        if account.max_concurrency.is_some_and(|max| in_flight >= max) {
+        let in_flight = member
+            .runtime
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if member.max_concurrency.is_some_and(|max| in_flight >= max) {
             all_rate_limited = false;
             continue;
         }
-        let health = state.health();
         // Eligible, so not disabled: the health tracker alone says the status.
-        let (status, requests_in_window) = health.status_and_requests(now);
         candidates.push(Candidate {
-            account_id: account.id,
-            priority: account.priority,
-            weight: account.weight,
-            health: status,
-            requests_in_window,
+            account_id: member.id,
+            priority: member.priority,
+            weight: member.weight,
+            health: view.health,
+            requests_in_window: view.requests_in_window,
             in_flight,
-            success_ewma: health.success_ewma(),
-            latency_ewma_ms: health.latency_ewma_ms(),
-            max_concurrency: account.max_concurrency,
+            success_ewma: view.success_ewma,
+            latency_ewma_ms: view.latency_ewma_ms,
+            max_concurrency: member.max_concurrency,
         });
-        drop(state);
-        members.push(member);
     }
     if candidates.is_empty() {
         return (Vec::new(), earliest_return, all_rate_limited);
@@ -292,26 +331,33 @@ pub fn plan(
         rng: &mut rng,
         cursor,
     };
-    let order = group.strategy.rank(&candidates, &mut context, limit);
-    let runtime_of = |candidate: usize| {
-        members
-            .get(candidate)
-            .and_then(|member| group.accounts.get(*member))
+    let order = group.strategy.rank(candidates, &mut context, limit);
+    // Members are sorted by id, so a ranked candidate's runtime is found by its id.
+    let runtime_of = |account_id: i64| {
+        group
+            .members
+            .binary_search_by_key(&account_id, |member| member.id)
+            .ok()
+            .and_then(|index| group.members.get(index))
+            .map(|member| &member.runtime)
     };
     let mut ordered: Vec<Arc<AccountRuntime>> = order
         .into_iter()
-        .filter_map(|candidate| runtime_of(candidate).cloned())
+        .filter_map(|candidate| candidates.get(candidate))
+        .filter_map(|candidate| runtime_of(candidate.account_id).cloned())
         .collect();
     // The session's account goes first while it is usable (it is among the candidates).
     if let Some(sticky) = session_account {
         if let Some(position) = ordered.iter().position(|a| a.id == sticky) {
             let bound = ordered.remove(position);
             ordered.insert(0, bound);
-        } else if let Some(bound) = (0..members.len())
-            .filter_map(runtime_of)
-            .find(|a| a.id == sticky)
+        } else if candidates
+            .iter()
+            .any(|candidate| candidate.account_id == sticky)
         {
-            ordered.insert(0, Arc::clone(bound));
+            if let Some(bound) = runtime_of(sticky) {
+                ordered.insert(0, Arc::clone(bound));
+            }
         }
     }
     (ordered, earliest_return, all_rate_limited)
@@ -439,10 +485,8 @@ pub async fn forward(
             break;
         }
         let now = state.now();
-        let admission = {
-            let mut account_state = lock(&runtime.state);
-            account_state.try_admit(now, family)
-        };
+        let admission =
+            runtime.update_state(now, |account_state| account_state.try_admit(now, family));
         let mut trial_slot = match admission {
             Ok(Admission::Allowed) => TrialSlot::NONE,
             Ok(Admission::Trial) => TrialSlot::account(&runtime, now),
@@ -476,13 +520,15 @@ pub async fn forward(
         trial_slot.disarm();
         match outcome {
             AttemptOutcome::Committed(answer) => {
-                let events = lock(&runtime.state).record_outcome(
-                    now,
-                    OutcomeClass::Success,
-                    duration_ms as f64,
-                    family,
-                    None,
-                );
+                let events = runtime.update_state(now, |account_state| {
+                    account_state.record_outcome(
+                        now,
+                        OutcomeClass::Success,
+                        duration_ms as f64,
+                        family,
+                        None,
+                    )
+                });
                 log_state_events(state, &account, &events);
                 group_trial.disarm();
                 if config.enable_circuit_breaker {
@@ -526,13 +572,15 @@ pub async fn forward(
                 ));
             }
             AttemptOutcome::PassThrough(response) => {
-                let events = lock(&runtime.state).record_outcome(
-                    now,
-                    OutcomeClass::ClientError,
-                    duration_ms as f64,
-                    family,
-                    None,
-                );
+                let events = runtime.update_state(now, |account_state| {
+                    account_state.record_outcome(
+                        now,
+                        OutcomeClass::ClientError,
+                        duration_ms as f64,
+                        family,
+                        None,
+                    )
+                });
                 log_state_events(state, &account, &events);
                 record_failed_attempt(
                     state,
@@ -565,13 +613,15 @@ pub async fn forward(
                         retry_at.map_or(cooldown.until, |r: UnixMillis| r.min(cooldown.until)),
                     );
                 }
-                let events = lock(&runtime.state).record_outcome(
-                    now,
-                    failure.class,
-                    duration_ms as f64,
-                    family,
-                    cooldown,
-                );
+                let events = runtime.update_state(now, |account_state| {
+                    account_state.record_outcome(
+                        now,
+                        failure.class,
+                        duration_ms as f64,
+                        family,
+                        cooldown,
+                    )
+                });
                 tracing::warn!(
                     request_id = %request.request_id,
                     account = %account.name,
@@ -711,7 +761,9 @@ impl Drop for TrialSlot {
     fn drop(&mut self) {
         match self.held.take() {
             None => {}
-            Some(HeldTrial::Account(runtime, now)) => lock(&runtime.state).release_trial(now),
+            Some(HeldTrial::Account(runtime, now)) => {
+                runtime.update_state(now, |state| state.release_trial(now))
+            }
             Some(HeldTrial::Group(group, now)) => lock(&group.breaker).release_trial(now),
         }
     }

@@ -22,6 +22,7 @@ pub mod shared;
 pub mod state;
 pub mod upstream;
 pub mod usage;
+pub mod view;
 
 pub use error::RelayError;
 pub use handlers::data_plane_router;

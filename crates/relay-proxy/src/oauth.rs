@@ -62,7 +62,7 @@ pub async fn refresh(
     account: &Arc<AccountRuntime>,
     rejected_token: Option<&str>,
 ) -> Result<String, OAuthError> {
-    let _single_flight = account.oauth_refresh.lock().await;
+    let _single_flight = account.oauth_refresh().lock().await;
     let Credential::OAuth(current) = account.credential() else {
         return Err(OAuthError::NotOAuth);
     };

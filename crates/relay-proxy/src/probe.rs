@@ -123,7 +123,7 @@ pub async fn probe_and_apply(state: &RelayState, runtime: &Arc<AccountRuntime>) 
     let account = runtime.account();
     let lang = state.settings.log_lang;
     if result.success {
-        let events = lock(&runtime.state).probe_succeeded(now);
+        let events = runtime.update_state(now, |state| state.probe_succeeded(now));
         log_state_events(state, &account, &events);
         tracing::info!(account = %account.name, "{}", logs::recovered(lang, &account.name));
         if let Some(group) = state.registry.load().groups.get(&account.group_id) {
@@ -138,7 +138,7 @@ pub async fn probe_and_apply(state: &RelayState, runtime: &Arc<AccountRuntime>) 
             }
         }
     } else {
-        let events = lock(&runtime.state).probe_failed(now);
+        let events = runtime.update_state(now, |state| state.probe_failed(now));
         log_state_events(state, &account, &events);
         tracing::warn!(account = %account.name, class = result.class, "{}", logs::probe_failed(lang, &account.name, &result.message));
     }
@@ -154,7 +154,9 @@ pub async fn probe_round(state: &Arc<RelayState>) -> Vec<ProbeResult> {
         .values()
         .filter(|group| group.config.enable_health_check)
         .flat_map(|group| group.accounts.iter())
-        .filter(|runtime| runtime.account().enabled && lock(&runtime.state).needs_probe(now))
+        .filter(|runtime| {
+            runtime.account().enabled && runtime.read_state(|state| state.needs_probe(now))
+        })
         .cloned()
         .collect();
     let probes = due.iter().map(|runtime| probe_and_apply(state, runtime));

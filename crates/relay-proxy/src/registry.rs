@@ -13,9 +13,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use relay_core::breaker::{GroupBreaker, GroupBreakerSettings};
 use relay_core::config::{FallbackConfig, FallbackConfigPatch};
-use relay_core::model::{Account, AccountId, ApiKey, ApiKeyId, Credential, Group, GroupId};
-use relay_core::state::AccountState;
+use relay_core::model::{
+    Account, AccountId, ApiKey, ApiKeyId, Credential, Group, GroupId, ModelFamily,
+};
+use relay_core::state::{AccountState, FamilyView, SelectionView};
 use relay_core::strategy::{SelectionStrategy, StrategyRegistry};
+use relay_core::UnixMillis;
+
+use crate::view::PublishedView;
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: the state machines
 /// stay internally consistent between calls, so the data is still good.
@@ -30,11 +35,21 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct AccountRuntime {
     pub id: AccountId,
     account: ArcSwap<Account>,
-    credential: Mutex<Credential>,
-    pub state: Mutex<AccountState>,
+    /// Changed only through [`AccountRuntime::update_state`], which keeps `view` true.
+    /// Boxed, as is everything else selection does not read: selection walks the accounts of a
+    /// group reading `view` and `in_flight`, so the runtimes should be small and close together.
+    state: Box<Mutex<AccountState>>,
+    view: PublishedView,
     pub in_flight: AtomicU32,
+    rest: Box<Rarely>,
+}
+
+/// The parts of an account's runtime that requests read once, or not at all.
+#[derive(Debug)]
+struct Rarely {
+    credential: Mutex<Credential>,
     /// Held while an OAuth refresh runs: one refresh in flight per account, others wait.
-    pub oauth_refresh: tokio::sync::Mutex<()>,
+    oauth_refresh: tokio::sync::Mutex<()>,
 }
 
 impl AccountRuntime {
@@ -42,10 +57,14 @@ impl AccountRuntime {
         AccountRuntime {
             id: account.id,
             account: ArcSwap::from_pointee(account),
-            credential: Mutex::new(credential),
-            state: Mutex::new(AccountState::new(config)),
+
+            state: Box::new(Mutex::new(AccountState::new(config))),
+            view: PublishedView::default(),
             in_flight: AtomicU32::new(0),
-            oauth_refresh: tokio::sync::Mutex::new(()),
+            rest: Box::new(Rarely {
+                credential: Mutex::new(credential),
+                oauth_refresh: tokio::sync::Mutex::new(()),
+            }),
         }
     }
 
@@ -59,11 +78,52 @@ impl AccountRuntime {
     }
 
     pub fn credential(&self) -> Credential {
-        lock(&self.credential).clone()
+        lock(&self.rest.credential).clone()
     }
 
     pub fn set_credential(&self, credential: Credential) {
-        *lock(&self.credential) = credential;
+        *lock(&self.rest.credential) = credential;
+    }
+
+    /// Held while an OAuth refresh runs: one refresh in flight per account, others wait.
+    pub fn oauth_refresh(&self) -> &tokio::sync::Mutex<()> {
+        &self.rest.oauth_refresh
+    }
+
+    /// Reads the account's fallback state under its lock.
+    pub fn read_state<R>(&self, read: impl FnOnce(&AccountState) -> R) -> R {
+        read(&lock(&self.state))
+    }
+
+    /// Changes the account's fallback state under its lock, and publishes what selection
+    /// reads of it as of `now`.
+    pub fn update_state<R>(
+        &self,
+        now: UnixMillis,
+        change: impl FnOnce(&mut AccountState) -> R,
+    ) -> R {
+        let mut state = lock(&self.state);
+        let result = change(&mut state);
+        self.view.store(&state.selection_view(now));
+        result
+    }
+
+    /// What selection reads of the account at `now` for `family`: the published view while it
+    /// holds, else taken afresh under the lock (and published for the next reader).
+    #[inline]
+    pub fn selection_view(&self, now: UnixMillis, family: ModelFamily) -> FamilyView {
+        match self.view.load_for(now, family) {
+            Some(view) => view,
+            None => self.refresh_view(now).for_family(family),
+        }
+    }
+
+    #[cold]
+    fn refresh_view(&self, now: UnixMillis) -> SelectionView {
+        let state = lock(&self.state);
+        let view = state.selection_view(now);
+        self.view.store(&view);
+        view
     }
 
     /// Counts a request as running on this account until the guard drops.
@@ -94,8 +154,47 @@ pub struct GroupRuntime {
     pub strategy: Arc<dyn SelectionStrategy>,
     /// Enabled and disabled accounts alike, sorted by id; eligibility is decided per request.
     pub accounts: Vec<Arc<AccountRuntime>>,
+    /// The same accounts in the same order (by id), with what selection reads of their settings laid
+    /// out side by side.
+    pub members: Vec<Member>,
     pub breaker: Arc<Mutex<GroupBreaker>>,
     pub cursor: Arc<AtomicU64>,
+}
+
+/// One account of a group as selection reads it: its settings as of the snapshot (a change
+/// to an account rebuilds the snapshot), beside its runtime.
+#[derive(Debug)]
+pub struct Member {
+    pub runtime: Arc<AccountRuntime>,
+    pub id: AccountId,
+    pub enabled: bool,
+    pub priority: i32,
+    pub weight: u32,
+    pub max_concurrency: Option<u32>,
+    /// `None` when every model is allowed.
+    model_allowlist: Option<Box<[String]>>,
+}
+
+impl Member {
+    pub fn new(runtime: Arc<AccountRuntime>) -> Self {
+        let account = runtime.account();
+        Member {
+            id: account.id,
+            enabled: account.enabled,
+            priority: account.priority,
+            weight: account.weight,
+            max_concurrency: account.max_concurrency,
+            model_allowlist: (!account.model_allowlist.is_empty())
+                .then(|| account.model_allowlist.clone().into_boxed_slice()),
+            runtime,
+        }
+    }
+
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.model_allowlist
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|m| m == model))
+    }
 }
 
 /// Per-key counters that the store does not hold in real time.
@@ -213,7 +312,11 @@ impl Registry {
                 Some(existing) => {
                     existing.account.store(Arc::new(account));
                     existing.set_credential(credential);
-                    lock(&existing.state).apply_config(&config);
+                    {
+                        let mut state = lock(&existing.state);
+                        state.apply_config(&config);
+                        existing.view.invalidate();
+                    }
                     Arc::clone(existing)
                 }
                 None => Arc::new(AccountRuntime::new(account, credential, &config)),
@@ -258,6 +361,7 @@ impl Registry {
                     group,
                     config: Arc::new(config),
                     strategy,
+                    members: members.iter().cloned().map(Member::new).collect(),
                     accounts: members,
                     breaker,
                     cursor,

@@ -81,7 +81,7 @@ impl RelayState {
         }
         let snapshot = self.registry.load();
         if let Some(runtime) = snapshot.accounts.get(&account_id) {
-            let persisted = lock(&runtime.state).persisted(self.now());
+            let persisted = runtime.read_state(|state| state.persisted(self.now()));
             self.shared().account_changed(account_id, persisted);
         }
     }
@@ -116,7 +116,8 @@ impl RelayState {
             .get(&runtime.account().group_id)
             .map(|g| Arc::clone(&g.config))
             .unwrap_or_else(|| self.global_config());
-        lock(&runtime.state).apply_shared(&config, shared, self.now());
+        let now = self.now();
+        runtime.update_state(now, |state| state.apply_shared(&config, shared, now));
     }
 
     /// Applies another instance's view of a group breaker.

@@ -132,7 +132,9 @@ impl RelayState {
                 .get(&group_id)
                 .map(|g| Arc::clone(&g.config))
                 .unwrap_or_else(|| self.global_config());
-            *lock(&runtime.state) = AccountState::restore(&config, &persisted, now);
+            runtime.update_state(now, |state| {
+                *state = AccountState::restore(&config, &persisted, now)
+            });
         }
         Ok(())
     }
@@ -143,7 +145,7 @@ impl RelayState {
         let snapshot = self.registry.load_full();
         let mut saved: HashMap<AccountId, PersistedAccountState> = HashMap::new();
         for (id, runtime) in &snapshot.accounts {
-            let persisted = lock(&runtime.state).persisted(now);
+            let persisted = runtime.read_state(|state| state.persisted(now));
             if persisted != PersistedAccountState::default() {
                 saved.insert(*id, persisted);
             }

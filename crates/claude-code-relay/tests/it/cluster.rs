@@ -176,7 +176,7 @@ fn relay_account(relay: &RunningRelay, account: AccountId) -> Option<PersistedAc
     let snapshot = relay.state.registry.load();
     let runtime = snapshot.accounts.get(&account)?;
     let now = relay.state.now();
-    let persisted = lock(&runtime.state).persisted(now);
+    let persisted = runtime.read_state(|state| state.persisted(now));
     Some(persisted)
 }
 

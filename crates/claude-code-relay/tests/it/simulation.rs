@@ -23,7 +23,6 @@ use relay_core::model::ModelFamily;
 use relay_core::state::Eligibility;
 use relay_mock::{Behavior, MockConfig, MockUpstream};
 use relay_proxy::clock::ManualClock;
-use relay_proxy::registry::lock;
 use relay_store::{UsageFilter, UsageStore};
 
 use crate::support::*;
@@ -145,7 +144,7 @@ async fn five_accounts_ten_thousand_requests_in_virtual_time() {
             .map(|name| {
                 let runtime = &snapshot.accounts[&ids[name]];
                 let eligible = matches!(
-                    lock(&runtime.state).eligibility(now, ModelFamily::Sonnet),
+                    runtime.read_state(|state| state.eligibility(now, ModelFamily::Sonnet)),
                     Eligibility::Eligible
                 );
                 (*name, eligible)
