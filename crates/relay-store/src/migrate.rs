@@ -53,23 +53,44 @@ pub(crate) struct Migration {
     pub(crate) sql: &'static str,
 }
 
-const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/sqlite/0001_initial.sql"),
-}];
+const SQLITE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/sqlite/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "drop_usage_request_id_index",
+        sql: include_str!("../migrations/sqlite/0002_drop_usage_request_id_index.sql"),
+    },
+];
 
-const MYSQL_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/mysql/0001_initial.sql"),
-}];
+const MYSQL_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/mysql/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "drop_usage_request_id_index",
+        sql: include_str!("../migrations/mysql/0002_drop_usage_request_id_index.sql"),
+    },
+];
 
-const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("../migrations/postgres/0001_initial.sql"),
-}];
+const POSTGRES_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("../migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "drop_usage_request_id_index",
+        sql: include_str!("../migrations/postgres/0002_drop_usage_request_id_index.sql"),
+    },
+];
 
 /// The migrations of `dialect`, oldest first.
 pub(crate) fn migrations_for(dialect: Dialect) -> &'static [Migration] {

@@ -117,12 +117,12 @@ on_every_backend!(migrations_are_idempotent_and_data_survives_a_reconnect);
 async fn migrations_are_idempotent_and_data_survives_a_reconnect(database: TestDatabase) {
     let store = database.open_store().await;
     assert_eq!(store.dialect(), database.backend.dialect());
-    assert_eq!(store.applied_migrations().await.unwrap(), vec![1]);
+    assert_eq!(store.applied_migrations().await.unwrap(), vec![1, 2]);
     let group = store.create_group(new_group("persisted")).await.unwrap();
     store.close().await;
 
     let reopened = database.open_store().await;
-    assert_eq!(reopened.applied_migrations().await.unwrap(), vec![1]);
+    assert_eq!(reopened.applied_migrations().await.unwrap(), vec![1, 2]);
     assert_eq!(reopened.get_group(group.id).await.unwrap(), Some(group));
     reopened.ping().await.unwrap();
 }
@@ -160,7 +160,7 @@ async fn instances_starting_together_migrate_once(database: TestDatabase) {
     }
     assert_eq!(stores.len(), INSTANCES);
     for store in &stores {
-        assert_eq!(store.applied_migrations().await.unwrap(), vec![1]);
+        assert_eq!(store.applied_migrations().await.unwrap(), vec![1, 2]);
     }
     let group = stores[0].create_group(new_group("shared")).await.unwrap();
     assert_eq!(
@@ -264,7 +264,7 @@ async fn a_starting_instance_waits_for_the_migration_lock(database: TestDatabase
 
     holder.close().await.unwrap();
     let store = starting.await.unwrap().unwrap();
-    assert_eq!(store.applied_migrations().await.unwrap(), vec![1]);
+    assert_eq!(store.applied_migrations().await.unwrap(), vec![1, 2]);
     observer.close().await.unwrap();
     store.close().await;
 }
