@@ -1,0 +1,270 @@
+//! The plain-text log line, written directly.
+//!
+//! A busy relay logs a line per request. tracing-subscriber's general formatter spent more on
+//! that line than the relay spent choosing the account and reading the answer: it styles
+//! every part (even with colours off), formats the time from scratch and escapes through
+//! several layers of `Debug`. This writes the same line — `<UTC time>  INFO <message>
+//! <name>=<value>…` — with the date and time of day formatted once per second per thread.
+//! Control characters in messages and values are escaped, so a client-chosen value (a model
+//! name, say) cannot forge a second line. Spans are not printed: the relay records none.
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextLine;
+
+impl<S, N> FormatEvent<S, N> for TextLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write_time(&mut writer, SystemTime::now())?;
+        writer.write_str(match *event.metadata().level() {
+            Level::ERROR => " ERROR ",
+            Level::WARN => "  WARN ",
+            Level::INFO => "  INFO ",
+            Level::DEBUG => " DEBUG ",
+            Level::TRACE => " TRACE ",
+        })?;
+        let mut fields = Fields {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+thread_local! {
+    /// The last second this thread wrote, and its `YYYY-MM-DDTHH:MM:SS`.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `2026-11-26T22:37:28.533640Z`, as tracing-subscriber writes it.
+fn write_time(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
+    // A clock before 1970 is written as 1970.
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let second = since_epoch.as_secs();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            cached.1.clear();
+            format_second(&mut cached.1, second)?;
+            cached.0 = second;
+        }
+        writer.write_str(&cached.1)
+    })?;
+    write!(writer, ".{:06}Z", since_epoch.subsec_micros())
+}
+
+fn format_second(out: &mut String, second: u64) -> fmt::Result {
+    let days = i64::try_from(second / 86_400).unwrap_or(i64::MAX);
+    let time_of_day = second % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        time_of_day / 3600,
+        time_of_day / 60 % 60,
+        time_of_day % 60
+    )
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    // Both are in range by construction (1..=12, 1..=31).
+    (year, month as u32, day as u32)
+}
+
+/// Writes an event's fields: the message as it is, every other field as `name=value`.
+struct Fields<'w, 'a> {
+    writer: &'w mut Writer<'a>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    fn field(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = (|| {
+            if !self.first {
+                self.writer.write_char(' ')?;
+            }
+            self.first = false;
+            let mut escaped = Escaped(&mut *self.writer);
+            match field.name() {
+                "message" => escaped.write_fmt(value),
+                name => {
+                    escaped.0.write_str(name.strip_prefix("r#").unwrap_or(name))?;
+                    escaped.0.write_char('=')?;
+                    escaped.write_fmt(value)
+                }
+            }
+        })();
+    }
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.field(field, format_args!("{value:?}"));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.field(field, format_args!("{value}"));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.field(field, format_args!("{value}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.field(field, format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.field(field, format_args!("{value:?}"));
+    }
+}
+
+/// Passes text through, writing control characters as escapes (`\n`, `\u{1b}`).
+struct Escaped<'w, 'a>(&'w mut Writer<'a>);
+
+impl fmt::Write for Escaped<'_, '_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let mut rest = text;
+        while let Some(at) = rest.find(|c: char| c.is_control()) {
+            let (plain, from_control) = rest.split_at(at);
+            self.0.write_str(plain)?;
+            let mut chars = from_control.chars();
+            if let Some(control) = chars.next() {
+                write!(self.0, "{}", control.escape_debug())?;
+            }
+            rest = chars.as_str();
+        }
+        self.0.write_str(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn lines_of(log: impl FnOnce()) -> Vec<String> {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(TextLine)
+            .with_max_level(Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let bytes = captured.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_line_reads_as_the_general_formatter_writes_it() {
+        let account = "fast-1";
+        let lines = lines_of(|| {
+            tracing::info!(request_id = %"01a2", account = %account, attempt = 1u64, class = "success", ok = true, delta = -3i64, "✅ Account {account} succeeded");
+            tracing::warn!(r#type = ?Some(2), "short");
+        });
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let (time, rest) = lines[0].split_at(27);
+        assert_eq!(
+            rest,
+            "  INFO ✅ Account fast-1 succeeded request_id=01a2 account=fast-1 attempt=1 \
+             class=\"success\" ok=true delta=-3"
+        );
+        let shape: String = time
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '9' } else { c })
+            .collect();
+        assert_eq!(shape, "9999-99-99T99:99:99.999999Z");
+        assert!(lines[1].ends_with("  WARN short type=Some(2)"), "{}", lines[1]);
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_a_line() {
+        let model = "claude\n2026-01-01T00:00:00.000000Z  INFO forged \u{1b}[31m";
+        let lines = lines_of(|| tracing::info!(model = %model, "asked for {model}"));
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].ends_with(
+                "  INFO asked for claude\\n2026-01-01T00:00:00.000000Z  INFO forged \\u{1b}[31m \
+                 model=claude\\n2026-01-01T00:00:00.000000Z  INFO forged \\u{1b}[31m"
+            ),
+            "{}",
+            lines[0]
+        );
+    }
+
+    #[test]
+    fn dates_are_the_calendar_dates() {
+        let mut out = String::new();
+        for (second, expected) in [
+            (0, "1970-01-01T00:00:00"),
+            (951_782_400, "2000-02-29T00:00:00"),
+            (1_795_732_648, "2026-11-26T22:37:28"),
+            (4_107_542_399, "2100-02-28T23:59:59"),
+            (4_107_542_400, "2100-03-01T00:00:00"),
+        ] {
+            out.clear();
+            format_second(&mut out, second).unwrap();
+            assert_eq!(out, expected, "{second}");
+        }
+    }
+}
