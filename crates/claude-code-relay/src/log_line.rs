@@ -128,7 +128,9 @@ impl Fields<'_, '_> {
             match field.name() {
                 "message" => escaped.write_fmt(value),
                 name => {
-                    escaped.0.write_str(name.strip_prefix("r#").unwrap_or(name))?;
+                    escaped
+                        .0
+                        .write_str(name.strip_prefix("r#").unwrap_or(name))?;
                     escaped.0.write_char('=')?;
                     escaped.write_fmt(value)
                 }
@@ -234,7 +236,11 @@ mod tests {
             .map(|c| if c.is_ascii_digit() { '9' } else { c })
             .collect();
         assert_eq!(shape, "9999-99-99T99:99:99.999999Z");
-        assert!(lines[1].ends_with("  WARN short type=Some(2)"), "{}", lines[1]);
+        assert!(
+            lines[1].ends_with("  WARN short type=Some(2)"),
+            "{}",
+            lines[1]
+        );
     }
 
     #[test]

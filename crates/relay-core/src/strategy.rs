@@ -189,6 +189,13 @@ pub trait SelectionStrategy: Send + Sync + std::fmt::Debug {
         ctx: &mut SelectionContext<'_>,
         limit: usize,
     ) -> Vec<usize>;
+
+    /// Whether `rank` reads [`Candidate::in_flight`] of accounts without a `max_concurrency`
+    /// (the caller leaves it 0 otherwise): it is the one figure that selection cannot read
+    /// from the group's own table, so strategies that ignore it say so.
+    fn reads_in_flight(&self) -> bool {
+        true
+    }
 }
 
 /// The strategies known by name. Built-in ones are registered by [`StrategyRegistry::with_builtin`];
@@ -522,6 +529,10 @@ impl CandidateOrder for PriorityFirst {
 }
 
 impl SelectionStrategy for PriorityFirst {
+    fn reads_in_flight(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &str {
         Self::NAME
     }
@@ -769,6 +780,10 @@ impl RunningSums<'_> {
 }
 
 impl SelectionStrategy for Weighted {
+    fn reads_in_flight(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &str {
         Self::NAME
     }
@@ -866,6 +881,10 @@ impl RoundRobin {
 }
 
 impl SelectionStrategy for RoundRobin {
+    fn reads_in_flight(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &str {
         Self::NAME
     }
@@ -971,6 +990,10 @@ impl CandidateOrder for LeastUsed {
 }
 
 impl SelectionStrategy for LeastUsed {
+    fn reads_in_flight(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &str {
         Self::NAME
     }
@@ -1068,6 +1091,10 @@ impl CandidateOrder for HybridNormaliser {
 }
 
 impl SelectionStrategy for Hybrid {
+    fn reads_in_flight(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &str {
         Self::NAME
     }
@@ -1169,6 +1196,10 @@ impl CandidateOrder for Adaptive {
 }
 
 impl SelectionStrategy for Adaptive {
+    fn reads_in_flight(&self) -> bool {
+        false
+    }
+
     fn name(&self) -> &str {
         Self::NAME
     }
@@ -1932,6 +1963,35 @@ mod tests {
                 if limit >= group.len() {
                     prop_assert!(seen.iter().all(|s| *s), "{}: not a permutation", strategy.name());
                 }
+            }
+        }
+
+        #[test]
+        fn strategies_that_ignore_running_counts_rank_the_same_without_them(
+            group in arbitrary_group(),
+            limit in 0usize..30,
+            seed in any::<u64>(),
+            cursor in any::<u64>(),
+        ) {
+            // Selection leaves the running count 0 for accounts without a concurrency limit
+            // when the strategy says it does not read it.
+            let unread: Vec<Candidate> = group
+                .iter()
+                .map(|candidate| Candidate {
+                    in_flight: if candidate.max_concurrency.is_some() {
+                        candidate.in_flight
+                    } else {
+                        0
+                    },
+                    ..*candidate
+                })
+                .collect();
+            for strategy in builtin().into_iter().filter(|s| !s.reads_in_flight()) {
+                prop_assert_eq!(
+                    rank_with(strategy.as_ref(), &group, seed, cursor, limit),
+                    rank_with(strategy.as_ref(), &unread, seed, cursor, limit),
+                    "{}", strategy.name()
+                );
             }
         }
 

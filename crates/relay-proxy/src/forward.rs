@@ -269,11 +269,15 @@ fn plan_into(
     candidates.reserve(group.members.len());
     let mut earliest_return: Option<UnixMillis> = None;
     let mut all_rate_limited = true;
-    for member in &group.members {
+    let reads_in_flight = group.strategy.reads_in_flight();
+    for (member, published) in group.members.iter().zip(group.views.iter()) {
         if !member.enabled || model.is_some_and(|m| !member.allows_model(m)) {
             continue;
         }
-        let view = member.runtime.selection_view(now, family);
+        let view = match published.load_for(now, family) {
+            Some(view) => view,
+            None => member.runtime.refresh_view(now).for_family(family),
+        };
         match view.eligibility {
             Eligibility::Eligible => {}
             other => {
@@ -298,10 +302,15 @@ fn plan_into(
                 continue;
             }
         }
-        let in_flight = member
-            .runtime
-            .in_flight
-            .load(std::sync::atomic::Ordering::Relaxed);
+        // The one figure read from the account itself: skipped when nothing will use it.
+        let in_flight = if reads_in_flight || member.max_concurrency.is_some() {
+            member
+                .runtime
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            0
+        };
         if member.max_concurrency.is_some_and(|max| in_flight >= max) {
             all_rate_limited = false;
             continue;

@@ -6,17 +6,15 @@
 //! round-robin cursors — lives in per-account and per-group runtime objects that survive
 //! rebuilds: a rebuild swaps the configuration under them, never their state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use relay_core::breaker::{GroupBreaker, GroupBreakerSettings};
 use relay_core::config::{FallbackConfig, FallbackConfigPatch};
-use relay_core::model::{
-    Account, AccountId, ApiKey, ApiKeyId, Credential, Group, GroupId, ModelFamily,
-};
-use relay_core::state::{AccountState, FamilyView, SelectionView};
+use relay_core::model::{Account, AccountId, ApiKey, ApiKeyId, Credential, Group, GroupId};
+use relay_core::state::{AccountState, SelectionView};
 use relay_core::strategy::{SelectionStrategy, StrategyRegistry};
 use relay_core::UnixMillis;
 
@@ -35,13 +33,46 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct AccountRuntime {
     pub id: AccountId,
     account: ArcSwap<Account>,
-    /// Changed only through [`AccountRuntime::update_state`], which keeps `view` true.
-    /// Boxed, as is everything else selection does not read: selection walks the accounts of a
-    /// group reading `view` and `in_flight`, so the runtimes should be small and close together.
-    state: Box<Mutex<AccountState>>,
-    view: PublishedView,
+    /// Changed only through [`AccountRuntime::update_state`], which keeps the published view
+    /// true.
+    state: Box<Mutex<Locked>>,
     pub in_flight: AtomicU32,
     rest: Box<Rarely>,
+}
+
+/// What the account's lock guards: its state, and where selection reads what it publishes.
+#[derive(Debug)]
+struct Locked {
+    state: AccountState,
+    slot: Option<ViewSlot>,
+}
+
+/// The account's place in its group's table of views ([`GroupRuntime::views`]).
+#[derive(Debug)]
+struct ViewSlot {
+    table: Arc<[PublishedView]>,
+    index: usize,
+}
+
+impl Locked {
+    fn publish(&self, view: &SelectionView) {
+        if let Some(published) = self
+            .slot
+            .as_ref()
+            .and_then(|slot| slot.table.get(slot.index))
+        {
+            published.store(view);
+        }
+    }
+
+    fn move_to(&mut self, slot: Option<ViewSlot>) {
+        // Whoever still reads the old table (a request on the previous snapshot) must not
+        // trust a view that is no longer kept up to date there.
+        if let Some(old) = self.slot.as_ref().and_then(|old| old.table.get(old.index)) {
+            old.invalidate();
+        }
+        self.slot = slot;
+    }
 }
 
 /// The parts of an account's runtime that requests read once, or not at all.
@@ -58,8 +89,10 @@ impl AccountRuntime {
             id: account.id,
             account: ArcSwap::from_pointee(account),
 
-            state: Box::new(Mutex::new(AccountState::new(config))),
-            view: PublishedView::default(),
+            state: Box::new(Mutex::new(Locked {
+                state: AccountState::new(config),
+                slot: None,
+            })),
             in_flight: AtomicU32::new(0),
             rest: Box::new(Rarely {
                 credential: Mutex::new(credential),
@@ -92,7 +125,7 @@ impl AccountRuntime {
 
     /// Reads the account's fallback state under its lock.
     pub fn read_state<R>(&self, read: impl FnOnce(&AccountState) -> R) -> R {
-        read(&lock(&self.state))
+        read(&lock(&self.state).state)
     }
 
     /// Changes the account's fallback state under its lock, and publishes what selection
@@ -102,28 +135,36 @@ impl AccountRuntime {
         now: UnixMillis,
         change: impl FnOnce(&mut AccountState) -> R,
     ) -> R {
-        let mut state = lock(&self.state);
-        let result = change(&mut state);
-        self.view.store(&state.selection_view(now));
+        let mut locked = lock(&self.state);
+        let result = change(&mut locked.state);
+        if locked.slot.is_some() {
+            locked.publish(&locked.state.selection_view(now));
+        }
         result
     }
 
-    /// What selection reads of the account at `now` for `family`: the published view while it
-    /// holds, else taken afresh under the lock (and published for the next reader).
-    #[inline]
-    pub fn selection_view(&self, now: UnixMillis, family: ModelFamily) -> FamilyView {
-        match self.view.load_for(now, family) {
-            Some(view) => view,
-            None => self.refresh_view(now).for_family(family),
+    /// What selection reads of the account at `now`, taken under the lock and published for
+    /// the next reader: for when the published view has lapsed.
+    #[cold]
+    pub fn refresh_view(&self, now: UnixMillis) -> SelectionView {
+        let locked = lock(&self.state);
+        let view = locked.state.selection_view(now);
+        locked.publish(&view);
+        view
+    }
+
+    /// Applies a changed configuration; the published view lapses with it.
+    fn apply_config(&self, config: &FallbackConfig) {
+        let locked = &mut *lock(&self.state);
+        locked.state.apply_config(config);
+        if let Some(published) = locked.slot.as_ref().and_then(|s| s.table.get(s.index)) {
+            published.invalidate();
         }
     }
 
-    #[cold]
-    fn refresh_view(&self, now: UnixMillis) -> SelectionView {
-        let state = lock(&self.state);
-        let view = state.selection_view(now);
-        self.view.store(&view);
-        view
+    /// Publishes into `slot` of a (new) group table from now on, or nowhere.
+    fn move_view(&self, slot: Option<ViewSlot>) {
+        lock(&self.state).move_to(slot);
     }
 
     /// Counts a request as running on this account until the guard drops.
@@ -154,9 +195,13 @@ pub struct GroupRuntime {
     pub strategy: Arc<dyn SelectionStrategy>,
     /// Enabled and disabled accounts alike, sorted by id; eligibility is decided per request.
     pub accounts: Vec<Arc<AccountRuntime>>,
-    /// The same accounts in the same order (by id), with what selection reads of their settings laid
-    /// out side by side.
+    /// The same accounts in the same order (by id), with what selection reads of their
+    /// settings laid out side by side.
     pub members: Vec<Member>,
+    /// What selection reads of the members' state, in the same order: each account publishes
+    /// into its slot here whenever its state changes, so a request reads one contiguous table
+    /// instead of visiting every account.
+    pub views: Arc<[PublishedView]>,
     pub breaker: Arc<Mutex<GroupBreaker>>,
     pub cursor: Arc<AtomicU64>,
 }
@@ -312,11 +357,7 @@ impl Registry {
                 Some(existing) => {
                     existing.account.store(Arc::new(account));
                     existing.set_credential(credential);
-                    {
-                        let mut state = lock(&existing.state);
-                        state.apply_config(&config);
-                        existing.view.invalidate();
-                    }
+                    existing.apply_config(&config);
                     Arc::clone(existing)
                 }
                 None => Arc::new(AccountRuntime::new(account, credential, &config)),
@@ -325,6 +366,7 @@ impl Registry {
         }
 
         let mut groups = HashMap::new();
+        let mut in_a_group = HashSet::new();
         for group in source.groups {
             let config = group_configs
                 .remove(&group.id)
@@ -342,6 +384,15 @@ impl Registry {
                 .cloned()
                 .collect();
             members.sort_by_key(|a| a.id);
+            let views: Arc<[PublishedView]> =
+                members.iter().map(|_| PublishedView::default()).collect();
+            for (index, runtime) in members.iter().enumerate() {
+                runtime.move_view(Some(ViewSlot {
+                    table: Arc::clone(&views),
+                    index,
+                }));
+                in_a_group.insert(runtime.id);
+            }
             let (breaker, cursor) = match previous.groups.get(&group.id) {
                 Some(existing) => {
                     lock(&existing.breaker)
@@ -362,11 +413,18 @@ impl Registry {
                     config: Arc::new(config),
                     strategy,
                     members: members.iter().cloned().map(Member::new).collect(),
+                    views,
                     accounts: members,
                     breaker,
                     cursor,
                 }),
             );
+        }
+
+        for runtime in accounts.values() {
+            if !in_a_group.contains(&runtime.id) {
+                runtime.move_view(None);
+            }
         }
 
         let mut keys_by_hash = HashMap::new();
