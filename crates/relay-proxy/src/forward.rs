@@ -220,8 +220,8 @@ thread_local! {
     static CANDIDATES: RefCell<Vec<Candidate>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The accounts of a group that may take this request now, in the strategy's preference
-/// order, with the sticky account first when it is usable. Also returns the earliest time an
+/// The accounts of a group that may take this request now (as indices into its members), in
+/// the strategy's preference order, with the sticky account first when it is usable. Also returns the earliest time an
 /// ineligible account becomes usable again, for `Retry-After`.
 pub fn plan(
     group: &GroupRuntime,
@@ -230,7 +230,7 @@ pub fn plan(
     session_account: Option<i64>,
     now: UnixMillis,
     limit: usize,
-) -> (Vec<Arc<AccountRuntime>>, Option<UnixMillis>, bool) {
+) -> (Vec<usize>, Option<UnixMillis>, bool) {
     CANDIDATES.with(|scratch| match scratch.try_borrow_mut() {
         Ok(mut candidates) => {
             candidates.clear();
@@ -265,7 +265,7 @@ fn plan_into(
     session_account: Option<i64>,
     now: UnixMillis,
     limit: usize,
-) -> (Vec<Arc<AccountRuntime>>, Option<UnixMillis>, bool) {
+) -> (Vec<usize>, Option<UnixMillis>, bool) {
     candidates.reserve(group.members.len());
     let mut earliest_return: Option<UnixMillis> = None;
     let mut all_rate_limited = true;
@@ -341,31 +341,30 @@ fn plan_into(
         cursor,
     };
     let order = group.strategy.rank(candidates, &mut context, limit);
-    // Members are sorted by id, so a ranked candidate's runtime is found by its id.
-    let runtime_of = |account_id: i64| {
+    // Members are sorted by id, so a ranked candidate's member is found by its id.
+    let member_of = |account_id: i64| {
         group
             .members
             .binary_search_by_key(&account_id, |member| member.id)
             .ok()
-            .and_then(|index| group.members.get(index))
-            .map(|member| &member.runtime)
     };
-    let mut ordered: Vec<Arc<AccountRuntime>> = order
+    let mut ordered: Vec<usize> = order
         .into_iter()
         .filter_map(|candidate| candidates.get(candidate))
-        .filter_map(|candidate| runtime_of(candidate.account_id).cloned())
+        .filter_map(|candidate| member_of(candidate.account_id))
         .collect();
     // The session's account goes first while it is usable (it is among the candidates).
     if let Some(sticky) = session_account {
-        if let Some(position) = ordered.iter().position(|a| a.id == sticky) {
+        let sticky_member = member_of(sticky);
+        if let Some(position) = ordered.iter().position(|m| Some(*m) == sticky_member) {
             let bound = ordered.remove(position);
             ordered.insert(0, bound);
         } else if candidates
             .iter()
             .any(|candidate| candidate.account_id == sticky)
         {
-            if let Some(bound) = runtime_of(sticky) {
-                ordered.insert(0, Arc::clone(bound));
+            if let Some(bound) = sticky_member {
+                ordered.insert(0, bound);
             }
         }
     }
@@ -489,7 +488,11 @@ pub async fn forward(
     let mut classes_seen: Vec<OutcomeClass> = Vec::new();
     let mut retry_at: Option<UnixMillis> = None;
 
-    for runtime in ordered {
+    for runtime in ordered
+        .into_iter()
+        .filter_map(|index| group.members.get(index))
+        .map(|member| &member.runtime)
+    {
         if attempts.len() >= max_attempts || tokio::time::Instant::now() >= deadline {
             break;
         }
@@ -498,7 +501,7 @@ pub async fn forward(
             runtime.update_state(now, |account_state| account_state.try_admit(now, family));
         let mut trial_slot = match admission {
             Ok(Admission::Allowed) => TrialSlot::NONE,
-            Ok(Admission::Trial) => TrialSlot::account(&runtime, now),
+            Ok(Admission::Trial) => TrialSlot::account(runtime, now),
             // Became ineligible since the plan (another request's failure): skip, free.
             Ok(Admission::Rejected { .. }) | Err(_) => continue,
         };
@@ -522,7 +525,7 @@ pub async fn forward(
         let attempt_started = Instant::now();
         let created_at = state.now();
         let in_flight = runtime.start_request();
-        let outcome = attempt_once(state, &runtime, &request, &config, deadline).await;
+        let outcome = attempt_once(state, runtime, &request, &config, deadline).await;
         let duration_ms = elapsed_ms(attempt_started);
         let now = state.now();
         // The outcome is recorded below, which settles a half-open trial either way.
@@ -571,7 +574,7 @@ pub async fn forward(
                     state,
                     *answer,
                     &request,
-                    &runtime,
+                    runtime,
                     attempt_number,
                     attempt_started,
                     duration_ms,
