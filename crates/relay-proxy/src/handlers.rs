@@ -75,8 +75,7 @@ async fn models(State(state): State<Arc<RelayState>>, request: Request) -> Respo
 
 async fn handle(state: Arc<RelayState>, request: Request, endpoint: Endpoint) -> Response {
     let started = Instant::now();
-    // Time-ordered (UUIDv7): usage rows are indexed by request id, and ids that grow with time
-    // append to that index instead of touching a random page of it for every row.
+    // Time-ordered (UUIDv7): ids sort as the requests arrived, in logs and usage rows alike.
     let request_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
     match handle_inner(&state, request, endpoint, started, &request_id).await {
         Ok(response) => response,
