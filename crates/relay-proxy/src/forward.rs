@@ -525,7 +525,9 @@ pub async fn forward(
         let attempt_started = Instant::now();
         let created_at = state.now();
         let in_flight = runtime.start_request();
-        let outcome = attempt_once(state, runtime, &request, &config, deadline).await;
+        // Boxed: the attempt's future (the upstream call, its timeout) is the largest part of
+        // the request's, and every layer above would otherwise carry and move it.
+        let outcome = Box::pin(attempt_once(state, runtime, &request, &config, deadline)).await;
         let duration_ms = elapsed_ms(attempt_started);
         let now = state.now();
         // The outcome is recorded below, which settles a half-open trial either way.
