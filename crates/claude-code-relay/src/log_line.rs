@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use relay_core::duration::format_rfc3339;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
@@ -65,7 +66,7 @@ fn write_time(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
         let mut cached = cached.borrow_mut();
         if cached.0 != second {
             cached.1.clear();
-            format_second(&mut cached.1, second)?;
+            format_second(&mut cached.1, second);
             cached.0 = second;
         }
         writer.write_str(&cached.1)
@@ -73,38 +74,13 @@ fn write_time(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
     write!(writer, ".{:06}Z", since_epoch.subsec_micros())
 }
 
-fn format_second(out: &mut String, second: u64) -> fmt::Result {
-    let days = i64::try_from(second / 86_400).unwrap_or(i64::MAX);
-    let time_of_day = second % 86_400;
-    let (year, month, day) = civil_from_days(days);
-    write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        time_of_day / 3600,
-        time_of_day / 60 % 60,
-        time_of_day % 60
-    )
-}
-
-/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    // Both are in range by construction (1..=12, 1..=31).
-    (year, month as u32, day as u32)
+fn format_second(out: &mut String, second: u64) {
+    let millis = i64::try_from(second)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    // Whole seconds are written without a fraction: `2026-11-26T22:37:28Z`.
+    let stamp = format_rfc3339(millis);
+    out.push_str(stamp.strip_suffix('Z').unwrap_or(&stamp));
 }
 
 /// Writes an event's fields: the message as it is, every other field as `name=value`.
@@ -269,7 +245,7 @@ mod tests {
             (4_107_542_400, "2100-03-01T00:00:00"),
         ] {
             out.clear();
-            format_second(&mut out, second).unwrap();
+            format_second(&mut out, second);
             assert_eq!(out, expected, "{second}");
         }
     }
