@@ -221,8 +221,8 @@ thread_local! {
 }
 
 /// The accounts of a group that may take this request now (as indices into its members), in
-/// the strategy's preference order, with the sticky account first when it is usable. Also returns the earliest time an
-/// ineligible account becomes usable again, for `Retry-After`.
+/// the strategy's preference order, with the sticky account first when it is usable. Also
+/// returns the earliest time an ineligible account becomes usable again, for `Retry-After`.
 pub fn plan(
     group: &GroupRuntime,
     model: Option<&str>,
@@ -231,29 +231,26 @@ pub fn plan(
     now: UnixMillis,
     limit: usize,
 ) -> (Vec<usize>, Option<UnixMillis>, bool) {
-    CANDIDATES.with(|scratch| match scratch.try_borrow_mut() {
-        Ok(mut candidates) => {
-            candidates.clear();
-            plan_into(
-                &mut candidates,
-                group,
-                model,
-                family,
-                session_account,
-                now,
-                limit,
-            )
-        }
-        // Only a strategy that plans from inside its own ranking could get here.
-        Err(_) => plan_into(
-            &mut Vec::new(),
+    CANDIDATES.with(|scratch| {
+        let mut borrowed = scratch.try_borrow_mut();
+        // Only a strategy that planned from inside its own ranking could find it borrowed.
+        let mut own = Vec::new();
+        let candidates = match borrowed.as_deref_mut() {
+            Ok(kept) => {
+                kept.clear();
+                kept
+            }
+            Err(_) => &mut own,
+        };
+        plan_into(
+            candidates,
             group,
             model,
             family,
             session_account,
             now,
             limit,
-        ),
+        )
     })
 }
 
