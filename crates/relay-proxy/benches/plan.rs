@@ -69,7 +69,7 @@ fn plan_per_request(c: &mut Criterion) {
             let snapshot = registry.load_full();
             let group = snapshot.groups.get(&1).expect("the group").clone();
             // Give every account some history so health figures are not all defaults.
-            for (i, runtime) in group.accounts.iter().enumerate() {
+            for (i, runtime) in group.members.iter().map(|m| &m.runtime).enumerate() {
                 for k in 0..(i % 5) {
                     let at = NOW - 1_000 * k as i64;
                     runtime.update_state(at, |state| {

@@ -153,7 +153,7 @@ pub async fn probe_round(state: &Arc<RelayState>) -> Vec<ProbeResult> {
         .groups
         .values()
         .filter(|group| group.config.enable_health_check)
-        .flat_map(|group| group.accounts.iter())
+        .flat_map(|group| group.members.iter().map(|member| &member.runtime))
         .filter(|runtime| {
             runtime.account().enabled && runtime.read_state(|state| state.needs_probe(now))
         })

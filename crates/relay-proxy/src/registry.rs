@@ -34,7 +34,8 @@ pub struct AccountRuntime {
     pub id: AccountId,
     account: ArcSwap<Account>,
     /// Changed only through [`AccountRuntime::update_state`], which keeps the published view
-    /// true.
+    /// true. Boxed, like `rest`: selection may read `in_flight` of every member, so the
+    /// runtime itself stays small.
     state: Box<Mutex<Locked>>,
     pub in_flight: AtomicU32,
     rest: Box<Rarely>,
@@ -55,12 +56,15 @@ struct ViewSlot {
 }
 
 impl Locked {
-    fn publish(&self, view: &SelectionView) {
-        if let Some(published) = self
-            .slot
+    /// Where this account's view is published, if it is in a group.
+    fn published(&self) -> Option<&PublishedView> {
+        self.slot
             .as_ref()
             .and_then(|slot| slot.table.get(slot.index))
-        {
+    }
+
+    fn publish(&self, view: &SelectionView) {
+        if let Some(published) = self.published() {
             published.store(view);
         }
     }
@@ -68,7 +72,7 @@ impl Locked {
     fn move_to(&mut self, slot: Option<ViewSlot>) {
         // Whoever still reads the old table (a request on the previous snapshot) must not
         // trust a view that is no longer kept up to date there.
-        if let Some(old) = self.slot.as_ref().and_then(|old| old.table.get(old.index)) {
+        if let Some(old) = self.published() {
             old.invalidate();
         }
         self.slot = slot;
@@ -103,11 +107,6 @@ impl AccountRuntime {
 
     pub fn account(&self) -> Arc<Account> {
         self.account.load_full()
-    }
-
-    /// The account without taking a reference count: for short reads on the hot path.
-    pub fn account_ref(&self) -> arc_swap::Guard<Arc<Account>> {
-        self.account.load()
     }
 
     pub fn credential(&self) -> Credential {
@@ -157,7 +156,7 @@ impl AccountRuntime {
     fn apply_config(&self, config: &FallbackConfig) {
         let locked = &mut *lock(&self.state);
         locked.state.apply_config(config);
-        if let Some(published) = locked.slot.as_ref().and_then(|s| s.table.get(s.index)) {
+        if let Some(published) = locked.published() {
             published.invalidate();
         }
     }
@@ -193,10 +192,8 @@ pub struct GroupRuntime {
     pub group: Group,
     pub config: Arc<FallbackConfig>,
     pub strategy: Arc<dyn SelectionStrategy>,
-    /// Enabled and disabled accounts alike, sorted by id; eligibility is decided per request.
-    pub accounts: Vec<Arc<AccountRuntime>>,
-    /// The same accounts in the same order (by id), with what selection reads of their
-    /// settings laid out side by side.
+    /// Enabled and disabled accounts alike, sorted by id (eligibility is decided per request),
+    /// with what selection reads of their settings laid out side by side.
     pub members: Vec<Member>,
     /// What selection reads of the members' state, in the same order: each account publishes
     /// into its slot here whenever its state changes, so a request reads one contiguous table
@@ -412,9 +409,8 @@ impl Registry {
                     group,
                     config: Arc::new(config),
                     strategy,
-                    members: members.iter().cloned().map(Member::new).collect(),
+                    members: members.into_iter().map(Member::new).collect(),
                     views,
-                    accounts: members,
                     breaker,
                     cursor,
                 }),
