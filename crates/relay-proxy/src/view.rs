@@ -78,41 +78,8 @@ impl PublishedView {
         self.store(&SelectionView::STALE);
     }
 
-    /// The published view, when it holds at `now` and was not being rewritten meanwhile.
-    pub fn load(&self, now: UnixMillis) -> Option<SelectionView> {
-        let before = self.sequence.load(Ordering::Acquire);
-        if before & 1 == 1 {
-            return None;
-        }
-        let valid_from = self.valid_from.load(Ordering::Relaxed);
-        let valid_until = self.valid_until.load(Ordering::Relaxed);
-        let words = [
-            self.eligibility[0].load(Ordering::Relaxed),
-            self.eligibility[1].load(Ordering::Relaxed),
-            self.eligibility[2].load(Ordering::Relaxed),
-            self.eligibility[3].load(Ordering::Relaxed),
-        ];
-        let health = self.health.load(Ordering::Relaxed);
-        let success_ewma = self.success_ewma.load(Ordering::Relaxed);
-        let latency_ewma_ms = self.latency_ewma_ms.load(Ordering::Relaxed);
-        fence(Ordering::Acquire);
-        if self.sequence.load(Ordering::Relaxed) != before {
-            return None;
-        }
-        let view = SelectionView {
-            valid_from,
-            valid_until,
-            eligibility: words.map(unpack_eligibility),
-            health: health_of(health & 3),
-            requests_in_window: health >> 2,
-            success_ewma: f64::from_bits(success_ewma),
-            latency_ewma_ms: f64::from_bits(latency_ewma_ms),
-        };
-        view.holds_at(now).then_some(view)
-    }
-
     /// What a request for `family` reads of the published view, when it holds at `now` and was
-    /// not being rewritten meanwhile: [`PublishedView::load`] reading only that family.
+    /// not being rewritten meanwhile.
     #[inline]
     pub fn load_for(&self, now: UnixMillis, family: ModelFamily) -> Option<FamilyView> {
         let before = self.sequence.load(Ordering::Acquire);
@@ -265,30 +232,40 @@ mod tests {
         }
     }
 
+    const ALL_FAMILIES: [ModelFamily; FAMILIES] = [
+        ModelFamily::Opus,
+        ModelFamily::Sonnet,
+        ModelFamily::Haiku,
+        ModelFamily::Other,
+    ];
+
+    /// What requests of every family read at `now`, or `None` if any of them reads nothing.
+    fn read_back(published: &PublishedView, now: i64) -> Option<Vec<FamilyView>> {
+        ALL_FAMILIES
+            .iter()
+            .map(|family| published.load_for(now, *family))
+            .collect()
+    }
+
+    fn families_of(view: &SelectionView) -> Vec<FamilyView> {
+        ALL_FAMILIES
+            .iter()
+            .map(|family| view.for_family(*family))
+            .collect()
+    }
+
     #[test]
     fn a_view_reads_back_only_while_it_holds() {
         let published = PublishedView::default();
-        assert_eq!(published.load(T0), None, "nothing published yet");
+        assert_eq!(read_back(&published, T0), None, "nothing published yet");
         let taken = view(T0, T0 + 40);
         published.store(&taken);
-        assert_eq!(published.load(T0), Some(taken));
-        assert_eq!(published.load(T0 + 39), Some(taken));
-        assert_eq!(published.load(T0 + 40), None);
-        assert_eq!(published.load(T0 - 1), None, "the clock went back");
-        for family in [
-            ModelFamily::Opus,
-            ModelFamily::Sonnet,
-            ModelFamily::Haiku,
-            ModelFamily::Other,
-        ] {
-            assert_eq!(
-                published.load_for(T0 + 39, family),
-                Some(taken.for_family(family))
-            );
-            assert_eq!(published.load_for(T0 + 40, family), None);
-        }
+        assert_eq!(read_back(&published, T0), Some(families_of(&taken)));
+        assert_eq!(read_back(&published, T0 + 39), Some(families_of(&taken)));
+        assert_eq!(read_back(&published, T0 + 40), None);
+        assert_eq!(read_back(&published, T0 - 1), None, "the clock went back");
         published.invalidate();
-        assert_eq!(published.load(T0), None);
+        assert_eq!(read_back(&published, T0), None);
     }
 
     #[test]
@@ -313,14 +290,12 @@ mod tests {
                 }
             });
             let mut seen = 0;
-            for _ in 0..200_000 {
-                if let Some(read) = published.load(T0) {
-                    assert!(read == first || read == second, "torn read: {read:?}");
-                    seen += 1;
-                }
-                if let Some(read) = published.load_for(T0, ModelFamily::Haiku) {
-                    let whole = [first, second].map(|v| v.for_family(ModelFamily::Haiku));
+            for round in 0..200_000 {
+                let family = ALL_FAMILIES[round % FAMILIES];
+                if let Some(read) = published.load_for(T0, family) {
+                    let whole = [first.for_family(family), second.for_family(family)];
                     assert!(whole.contains(&read), "torn read: {read:?}");
+                    seen += 1;
                 }
             }
             assert!(seen > 0);
