@@ -53,44 +53,32 @@ pub(crate) struct Migration {
     pub(crate) sql: &'static str,
 }
 
-const SQLITE_MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "initial",
-        sql: include_str!("../migrations/sqlite/0001_initial.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "drop_usage_request_id_index",
-        sql: include_str!("../migrations/sqlite/0002_drop_usage_request_id_index.sql"),
-    },
-];
+/// Every migration, oldest first, as the files `migrations/<dialect>/<file>.sql` of each
+/// dialect: one list, so a migration cannot be added for one dialect and forgotten for another.
+macro_rules! migrations_of {
+    ($dialect:literal) => {
+        &[
+            Migration {
+                version: 1,
+                name: "initial",
+                sql: include_str!(concat!("../migrations/", $dialect, "/0001_initial.sql")),
+            },
+            Migration {
+                version: 2,
+                name: "drop_usage_request_id_index",
+                sql: include_str!(concat!(
+                    "../migrations/",
+                    $dialect,
+                    "/0002_drop_usage_request_id_index.sql"
+                )),
+            },
+        ]
+    };
+}
 
-const MYSQL_MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "initial",
-        sql: include_str!("../migrations/mysql/0001_initial.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "drop_usage_request_id_index",
-        sql: include_str!("../migrations/mysql/0002_drop_usage_request_id_index.sql"),
-    },
-];
-
-const POSTGRES_MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "initial",
-        sql: include_str!("../migrations/postgres/0001_initial.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "drop_usage_request_id_index",
-        sql: include_str!("../migrations/postgres/0002_drop_usage_request_id_index.sql"),
-    },
-];
+const SQLITE_MIGRATIONS: &[Migration] = migrations_of!("sqlite");
+const MYSQL_MIGRATIONS: &[Migration] = migrations_of!("mysql");
+const POSTGRES_MIGRATIONS: &[Migration] = migrations_of!("postgres");
 
 /// The migrations of `dialect`, oldest first.
 pub(crate) fn migrations_for(dialect: Dialect) -> &'static [Migration] {
