@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use relay_mock::MockConfig;
-use relay_store::{SqlStore, UsageFilter, UsageStore};
+use relay_store::{SqlStore, UsageFilter, UsageRow, UsageStore};
 use reqwest::Method;
 use serde_json::json;
 
@@ -84,16 +84,7 @@ async fn shutdown_lets_a_running_stream_finish_and_flushes_its_usage() {
     let (_, _, key) = h.simple_setup().await;
     stream_through_shutdown(&mut h, &key).await;
 
-    let store = SqlStore::connect(Some(&h.env["DATABASE_URL"]))
-        .await
-        .unwrap();
-    let (rows, total) = store
-        .list_usage(&UsageFilter {
-            limit: 10,
-            ..UsageFilter::default()
-        })
-        .await
-        .unwrap();
+    let (rows, total) = usage_rows(&h, 10).await;
     assert_eq!(total, 1);
     assert_eq!(rows[0].class, "success");
     assert_eq!(rows[0].output_tokens, 7);
@@ -183,18 +174,22 @@ fn two_workers() -> claude_code_relay::app::Serving {
     claude_code_relay::app::Serving::Workers(std::num::NonZeroUsize::new(2).unwrap())
 }
 
-async fn usage_total(h: &Harness) -> u64 {
+/// The newest `limit` usage rows in the relay's store, and how many there are in all.
+async fn usage_rows(h: &Harness, limit: u32) -> (Vec<UsageRow>, u64) {
     let store = SqlStore::connect(Some(&h.env["DATABASE_URL"]))
         .await
         .unwrap();
-    let (_, total) = store
+    store
         .list_usage(&UsageFilter {
-            limit: 1,
+            limit,
             ..UsageFilter::default()
         })
         .await
-        .unwrap();
-    total
+        .unwrap()
+}
+
+async fn usage_total(h: &Harness) -> u64 {
+    usage_rows(h, 1).await.1
 }
 
 /// The binary's way of serving: worker threads with runtimes of their own, one listening
