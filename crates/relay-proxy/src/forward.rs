@@ -494,8 +494,7 @@ pub async fn forward(
             break;
         }
         let now = state.now();
-        let admission =
-            runtime.update_state(now, |account_state| account_state.try_admit(now, family));
+        let admission = runtime.try_admit(now, family);
         let mut trial_slot = match admission {
             Ok(Admission::Allowed) => TrialSlot::NONE,
             Ok(Admission::Trial) => TrialSlot::account(runtime, now),

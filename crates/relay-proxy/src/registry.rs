@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
-use relay_core::breaker::{GroupBreaker, GroupBreakerSettings};
+use relay_core::breaker::{Admission, GroupBreaker, GroupBreakerSettings};
 use relay_core::config::{FallbackConfig, FallbackConfigPatch};
-use relay_core::model::{Account, AccountId, ApiKey, ApiKeyId, Credential, Group, GroupId};
-use relay_core::state::{AccountState, SelectionView};
+use relay_core::model::{
+    Account, AccountId, ApiKey, ApiKeyId, Credential, Group, GroupId, ModelFamily,
+};
+use relay_core::state::{AccountState, Eligibility, SelectionView};
 use relay_core::strategy::{SelectionStrategy, StrategyRegistry};
 use relay_core::UnixMillis;
 
@@ -33,8 +35,8 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct AccountRuntime {
     pub id: AccountId,
     account: ArcSwap<Account>,
-    /// Changed only through [`AccountRuntime::update_state`], which keeps the published view
-    /// true. Boxed, like `rest`: selection may read `in_flight` of every member, so the
+    /// Changed only through [`AccountRuntime::update_state`] and [`AccountRuntime::try_admit`],
+    /// which keep the published view true. Boxed, like `rest`: selection may read `in_flight` of every member, so the
     /// runtime itself stays small.
     state: Box<Mutex<Locked>>,
     pub in_flight: AtomicU32,
@@ -140,6 +142,21 @@ impl AccountRuntime {
             locked.publish(&locked.state.selection_view(now));
         }
         result
+    }
+
+    /// Admits a request for `family` (see [`AccountState::try_admit`]). Only taking a
+    /// half-open breaker's trial slot changes the state, so only that publishes a new view.
+    pub fn try_admit(
+        &self,
+        now: UnixMillis,
+        family: ModelFamily,
+    ) -> Result<Admission, Eligibility> {
+        let mut locked = lock(&self.state);
+        let admission = locked.state.try_admit(now, family);
+        if admission == Ok(Admission::Trial) {
+            locked.publish(&locked.state.selection_view(now));
+        }
+        admission
     }
 
     /// What selection reads of the account at `now`, taken under the lock and published for
