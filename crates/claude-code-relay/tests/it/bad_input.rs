@@ -96,6 +96,20 @@ async fn missing_unknown_and_deleted_keys_are_401() {
         .await;
     let plain = created["key"].as_str().unwrap().to_owned();
     assert_eq!(h.messages(&plain, message_body(false)).await.status(), 200);
+    // A key already seen is recognised without hashing it again; disabling it still counts
+    // at once, and so does enabling it again.
+    for (enabled, status) in [(false, 403), (true, 200)] {
+        let path = format!("/api-keys/{}", created["id"]);
+        let body = json!({ "enabled": enabled });
+        assert_eq!(
+            h.admin(reqwest::Method::PUT, &path, Some(body)).await.0,
+            200
+        );
+        for _ in 0..3 {
+            let response = h.messages(&plain, message_body(false)).await;
+            assert_eq!(response.status(), status, "enabled={enabled}");
+        }
+    }
     let (status, _) = h
         .admin(
             reqwest::Method::DELETE,
