@@ -409,16 +409,138 @@ struct JsonAnswer {
 }
 
 /// Usage of a non-stream JSON answer (`{"usage": {...}, ...}`); `None` when the body is not
-/// JSON or has no usage.
+/// a JSON object or has no usage.
+///
+/// Only the `usage` member is parsed: the answer's other members (its content, nearly all of
+/// its bytes) are stepped over with [`member`], which jumps from quote to quote with `memchr`
+/// instead of decoding every string.
 pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
-    let answer: JsonAnswer = serde_json::from_slice(body).ok()?;
-    let usage = answer.usage?;
+    let usage = match member(body, b"usage") {
+        Member::Found(value) => serde_json::from_slice::<Option<UsagePayload>>(value).ok()??,
+        Member::Absent => return None,
+        // A member name written with escapes: let the full parser decide.
+        Member::Unsure => serde_json::from_slice::<JsonAnswer>(body).ok()?.usage?,
+    };
     Some(Usage {
         input_tokens: usage.input_tokens.unwrap_or(0),
         output_tokens: usage.output_tokens.unwrap_or(0),
         cache_read_input_tokens: usage.cache_read_input_tokens.unwrap_or(0),
         cache_creation_input_tokens: usage.cache_creation_input_tokens.unwrap_or(0),
     })
+}
+
+/// What [`member`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Member<'a> {
+    /// The raw JSON text of the member's value.
+    Found(&'a [u8]),
+    /// Not a member of this object, or not an object (as far as it was read).
+    Absent,
+    /// A member name contains escapes, so it could be the one asked for.
+    Unsure,
+}
+
+/// Finds a top-level member of a JSON object without decoding the rest. Values are stepped
+/// over, not validated: nested objects and arrays by counting brackets outside strings,
+/// strings by jumping to the next quote or backslash.
+fn member<'a>(body: &'a [u8], name: &[u8]) -> Member<'a> {
+    let mut at = skip_space(body, 0);
+    if body.get(at) != Some(&b'{') {
+        return Member::Absent;
+    }
+    at += 1;
+    let mut unsure = false;
+    loop {
+        at = skip_space(body, at);
+        if body.get(at) != Some(&b'"') {
+            break;
+        }
+        let Some(name_end) = string_end(body, at) else {
+            break;
+        };
+        let this_name = &body[at + 1..name_end - 1];
+        at = skip_space(body, name_end);
+        if body.get(at) != Some(&b':') {
+            break;
+        }
+        at = skip_space(body, at + 1);
+        let Some(value_end) = value_end(body, at) else {
+            break;
+        };
+        if this_name == name {
+            return Member::Found(&body[at..value_end]);
+        }
+        unsure |= memchr(b'\\', this_name).is_some();
+        at = skip_space(body, value_end);
+        if body.get(at) != Some(&b',') {
+            break;
+        }
+        at += 1;
+    }
+    if unsure {
+        Member::Unsure
+    } else {
+        Member::Absent
+    }
+}
+
+fn skip_space(body: &[u8], mut at: usize) -> usize {
+    while body
+        .get(at)
+        .is_some_and(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        at += 1;
+    }
+    at
+}
+
+/// The index just past the string that starts (with its quote) at `start`.
+fn string_end(body: &[u8], start: usize) -> Option<usize> {
+    let mut at = start + 1;
+    loop {
+        at += memchr::memchr2(b'"', b'\\', body.get(at..)?)?;
+        if body[at] == b'"' {
+            return Some(at + 1);
+        }
+        // A backslash escapes the next byte (the rest of `\uXXXX` is plain hex digits).
+        at += 2;
+    }
+}
+
+/// The index just past the value that starts at `start`.
+fn value_end(body: &[u8], start: usize) -> Option<usize> {
+    match body.get(start)? {
+        b'"' => string_end(body, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut at = start;
+            loop {
+                match body.get(at)? {
+                    b'"' => {
+                        at = string_end(body, at)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+        _ => {
+            let rest = &body[start..];
+            let len = rest
+                .iter()
+                .position(|byte| matches!(byte, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(rest.len());
+            (len > 0).then_some(start + len)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -672,5 +794,65 @@ mod tests {
         );
         assert_eq!(usage_from_json(br#"{"id":"x"}"#), None);
         assert_eq!(usage_from_json(b"not json"), None);
+        assert_eq!(usage_from_json(br#"{"usage":null}"#), None);
+        assert_eq!(
+            usage_from_json(br#"["usage",{"usage":{"input_tokens":1}}]"#),
+            None
+        );
+    }
+
+    #[test]
+    fn only_the_answers_own_usage_counts() {
+        let usage = |input| Usage {
+            input_tokens: input,
+            ..Usage::default()
+        };
+        // In text, in a nested object, after escaped quotes and backslashes: not the answer's.
+        let body = br#" { "content" : [ {"type":"text","text":"a \\\\\" \"usage\":{\"input_tokens\":9} \\\\"},
+            {"usage":{"input_tokens":8}} ], "meta": {"usage": {"input_tokens": 7}},
+            "n": -1.5e3, "ok": true, "none": null, "usage" : {"input_tokens" : 5, "cache_creation": {"x": [1, {"y": "}"}]}} } "#;
+        assert_eq!(usage_from_json(body), Some(usage(5)));
+        // A member name written with escapes is still found, by the full parser.
+        assert_eq!(
+            usage_from_json(br#"{"us\u0061ge":{"input_tokens":4}}"#),
+            Some(usage(4))
+        );
+        // A body cut short after its usage still tells it; before, it does not.
+        assert_eq!(
+            usage_from_json(br#"{"usage":{"input_tokens":3},"content":[{"te"#),
+            Some(usage(3))
+        );
+        assert_eq!(usage_from_json(br#"{"content":[{"text":"usage\"#), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the text around it, the scanner reads the same usage as a full parse.
+        #[test]
+        fn the_scanner_agrees_with_a_full_parse(
+            texts in proptest::collection::vec(".*", 0..4),
+            before in proptest::bool::ANY,
+            input in 0u64..1_000_000,
+            output in 0u64..1_000_000,
+        ) {
+            let content: Vec<_> = texts
+                .iter()
+                .map(|text| serde_json::json!({"type": "text", "text": text, "usage": {"input_tokens": 1}}))
+                .collect();
+            let usage = serde_json::json!({"input_tokens": input, "output_tokens": output});
+            let answer = if before {
+                serde_json::json!({"usage": usage, "id": texts.first(), "content": content})
+            } else {
+                serde_json::json!({"id": texts.first(), "content": content, "usage": usage})
+            };
+            let body = serde_json::to_vec_pretty(&answer).unwrap();
+            let full: JsonAnswer = serde_json::from_slice(&body).unwrap();
+            let expected = full.usage.map(|usage| Usage {
+                input_tokens: usage.input_tokens.unwrap_or(0),
+                output_tokens: usage.output_tokens.unwrap_or(0),
+                cache_read_input_tokens: usage.cache_read_input_tokens.unwrap_or(0),
+                cache_creation_input_tokens: usage.cache_creation_input_tokens.unwrap_or(0),
+            });
+            proptest::prop_assert_eq!(usage_from_json(&body), expected);
+        }
     }
 }
