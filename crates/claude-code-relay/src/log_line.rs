@@ -91,7 +91,8 @@ struct Fields<'w, 'a> {
 }
 
 impl Fields<'_, '_> {
-    fn field(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+    /// Writes ` name=` (or nothing for the message), then the value as `write` writes it.
+    fn field(&mut self, field: &Field, write: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
@@ -100,40 +101,50 @@ impl Fields<'_, '_> {
                 self.writer.write_char(' ')?;
             }
             self.first = false;
-            let mut escaped = Escaped(&mut *self.writer);
-            match field.name() {
-                "message" => escaped.write_fmt(value),
-                name => {
-                    escaped
-                        .0
-                        .write_str(name.strip_prefix("r#").unwrap_or(name))?;
-                    escaped.0.write_char('=')?;
-                    escaped.write_fmt(value)
-                }
+            let name = field.name();
+            if name != "message" {
+                self.writer
+                    .write_str(name.strip_prefix("r#").unwrap_or(name))?;
+                self.writer.write_char('=')?;
             }
+            write(self.writer)
         })();
     }
 }
 
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field, format_args!("{value:?}"));
+        self.field(field, |writer| {
+            // What `Debug` writes unchanged: printable ASCII other than `"` and `\`.
+            if value
+                .bytes()
+                .all(|byte| matches!(byte, b' '..=b'~') && byte != b'"' && byte != b'\\')
+            {
+                writer.write_char('"')?;
+                writer.write_str(value)?;
+                writer.write_char('"')
+            } else {
+                write!(writer, "{value:?}")
+            }
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, format_args!("{value}"));
+        self.field(field, |writer| write!(writer, "{value}"));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, format_args!("{value}"));
+        self.field(field, |writer| write!(writer, "{value}"));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.field(field, format_args!("{value}"));
+        self.field(field, |writer| {
+            writer.write_str(if value { "true" } else { "false" })
+        });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.field(field, format_args!("{value:?}"));
+        self.field(field, |writer| write!(Escaped(writer), "{value:?}"));
     }
 }
 
@@ -143,16 +154,27 @@ struct Escaped<'w, 'a>(&'w mut Writer<'a>);
 impl fmt::Write for Escaped<'_, '_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         let mut rest = text;
-        while let Some(at) = rest.find(|c: char| c.is_control()) {
-            let (plain, from_control) = rest.split_at(at);
+        loop {
+            // Control characters are U+0000–U+001F, U+007F and U+0080–U+009F, which UTF-8
+            // writes as 0xC2 followed by 0x80–0x9F; each of these bytes starts a character.
+            let Some(at) = rest
+                .bytes()
+                .position(|byte| byte < 0x20 || byte == 0x7f || byte == 0xc2)
+            else {
+                return self.0.write_str(rest);
+            };
+            let (plain, from) = rest.split_at(at);
             self.0.write_str(plain)?;
-            let mut chars = from_control.chars();
-            if let Some(control) = chars.next() {
-                write!(self.0, "{}", control.escape_debug())?;
+            let mut chars = from.chars();
+            match chars.next() {
+                Some(control) if control.is_control() => {
+                    write!(self.0, "{}", control.escape_debug())?;
+                }
+                Some(other) => self.0.write_char(other)?,
+                None => {}
             }
             rest = chars.as_str();
         }
-        self.0.write_str(rest)
     }
 }
 
@@ -232,6 +254,21 @@ mod tests {
             "{}",
             lines[0]
         );
+    }
+
+    #[test]
+    fn text_outside_ascii_is_escaped_only_where_debug_would() {
+        // U+00A0 starts with the same byte as the C1 controls; U+0085 is one of them.
+        let value = "a\u{a0}é\u{85}b";
+        let lines = lines_of(
+            || tracing::info!(value = %value, quoted = "say \"hi\" \\ é\t", plain = "fast-1", "{value}"),
+        );
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let expected = format!(
+            "  INFO a\u{a0}é\\u{{85}}b value=a\u{a0}é\\u{{85}}b quoted={:?} plain=\"fast-1\"",
+            "say \"hi\" \\ é\t"
+        );
+        assert!(lines[0].ends_with(&expected), "{}", lines[0]);
     }
 
     #[test]
