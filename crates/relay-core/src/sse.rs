@@ -415,72 +415,121 @@ struct JsonAnswer {
 /// its bytes) are stepped over with [`member`], which jumps from quote to quote with `memchr`
 /// instead of decoding every string.
 pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
-    let usage = match member(body, b"usage") {
-        Member::Found(value) => serde_json::from_slice::<Option<UsagePayload>>(value).ok()??,
-        Member::Absent => return None,
-        // A member name written with escapes: let the full parser decide.
-        Member::Unsure => serde_json::from_slice::<JsonAnswer>(body).ok()?.usage?,
+    let mut escaped_names = false;
+    let mut found = None;
+    for (name, value) in Members::of(body) {
+        if name == b"usage" {
+            found = Some(value);
+            break;
+        }
+        escaped_names |= memchr(b'\\', name).is_some();
+    }
+    let Some(value) = found else {
+        // A member name written with escapes could be `usage`: let the full parser decide.
+        return if escaped_names {
+            usage_of(serde_json::from_slice::<JsonAnswer>(body).ok()?.usage?)
+        } else {
+            None
+        };
     };
+    if value.first() != Some(&b'{') {
+        // `null`, or not an object at all.
+        return None;
+    }
+    let mut usage = Usage::default();
+    for (name, count) in Members::of(value) {
+        let slot = match name {
+            b"input_tokens" => &mut usage.input_tokens,
+            b"output_tokens" => &mut usage.output_tokens,
+            b"cache_read_input_tokens" => &mut usage.cache_read_input_tokens,
+            b"cache_creation_input_tokens" => &mut usage.cache_creation_input_tokens,
+            name if memchr(b'\\', name).is_some() => {
+                return usage_of(serde_json::from_slice::<UsagePayload>(value).ok()?);
+            }
+            _ => continue,
+        };
+        *slot = lenient_count_of(count);
+    }
+    Some(usage)
+}
+
+fn usage_of(payload: UsagePayload) -> Option<Usage> {
     Some(Usage {
-        input_tokens: usage.input_tokens.unwrap_or(0),
-        output_tokens: usage.output_tokens.unwrap_or(0),
-        cache_read_input_tokens: usage.cache_read_input_tokens.unwrap_or(0),
-        cache_creation_input_tokens: usage.cache_creation_input_tokens.unwrap_or(0),
+        input_tokens: payload.input_tokens.unwrap_or(0),
+        output_tokens: payload.output_tokens.unwrap_or(0),
+        cache_read_input_tokens: payload.cache_read_input_tokens.unwrap_or(0),
+        cache_creation_input_tokens: payload.cache_creation_input_tokens.unwrap_or(0),
     })
 }
 
-/// What [`member`] found.
-#[derive(Debug, PartialEq, Eq)]
-enum Member<'a> {
-    /// The raw JSON text of the member's value.
-    Found(&'a [u8]),
-    /// Not a member of this object, or not an object (as far as it was read).
-    Absent,
-    /// A member name contains escapes, so it could be the one asked for.
-    Unsure,
+/// A token count as [`lenient_count`] reads it: negative counts are 0, fractions are cut, and
+/// anything but a number is 0.
+fn lenient_count_of(raw: &[u8]) -> u64 {
+    let Ok(text) = std::str::from_utf8(raw) else {
+        return 0;
+    };
+    if let Ok(count) = text.parse::<u64>() {
+        return count;
+    }
+    if text.parse::<i64>().is_ok() {
+        return 0;
+    }
+    match text.parse::<f64>() {
+        Ok(float) if float.is_finite() && float > 0.0 => float as u64,
+        _ => 0,
+    }
 }
 
-/// Finds a top-level member of a JSON object without decoding the rest. Values are stepped
-/// over, not validated: nested objects and arrays by counting brackets outside strings,
-/// strings by jumping to the next quote or backslash.
-fn member<'a>(body: &'a [u8], name: &[u8]) -> Member<'a> {
-    let mut at = skip_space(body, 0);
-    if body.get(at) != Some(&b'{') {
-        return Member::Absent;
+/// The members of a JSON object, as raw name (between its quotes, escapes left as written) and
+/// raw value, read without decoding: values are stepped over, not validated — nested objects
+/// and arrays by counting brackets outside strings, strings by jumping to the next quote or
+/// backslash. Stops at the end of the object or at anything it cannot read.
+struct Members<'a> {
+    body: &'a [u8],
+    at: Option<usize>,
+}
+
+impl<'a> Members<'a> {
+    fn of(body: &'a [u8]) -> Self {
+        let at = skip_space(body, 0);
+        Members {
+            body,
+            at: (body.get(at) == Some(&b'{')).then_some(at + 1),
+        }
     }
-    at += 1;
-    let mut unsure = false;
-    loop {
-        at = skip_space(body, at);
+
+    fn read(&self, at: usize) -> Option<(&'a [u8], &'a [u8], usize)> {
+        let body = self.body;
+        let at = skip_space(body, at);
         if body.get(at) != Some(&b'"') {
-            break;
+            return None;
         }
-        let Some(name_end) = string_end(body, at) else {
-            break;
+        let name_end = string_end(body, at)?;
+        let name = &body[at + 1..name_end - 1];
+        let colon = skip_space(body, name_end);
+        if body.get(colon) != Some(&b':') {
+            return None;
+        }
+        let start = skip_space(body, colon + 1);
+        let end = value_end(body, start)?;
+        let next = skip_space(body, end);
+        let next = if body.get(next) == Some(&b',') {
+            next + 1
+        } else {
+            // The last member (or a malformed object): nothing after it is read.
+            body.len() + 1
         };
-        let this_name = &body[at + 1..name_end - 1];
-        at = skip_space(body, name_end);
-        if body.get(at) != Some(&b':') {
-            break;
-        }
-        at = skip_space(body, at + 1);
-        let Some(value_end) = value_end(body, at) else {
-            break;
-        };
-        if this_name == name {
-            return Member::Found(&body[at..value_end]);
-        }
-        unsure |= memchr(b'\\', this_name).is_some();
-        at = skip_space(body, value_end);
-        if body.get(at) != Some(&b',') {
-            break;
-        }
-        at += 1;
+        Some((name, &body[start..end], next))
     }
-    if unsure {
-        Member::Unsure
-    } else {
-        Member::Absent
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (name, value, next) = self.read(self.at?)?;
+        self.at = (next <= self.body.len()).then_some(next);
+        Some((name, value))
     }
 }
 
@@ -825,14 +874,41 @@ mod tests {
         assert_eq!(usage_from_json(br#"{"content":[{"text":"usage\"#), None);
     }
 
+    /// A token count as upstreams may write it: usually a whole number, sometimes not.
+    fn count() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u64..1_000_000).prop_map(serde_json::Value::from),
+            1 => any::<u64>().prop_map(serde_json::Value::from),
+            1 => any::<i64>().prop_map(serde_json::Value::from),
+            1 => any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            1 => ".{0,4}".prop_map(serde_json::Value::from),
+            1 => Just(serde_json::Value::Null),
+        ]
+    }
+
+    #[test]
+    fn counts_are_read_leniently() {
+        let body = br#"{"usage":{"input_tokens":-3,"output_tokens":2.9,"cache_read_input_tokens":"7","cache_creation_input_tokens":1e2}}"#;
+        assert_eq!(
+            usage_from_json(body),
+            Some(Usage {
+                input_tokens: 0,
+                output_tokens: 2,
+                cache_read_input_tokens: 0,
+                cache_creation_input_tokens: 100
+            })
+        );
+    }
+
     proptest::proptest! {
         /// Whatever the text around it, the scanner reads the same usage as a full parse.
         #[test]
         fn the_scanner_agrees_with_a_full_parse(
             texts in proptest::collection::vec(".*", 0..4),
             before in proptest::bool::ANY,
-            input in 0u64..1_000_000,
-            output in 0u64..1_000_000,
+            input in count(),
+            output in count(),
         ) {
             let content: Vec<_> = texts
                 .iter()
