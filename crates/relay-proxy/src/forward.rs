@@ -338,18 +338,25 @@ fn plan_into(
         cursor,
     };
     let order = group.strategy.rank(candidates, &mut context, limit);
-    // Members are sorted by id, so a ranked candidate's member is found by its id.
+    // Members are sorted by id, so a ranked candidate's member is found by its id. Candidates
+    // were taken from the members in order, skipping some: the member of candidate `c` lies
+    // at `c` or at most that many places later, which is where the search looks.
+    let skipped = group.members.len() - candidates.len();
     let member_of = |account_id: i64| {
         group
             .members
             .binary_search_by_key(&account_id, |member| member.id)
             .ok()
     };
-    let mut ordered: Vec<usize> = order
-        .into_iter()
-        .filter_map(|candidate| candidates.get(candidate))
-        .filter_map(|candidate| member_of(candidate.account_id))
-        .collect();
+    let member_of_candidate = |candidate: usize| {
+        let account_id = candidates.get(candidate)?.account_id;
+        let window = group.members.get(candidate..=candidate + skipped)?;
+        window
+            .binary_search_by_key(&account_id, |member| member.id)
+            .ok()
+            .map(|offset| candidate + offset)
+    };
+    let mut ordered: Vec<usize> = order.into_iter().filter_map(member_of_candidate).collect();
     // The session's account goes first while it is usable (it is among the candidates).
     if let Some(sticky) = session_account {
         let sticky_member = member_of(sticky);
@@ -1162,6 +1169,94 @@ fn plain_response(status: StatusCode, upstream: &HeaderMap, body: Bytes) -> Resp
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::{Registry, RegistrySource};
+    use relay_core::model::{Credential, Group};
+    use relay_core::strategy::StrategyRegistry;
+
+    const NOW: UnixMillis = 1_800_000_000_000;
+
+    /// A priority_first group of `count` accounts (ids 1.., priority falling with the id, so
+    /// the preferred order is the reverse of the members' order); those in `disabled` are
+    /// switched off by their settings, those in `cooling` by a 429.
+    fn group_with_gaps(count: i64, disabled: &[i64], cooling: &[i64]) -> Arc<GroupRuntime> {
+        let group = Group {
+            id: 1,
+            name: "g".to_owned(),
+            fallback: serde_json::json!({ "strategy": "priority_first" }),
+            created_at: NOW,
+            updated_at: NOW,
+        };
+        let accounts = (1..=count)
+            .map(|id| {
+                let account = Account {
+                    id,
+                    name: format!("a{id}"),
+                    platform: Platform::ClaudeConsole,
+                    base_url: "http://127.0.0.1:1".to_owned(),
+                    group_id: 1,
+                    priority: i32::try_from(1000 - id).unwrap(),
+                    weight: 1,
+                    enabled: !disabled.contains(&id),
+                    proxy_url: None,
+                    model_allowlist: Vec::new(),
+                    model_mapping: Default::default(),
+                    max_concurrency: None,
+                    created_at: NOW,
+                    updated_at: NOW,
+                };
+                (account, Credential::ApiKey(format!("sk-{id}")))
+            })
+            .collect();
+        let registry = Registry::default();
+        registry.rebuild(
+            RegistrySource {
+                groups: vec![group],
+                accounts,
+                keys: Vec::new(),
+            },
+            &FallbackConfig::default(),
+            &StrategyRegistry::with_builtin(),
+        );
+        let group = Arc::clone(&registry.load_full().groups[&1]);
+        for member in &group.members {
+            if cooling.contains(&member.id) {
+                member.runtime.update_state(NOW, |state| {
+                    state.record_outcome(
+                        NOW,
+                        OutcomeClass::RateLimited,
+                        0.0,
+                        ModelFamily::Sonnet,
+                        None,
+                    )
+                });
+            }
+        }
+        group
+    }
+
+    #[test]
+    fn the_plan_names_the_ranked_accounts_around_ineligible_ones() {
+        let disabled = [2, 3, 9, 10];
+        let cooling = [1, 5, 6, 12];
+        let group = group_with_gaps(12, &disabled, &cooling);
+        let ids = |session: Option<i64>| {
+            let (members, earliest_return, _) =
+                plan(&group, None, ModelFamily::Sonnet, session, NOW + 1, 20);
+            assert!(earliest_return.is_some_and(|at| at > NOW));
+            members
+                .into_iter()
+                .map(|member| group.members[member].id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(None), [11, 8, 7, 4]);
+        // The session's account goes first while it is usable, and only then.
+        assert_eq!(ids(Some(4)), [4, 11, 8, 7]);
+        assert_eq!(ids(Some(5)), [11, 8, 7, 4]);
+        // Nothing skipped: every account, in priority order.
+        let group = group_with_gaps(5, &[], &[]);
+        let (members, _, _) = plan(&group, None, ModelFamily::Sonnet, None, NOW, 10);
+        assert_eq!(members, [4, 3, 2, 1, 0]);
+    }
 
     #[test]
     fn backoff_doubles_with_equal_jitter_and_is_capped() {
