@@ -60,6 +60,8 @@ pub(crate) struct MockState {
     pub(crate) oauth_delay: Mutex<Duration>,
     pub(crate) oauth_refresh_count: AtomicUsize,
     answer_counter: AtomicU64,
+    /// TCP connections accepted so far.
+    pub(crate) connections_accepted: AtomicUsize,
     /// Turns `true` (or loses its sender) when the mock shuts down; hanging and stalled answers
     /// watch it so that shutdown never waits on them.
     shutdown_receiver: watch::Receiver<bool>,
@@ -77,6 +79,7 @@ impl MockState {
             oauth_delay: Mutex::new(Duration::ZERO),
             oauth_refresh_count: AtomicUsize::new(0),
             answer_counter: AtomicU64::new(0),
+            connections_accepted: AtomicUsize::new(0),
             shutdown_receiver,
         }
     }
@@ -756,7 +759,11 @@ pub(crate) async fn run_server(
     shutdown_signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp_stream| {
+    let counted = Arc::clone(&state);
+    let listener = listener.tap_io(move |tcp_stream| {
+        counted
+            .connections_accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Err(error) = tcp_stream.set_nodelay(true) {
             tracing::warn!(%error, "could not set TCP_NODELAY on a mock upstream connection");
         }

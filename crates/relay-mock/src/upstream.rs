@@ -119,6 +119,14 @@ impl MockUpstream {
         lock(&self.state.request_log).total_count()
     }
 
+    /// How many TCP connections the mock has accepted: a client that reuses its connections
+    /// opens few.
+    pub fn connections_accepted(&self) -> usize {
+        self.state
+            .connections_accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Forgets every received request and count; scripts and OAuth tokens are kept.
     pub fn clear(&self) {
         lock(&self.state.request_log).clear();
