@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use hyper::body::Incoming;
 use relay_core::classify::{classify_stream_error_event, OutcomeClass};
 use relay_core::metrics::AttemptSample;
 use relay_core::model::{ModelFamily, Usage};
@@ -25,6 +24,7 @@ use relay_store::UsageRow;
 
 use crate::auth::add_cost;
 use crate::forward::log_state_events;
+use crate::http_clients::UpstreamAnswer;
 use crate::logs;
 use crate::registry::{lock, AccountRuntime, InFlightGuard, KeyRuntime};
 use crate::state::RelayState;
@@ -183,7 +183,7 @@ pub struct RelayBody {
     releasing: bool,
     /// Scheduler passes in a row that brought no new chunk while gathering.
     fruitless: u8,
-    upstream: Incoming,
+    upstream: UpstreamAnswer,
     reader: UsageReader,
     idle_timeout: Duration,
     /// Since when the relay has been waiting on the upstream; `None` while it delivers.
@@ -451,7 +451,7 @@ pub fn stream_error_event(message: &str) -> Bytes {
 /// The client-facing body of a committed attempt.
 pub fn relay_body(
     prefetched: Vec<Bytes>,
-    upstream: Incoming,
+    upstream: UpstreamAnswer,
     reader: UsageReader,
     idle_timeout: Duration,
     attempt: CommittedAttempt,

@@ -20,7 +20,6 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
-use hyper::body::Incoming;
 use rand::Rng;
 use relay_core::breaker::{Admission, BreakerPhase};
 use relay_core::classify::{classify_response, classify_stream_error_event, OutcomeClass};
@@ -40,7 +39,7 @@ use serde::Serialize;
 use crate::auth::ClientIdentity;
 use crate::body_stream::{relay_body, AttemptRecord, CommittedAttempt, UsageReader};
 use crate::error::RelayError;
-use crate::http_clients::UpstreamBody;
+use crate::http_clients::{UpstreamAnswer, UpstreamBody};
 use crate::logs;
 use crate::oauth::{self, OAuthError};
 use crate::registry::{lock, AccountRuntime, GroupRuntime};
@@ -911,7 +910,7 @@ struct CommittedAnswer {
     status: StatusCode,
     headers: HeaderMap,
     prefetched: Vec<Bytes>,
-    upstream: Incoming,
+    upstream: UpstreamAnswer,
     reader: UsageReader,
 }
 
@@ -1120,7 +1119,7 @@ async fn send_once(
 }
 
 /// The next data chunk of an upstream body (trailers skipped); `None` at its end.
-async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> {
+async fn next_chunk(body: &mut UpstreamAnswer) -> Result<Option<Bytes>, hyper::Error> {
     use http_body_util::BodyExt;
     while let Some(frame) = body.frame().await {
         if let Ok(chunk) = frame?.into_data() {
@@ -1130,7 +1129,7 @@ async fn next_chunk(body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> 
     Ok(None)
 }
 
-async fn read_error_body(response: &mut Incoming, idle: Duration) -> Bytes {
+async fn read_error_body(response: &mut UpstreamAnswer, idle: Duration) -> Bytes {
     let mut body = Vec::new();
     while body.len() < MAX_ERROR_BODY {
         match tokio::time::timeout(idle, next_chunk(response)).await {

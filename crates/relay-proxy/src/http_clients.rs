@@ -1,32 +1,41 @@
 //! Pooled upstream HTTP clients: one per distinct proxy, built once and reused, so
 //! connections to the upstream stay warm across requests.
 //!
-//! A bare `hyper-util` client: the relay sends requests it has already built (headers
-//! filtered, credential set, body as received) and passes answers through untouched, so it
-//! needs a connection pool, TLS and proxies, and nothing else (no redirects, no
-//! decompression, no URL re-parsing). Proxies, per account:
+//! hyper's HTTP/1.1 connections under a pool of our own: the relay sends requests it has
+//! already built (headers filtered, credential set, body as received) and passes answers
+//! through untouched, so it needs a connection pool, TLS and proxies, and nothing else (no
+//! redirects, no decompression, no URL re-parsing). The pool is a list per origin of idle
+//! connections, each thread's own (see [`enter_worker`]): a request takes the newest one
+//! that is still open, or connects; its connection goes back when the answer's body has been
+//! read to its end (a body dropped before its end takes its connection with it). A request
+//! that a pooled connection refused before sending anything (the upstream closed it while it
+//! was idle) is sent again on another. hyper-util's pooled client did the same with a task
+//! per request to watch the connection come back, and hashed the origin on every checkout
+//! and return. Proxies, per account:
 //! - `http://` / `https://` proxy, plain-HTTP upstream: requests go to the proxy in absolute
 //!   form, with `Proxy-Authorization` when the proxy URL carries credentials;
 //! - `http://` / `https://` proxy, HTTPS upstream: a `CONNECT` tunnel, then TLS end to end;
 //! - `socks5://` (names resolved locally) and `socks5h://` (resolved by the proxy).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::registry::lock;
@@ -126,10 +135,16 @@ pub fn validate_proxy_url(proxy_url: &str) -> Result<(), ClientError> {
 #[error("{0}")]
 pub struct SendError(String);
 
+/// How long an idle connection is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// The most idle connections kept per origin.
+const MAX_IDLE_PER_ORIGIN: usize = 256;
+
 /// One pooled client; cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct UpstreamClient {
-    inner: Client<HttpsConnector<RouteConnector>, UpstreamBody>,
+    connector: HttpsConnector<RouteConnector>,
+    pool: Arc<Mutex<Pool>>,
     /// Plain-HTTP requests go to an HTTP proxy in absolute form.
     via_http_proxy: bool,
     /// `Proxy-Authorization` for those requests.
@@ -139,6 +154,162 @@ pub struct UpstreamClient {
 impl std::fmt::Debug for UpstreamClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamClient").finish_non_exhaustive()
+    }
+}
+
+/// The idle connections of one client, by origin. An account's client talks to a handful of
+/// origins at most, so they are found by a scan, and never removed (indices stay valid).
+#[derive(Default)]
+struct Pool {
+    origins: Vec<Origin>,
+}
+
+struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+    /// The `Host` header for requests to this origin.
+    host: HeaderValue,
+    /// Oldest first.
+    idle: VecDeque<IdleConnection>,
+}
+
+struct IdleConnection {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+impl Pool {
+    /// The index of the origin, added on first use.
+    fn origin(&mut self, scheme: &Scheme, authority: &Authority) -> Result<usize, SendError> {
+        if let Some(index) = self
+            .origins
+            .iter()
+            .position(|origin| origin.authority == *authority && origin.scheme == *scheme)
+        {
+            return Ok(index);
+        }
+        self.origins.push(Origin {
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            host: host_header(scheme, authority)?,
+            idle: VecDeque::new(),
+        });
+        Ok(self.origins.len() - 1)
+    }
+
+    /// The newest idle connection of the origin that is still open and not too old.
+    fn checkout(&mut self, origin: usize, now: Instant) -> Option<SendRequest<UpstreamBody>> {
+        let idle = &mut self.origins.get_mut(origin)?.idle;
+        while let Some(connection) = idle.pop_back() {
+            if !connection.sender.is_closed()
+                && now.saturating_duration_since(connection.since) < IDLE_TIMEOUT
+            {
+                return Some(connection.sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&mut self, origin: usize, sender: SendRequest<UpstreamBody>, now: Instant) {
+        let Some(origin) = self.origins.get_mut(origin) else {
+            return;
+        };
+        let idle = &mut origin.idle;
+        while idle.front().is_some_and(|oldest| {
+            now.saturating_duration_since(oldest.since) >= IDLE_TIMEOUT || oldest.sender.is_closed()
+        }) || idle.len() >= MAX_IDLE_PER_ORIGIN
+        {
+            idle.pop_front();
+        }
+        if !sender.is_closed() {
+            idle.push_back(IdleConnection { sender, since: now });
+        }
+    }
+}
+
+/// `Host` as hyper-util's client wrote it: the host, and the port unless it is the scheme's.
+fn host_header(scheme: &Scheme, authority: &Authority) -> Result<HeaderValue, SendError> {
+    let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    HeaderValue::from_str(&host).map_err(|error| {
+        SendError(format!(
+            "the upstream URL's host is not a valid header: {error}"
+        ))
+    })
+}
+
+/// The body of an upstream answer. Its connection goes back to the pool once the body has
+/// been read to its end; dropped before that, the connection is closed with it.
+pub struct UpstreamAnswer {
+    body: Incoming,
+    release: Option<Release>,
+}
+
+struct Release {
+    pool: Arc<Mutex<Pool>>,
+    origin: usize,
+    sender: SendRequest<UpstreamBody>,
+}
+
+impl Release {
+    fn release(self) {
+        lock(&self.pool).checkin(self.origin, self.sender, Instant::now());
+    }
+}
+
+impl UpstreamAnswer {
+    fn new(body: Incoming, release: Release) -> Self {
+        let mut answer = UpstreamAnswer {
+            body,
+            release: Some(release),
+        };
+        // No body at all (204, a zero length): whoever reads it may never poll.
+        answer.release_at_end();
+        answer
+    }
+
+    fn release_at_end(&mut self) {
+        if http_body::Body::is_end_stream(&self.body) {
+            if let Some(release) = self.release.take() {
+                release.release();
+            }
+        }
+    }
+}
+
+impl http_body::Body for UpstreamAnswer {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            // The last frame of a body with a length: its reader may not poll again.
+            Some(Ok(_)) => this.release_at_end(),
+            None => {
+                if let Some(release) = this.release.take() {
+                    release.release();
+                }
+            }
+            // A broken answer: its connection is not reused.
+            Some(Err(_)) => this.release = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -160,14 +331,9 @@ impl UpstreamClient {
             })
         );
         let connector = RouteConnector::new(route, connect_timeout)?;
-        let https = with_tls(connector)?;
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(https);
         Ok(UpstreamClient {
-            inner,
+            connector: with_tls(connector)?,
+            pool: Arc::default(),
             via_http_proxy,
             forward_auth,
         })
@@ -177,27 +343,107 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         mut request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, SendError> {
-        let forwarded =
-            self.via_http_proxy && request.uri().scheme() == Some(&http::uri::Scheme::HTTP);
+    ) -> Result<Response<UpstreamAnswer>, SendError> {
+        let (Some(scheme), Some(authority)) = (
+            request.uri().scheme().cloned(),
+            request.uri().authority().cloned(),
+        ) else {
+            return Err(SendError(format!(
+                "the upstream URL {} is not absolute",
+                request.uri()
+            )));
+        };
+        let forwarded = self.via_http_proxy && scheme == Scheme::HTTP;
         if let (true, Some(auth)) = (forwarded, &self.forward_auth) {
             request
                 .headers_mut()
                 .insert(http::header::PROXY_AUTHORIZATION, auth.clone());
         }
-        let response = self
-            .inner
-            .request(request)
+        let (origin, host) = {
+            let mut pool = lock(&self.pool);
+            let origin = pool.origin(&scheme, &authority)?;
+            (origin, pool.origins[origin].host.clone())
+        };
+        request
+            .headers_mut()
+            .entry(http::header::HOST)
+            .or_insert(host);
+        if !forwarded {
+            // Origin form, `/v1/messages?beta=true`: only a proxy takes the absolute form.
+            let path = request
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            *request.uri_mut() = Uri::from(path);
+        }
+        loop {
+            let pooled = lock(&self.pool).checkout(origin, Instant::now());
+            let (mut sender, reused) = match pooled {
+                Some(mut sender) => match sender.ready().await {
+                    Ok(()) => (sender, true),
+                    // It closed since it was put back: try the next one.
+                    Err(_) => continue,
+                },
+                None => (self.connect(&scheme, &authority).await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    if forwarded
+                        && response.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED
+                    {
+                        // Only the proxy answers 407: the upstream was never reached. A
+                        // transport failure of this account, not an answer for the client.
+                        return Err(SendError(
+                            "the HTTP proxy refused the request: 407 Proxy Authentication Required"
+                                .to_owned(),
+                        ));
+                    }
+                    let release = Release {
+                        pool: Arc::clone(&self.pool),
+                        origin,
+                        sender,
+                    };
+                    return Ok(response.map(|body| UpstreamAnswer::new(body, release)));
+                }
+                Err(mut error) => match error.take_message() {
+                    // Nothing was sent: the pooled connection closed meanwhile.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(SendError(error_chain(&error.into_error()))),
+                },
+            }
+        }
+    }
+
+    /// A new connection to the origin, driven by a task of the current runtime.
+    async fn connect(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> Result<SendRequest<UpstreamBody>, SendError> {
+        let target = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|error| SendError(error.to_string()))?;
+        let io = self
+            .connector
+            .clone()
+            .oneshot(target)
+            .await
+            .map_err(|error| {
+                SendError(format!("client error (Connect): {}", error_chain(&*error)))
+            })?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
             .await
             .map_err(|error| SendError(error_chain(&error)))?;
-        if forwarded && response.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
-            // Only the proxy answers 407: the upstream was never reached. A transport
-            // failure of this account, not an answer for the client.
-            return Err(SendError(
-                "the HTTP proxy refused the request: 407 Proxy Authentication Required".to_owned(),
-            ));
-        }
-        Ok(response)
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "an upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 
     /// Sends a small request and reads its whole answer (at most 1 MiB), all within

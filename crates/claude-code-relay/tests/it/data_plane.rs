@@ -249,3 +249,62 @@ async fn slow_chunks_are_not_held_back() {
     assert!(chunks >= 5, "events were merged into {chunks} chunks");
     assert_eq!(event_names(&body), relay_mock::expected_event_names(4));
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_replaced_once_closed() {
+    let h = Harness::start().await;
+    let (_, _, key) = h.simple_setup().await;
+    // Answers of every shape, one after another: each leaves its connection ready for the
+    // next, so one connection carries them all.
+    for stream in [false, true, false, true, false, false] {
+        let response = h.messages(&key, message_body(stream)).await;
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        let complete = if stream {
+            text.contains("event: message_stop")
+        } else {
+            text.contains(relay_mock::DEFAULT_MOCK_TEXT)
+        };
+        assert!(complete, "{text}");
+    }
+    h.mock.push("sk-a", Behavior::BadRequest);
+    assert_eq!(h.messages(&key, message_body(false)).await.status(), 400);
+    assert_eq!(h.mock.total_count(), 7);
+    assert_eq!(h.mock.connections_accepted(), 1);
+
+    // The upstream closes the connection after this answer: the next request gets a new one.
+    h.mock.push(
+        "sk-a",
+        Behavior::Status {
+            status: 200,
+            headers: vec![
+                ("connection".to_owned(), "close".to_owned()),
+                ("content-type".to_owned(), "application/json".to_owned()),
+            ],
+            body: json!({
+                "id": "msg_closing", "type": "message", "role": "assistant",
+                "model": "claude-sonnet-4-5", "content": [{"type": "text", "text": "bye"}],
+                "stop_reason": "end_turn", "stop_sequence": null,
+                "usage": {"input_tokens": 3, "output_tokens": 1}
+            })
+            .to_string(),
+        },
+    );
+    let response = h.messages(&key, message_body(false)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["id"], "msg_closing");
+    for _ in 0..3 {
+        assert_eq!(h.messages(&key, message_body(false)).await.status(), 200);
+    }
+    assert_eq!(h.mock.connections_accepted(), 2);
+
+    // A body cut short takes its connection with it.
+    h.mock
+        .push("sk-a", Behavior::DropMidStream { after_events: 2 });
+    let response = h.messages(&key, message_body(true)).await;
+    let _ = response.text().await;
+    for _ in 0..2 {
+        assert_eq!(h.messages(&key, message_body(false)).await.status(), 200);
+    }
+    assert_eq!(h.mock.connections_accepted(), 3);
+}
