@@ -169,13 +169,20 @@ pub enum ModelFamily {
 }
 
 impl ModelFamily {
+    /// The family a model name names, ignoring ASCII case (`claude-Sonnet-4-5` is Sonnet).
     pub fn of(model: &str) -> ModelFamily {
-        let m = model.to_ascii_lowercase();
-        if m.contains("opus") {
+        // Read on every request: compared in place rather than lowercased into a new string.
+        let contains = |needle: &[u8]| {
+            model
+                .as_bytes()
+                .windows(needle.len())
+                .any(|window| window.eq_ignore_ascii_case(needle))
+        };
+        if contains(b"opus") {
             ModelFamily::Opus
-        } else if m.contains("sonnet") {
+        } else if contains(b"sonnet") {
             ModelFamily::Sonnet
-        } else if m.contains("haiku") {
+        } else if contains(b"haiku") {
             ModelFamily::Haiku
         } else {
             ModelFamily::Other
@@ -188,6 +195,46 @@ impl ModelFamily {
             ModelFamily::Sonnet => "sonnet",
             ModelFamily::Haiku => "haiku",
             ModelFamily::Other => "other",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_found_whatever_the_case() {
+        for (model, family) in [
+            ("claude-opus-4-1-20250805", ModelFamily::Opus),
+            ("claude-sonnet-4-5", ModelFamily::Sonnet),
+            ("Claude-SONNET-4", ModelFamily::Sonnet),
+            ("claude-3-5-haiku-latest", ModelFamily::Haiku),
+            ("us.anthropic.claude-Haiku-4-5-v1:0", ModelFamily::Haiku),
+            ("gpt-4o", ModelFamily::Other),
+            ("", ModelFamily::Other),
+            ("sonne", ModelFamily::Other),
+            // Opus is looked for first, as before.
+            ("opus-or-sonnet", ModelFamily::Opus),
+        ] {
+            assert_eq!(ModelFamily::of(model), family, "{model}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_same_as_lowercasing_first(model in "(?i)[a-z0-9é.-]{0,6}(opus|sonnet|haiku)?[a-z0-9é.-]{0,6}") {
+            let lower = model.to_ascii_lowercase();
+            let expected = if lower.contains("opus") {
+                ModelFamily::Opus
+            } else if lower.contains("sonnet") {
+                ModelFamily::Sonnet
+            } else if lower.contains("haiku") {
+                ModelFamily::Haiku
+            } else {
+                ModelFamily::Other
+            };
+            proptest::prop_assert_eq!(ModelFamily::of(&model), expected);
         }
     }
 }
