@@ -91,10 +91,14 @@ pub struct AttemptSucceeded<'a> {
 
 impl std::fmt::Display for AttemptSucceeded<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (account, took) = (self.account, self.took.as_secs_f64());
+        // Tenths of a second in integers, rounded as `format_seconds_one_decimal` rounds
+        // (a float written to one decimal costs several times more, on every request).
+        let account = self.account;
+        let tenths = (self.took.as_millis() + 50) / 100;
+        let (whole, tenth) = (tenths / 10, tenths % 10);
         match self.lang {
-            LogLang::Zh => write!(f, "✅ 账号 {account} 请求成功，耗时: {took:.1}s"),
-            LogLang::En => write!(f, "✅ Account {account} succeeded in {took:.1}s"),
+            LogLang::Zh => write!(f, "✅ 账号 {account} 请求成功，耗时: {whole}.{tenth}s"),
+            LogLang::En => write!(f, "✅ Account {account} succeeded in {whole}.{tenth}s"),
         }
     }
 }
@@ -260,5 +264,19 @@ mod tests {
             attempt_succeeded(LogLang::En, "acct-1", took).to_string(),
             "✅ Account acct-1 succeeded in 1.3s"
         );
+        for (millis, written) in [
+            (0, "0.0s"),
+            (49, "0.0s"),
+            (50, "0.1s"),
+            (999, "1.0s"),
+            (61_440, "61.4s"),
+        ] {
+            let line =
+                attempt_succeeded(LogLang::En, "a", Duration::from_millis(millis)).to_string();
+            assert!(
+                line.ends_with(&format!(" in {written}")),
+                "{millis}: {line}"
+            );
+        }
     }
 }
