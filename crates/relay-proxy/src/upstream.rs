@@ -69,12 +69,14 @@ fn listed_in_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
 /// The client's headers as they go upstream, with the account's credential.
 pub fn upstream_headers(client: &HeaderMap, account: &Account, secret: &str) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(client.len() + 2);
+    // Looked up once: most requests name no header in `Connection`.
+    let has_connection = client.contains_key(header::CONNECTION);
     for (name, value) in client {
         let lower = name.as_str();
         if REQUEST_HEADERS_NOT_FORWARDED.contains(&lower)
             // The relay reads usage from answers: ask for them uncompressed.
             || lower == "accept-encoding"
-            || listed_in_connection(client, name)
+            || (has_connection && listed_in_connection(client, name))
         {
             continue;
         }
@@ -126,9 +128,10 @@ pub fn merge_beta(headers: &mut HeaderMap, flag: &str) {
 /// The upstream answer's headers as they go back to the client.
 pub fn client_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut headers = HeaderMap::with_capacity(upstream.len());
+    let has_connection = upstream.contains_key(header::CONNECTION);
     for (name, value) in upstream {
         if RESPONSE_HEADERS_NOT_FORWARDED.contains(&name.as_str())
-            || listed_in_connection(upstream, name)
+            || (has_connection && listed_in_connection(upstream, name))
         {
             continue;
         }
@@ -140,6 +143,45 @@ pub fn client_headers(upstream: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_named_in_connection_stay_on_their_hop() {
+        let account = Account {
+            id: 1,
+            name: "a".to_owned(),
+            platform: Platform::ClaudeConsole,
+            base_url: "http://127.0.0.1:1".to_owned(),
+            group_id: 1,
+            priority: 1,
+            weight: 1,
+            enabled: true,
+            proxy_url: None,
+            model_allowlist: Vec::new(),
+            model_mapping: Default::default(),
+            max_concurrency: None,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let mut client = HeaderMap::new();
+        client.insert("x-app", HeaderValue::from_static("cli"));
+        client.insert("x-hop", HeaderValue::from_static("1"));
+        let plain = upstream_headers(&client, &account, "sk-a");
+        assert!(plain.contains_key("x-hop") && plain.contains_key("x-app"));
+        client.insert("connection", HeaderValue::from_static("keep-alive, X-Hop"));
+        let upstream = upstream_headers(&client, &account, "sk-a");
+        assert!(!upstream.contains_key("x-hop") && !upstream.contains_key("connection"));
+        assert_eq!(upstream["x-app"], "cli");
+        assert_eq!(upstream["x-api-key"], "sk-a");
+
+        let mut answer = HeaderMap::new();
+        answer.insert("request-id", HeaderValue::from_static("req_1"));
+        answer.insert("x-hop", HeaderValue::from_static("1"));
+        assert!(client_headers(&answer).contains_key("x-hop"));
+        answer.insert("connection", HeaderValue::from_static("x-hop"));
+        let back = client_headers(&answer);
+        assert!(!back.contains_key("x-hop") && !back.contains_key("connection"));
+        assert_eq!(back["request-id"], "req_1");
+    }
 
     #[test]
     fn url_joins_base_path_and_query() {
