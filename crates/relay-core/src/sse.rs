@@ -545,20 +545,9 @@ fn skip_space(body: &[u8], mut at: usize) -> usize {
 
 /// The index just past the string that starts (with its quote) at `start`.
 fn string_end(body: &[u8], start: usize) -> Option<usize> {
-    /// Most strings of an answer's frame are short: a plain loop finds their end sooner than
-    /// the vector search sets itself up, which takes over past this many bytes.
-    const SHORT: usize = 32;
     let mut at = start + 1;
     loop {
-        let rest = body.get(at..)?;
-        at += match rest
-            .iter()
-            .take(SHORT)
-            .position(|&byte| byte == b'"' || byte == b'\\')
-        {
-            Some(offset) => offset,
-            None => SHORT + memchr::memchr2(b'"', b'\\', rest.get(SHORT..)?)?,
-        };
+        at += memchr::memchr2(b'"', b'\\', body.get(at..)?)?;
         if body[at] == b'"' {
             return Some(at + 1);
         }
@@ -872,7 +861,7 @@ mod tests {
             {"usage":{"input_tokens":8}} ], "meta": {"usage": {"input_tokens": 7}},
             "n": -1.5e3, "ok": true, "none": null, "usage" : {"input_tokens" : 5, "cache_creation": {"x": [1, {"y": "}"}]}} } "#;
         assert_eq!(usage_from_json(body), Some(usage(5)));
-        // Long strings, with escapes before and after the point where the search changes.
+        // Strings short and long, with escapes at either end.
         for (before, after) in [(5, 100), (40, 3), (31, 31), (32, 33), (200, 200)] {
             let text = format!(
                 "{}\\\\\\\"usage\\\":{{}}{}\\\\",
