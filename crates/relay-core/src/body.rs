@@ -16,6 +16,8 @@ use bytes::Bytes;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
+use crate::json_scan::Members;
+
 /// What the relay needs to know about a Messages request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestInspection {
@@ -362,16 +364,29 @@ pub fn rewrite_model(body: &[u8], new_model: &str) -> Result<Bytes, BodyError> {
     inspect_request(body)?;
     let encoded_model =
         serde_json::to_string(new_model).map_err(|error| BodyError::NotJson(error.to_string()))?;
-    let scan = TopLevelScan::new(body);
-    let Some(object_start) = scan.object_start() else {
+    let Some(object_start) = body
+        .iter()
+        .position(|byte| !byte.is_ascii_whitespace())
+        .filter(|&at| body[at] == b'{')
+    else {
         return Err(BodyError::NotObject);
     };
+    // serde_json, like Anthropic, keeps the last of duplicate keys.
+    let is_model = |name: &[u8]| {
+        name == br#""model""#
+            || (name.contains(&b'\\')
+                && serde_json::from_slice::<String>(name).is_ok_and(|name| name == "model"))
+    };
+    let model_value = Members::of(body)
+        .filter(|(name, _)| is_model(name))
+        .last()
+        .map(|(_, value)| value);
     let mut rewritten = Vec::with_capacity(body.len() + encoded_model.len() + 12);
-    match scan.find_model_value() {
-        Some((value_start, value_end)) => {
-            rewritten.extend_from_slice(&body[..value_start]);
+    match model_value {
+        Some(value) => {
+            rewritten.extend_from_slice(&body[..value.start]);
             rewritten.extend_from_slice(encoded_model.as_bytes());
-            rewritten.extend_from_slice(&body[value_end..]);
+            rewritten.extend_from_slice(&body[value.end..]);
         }
         None => {
             let after_brace = object_start + 1;
@@ -386,110 +401,6 @@ pub fn rewrite_model(body: &[u8], new_model: &str) -> Result<Bytes, BodyError> {
         }
     }
     Ok(Bytes::from(rewritten))
-}
-
-/// A byte scanner over a document already known to be a valid JSON object: it walks the
-/// top-level keys and skips values by bracket depth and string escapes.
-struct TopLevelScan<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> TopLevelScan<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        TopLevelScan { bytes }
-    }
-
-    fn skip_whitespace(&self, mut position: usize) -> usize {
-        while position < self.bytes.len() && self.bytes[position].is_ascii_whitespace() {
-            position += 1;
-        }
-        position
-    }
-
-    fn object_start(&self) -> Option<usize> {
-        let position = self.skip_whitespace(0);
-        (self.bytes.get(position) == Some(&b'{')).then_some(position)
-    }
-
-    /// The end (exclusive) of the string starting at `start` (which is a `"`).
-    fn string_end(&self, start: usize) -> Option<usize> {
-        let mut position = start + 1;
-        while position < self.bytes.len() {
-            match self.bytes[position] {
-                b'\\' => position += 2,
-                b'"' => return Some(position + 1),
-                _ => position += 1,
-            }
-        }
-        None
-    }
-
-    /// The end (exclusive) of the value starting at `start`.
-    fn value_end(&self, start: usize) -> Option<usize> {
-        match self.bytes.get(start)? {
-            b'"' => self.string_end(start),
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                let mut position = start;
-                while position < self.bytes.len() {
-                    match self.bytes[position] {
-                        b'"' => {
-                            position = self.string_end(position)?;
-                            continue;
-                        }
-                        b'{' | b'[' => depth += 1,
-                        b'}' | b']' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                return Some(position + 1);
-                            }
-                        }
-                        _ => {}
-                    }
-                    position += 1;
-                }
-                None
-            }
-            _ => {
-                let mut position = start;
-                while position < self.bytes.len()
-                    && !matches!(self.bytes[position], b',' | b'}' | b']')
-                    && !self.bytes[position].is_ascii_whitespace()
-                {
-                    position += 1;
-                }
-                Some(position)
-            }
-        }
-    }
-
-    /// The byte span of the last top-level `"model"` value (serde_json, like Anthropic,
-    /// keeps the last of duplicate keys).
-    fn find_model_value(&self) -> Option<(usize, usize)> {
-        let mut position = self.skip_whitespace(self.object_start()? + 1);
-        let mut found = None;
-        while self.bytes.get(position) == Some(&b'"') {
-            let key_end = self.string_end(position)?;
-            let key = &self.bytes[position..key_end];
-            let is_model = key == b"\"model\""
-                || (key.contains(&b'\\')
-                    && serde_json::from_slice::<String>(key).is_ok_and(|k| k == "model"));
-            let colon = self.skip_whitespace(key_end);
-            if self.bytes.get(colon) != Some(&b':') {
-                return None;
-            }
-            let value_start = self.skip_whitespace(colon + 1);
-            let value_end = self.value_end(value_start)?;
-            if is_model {
-                found = Some((value_start, value_end));
-            }
-            position = self.skip_whitespace(value_end);
-            if self.bytes.get(position) == Some(&b',') {
-                position = self.skip_whitespace(position + 1);
-            }
-        }
-        found
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod cooldown;
 pub mod duration;
 pub mod envelope;
 pub mod health;
+mod json_scan;
 pub mod metrics;
 pub mod model;
 pub mod pricing;

@@ -22,6 +22,7 @@
 use memchr::{memchr, memmem};
 use serde::Deserialize;
 
+use crate::json_scan::Members;
 use crate::model::Usage;
 
 /// The longest line (or event data) the parser buffers. Anthropic's usage-bearing events are
@@ -412,14 +413,14 @@ struct JsonAnswer {
 /// a JSON object or has no usage.
 ///
 /// Only the `usage` member is parsed: the answer's other members (its content, nearly all of
-/// its bytes) are stepped over with [`member`], which jumps from quote to quote with `memchr`
-/// instead of decoding every string.
+/// its bytes) are stepped over by the top-level reader of `json_scan`, which jumps from quote
+/// to quote with `memchr` instead of decoding every string.
 pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
     let mut escaped_names = false;
     let mut found = None;
     for (name, value) in Members::of(body) {
-        if name == b"usage" {
-            found = Some(value);
+        if name == br#""usage""# {
+            found = Some(&body[value]);
             break;
         }
         escaped_names |= memchr(b'\\', name).is_some();
@@ -439,16 +440,16 @@ pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
     let mut usage = Usage::default();
     for (name, count) in Members::of(value) {
         let slot = match name {
-            b"input_tokens" => &mut usage.input_tokens,
-            b"output_tokens" => &mut usage.output_tokens,
-            b"cache_read_input_tokens" => &mut usage.cache_read_input_tokens,
-            b"cache_creation_input_tokens" => &mut usage.cache_creation_input_tokens,
+            br#""input_tokens""# => &mut usage.input_tokens,
+            br#""output_tokens""# => &mut usage.output_tokens,
+            br#""cache_read_input_tokens""# => &mut usage.cache_read_input_tokens,
+            br#""cache_creation_input_tokens""# => &mut usage.cache_creation_input_tokens,
             name if memchr(b'\\', name).is_some() => {
                 return usage_of(serde_json::from_slice::<UsagePayload>(value).ok()?);
             }
             _ => continue,
         };
-        *slot = lenient_count_of(count);
+        *slot = lenient_count_of(&value[count]);
     }
     Some(usage)
 }
@@ -477,118 +478,6 @@ fn lenient_count_of(raw: &[u8]) -> u64 {
     match text.parse::<f64>() {
         Ok(float) if float.is_finite() && float > 0.0 => float as u64,
         _ => 0,
-    }
-}
-
-/// The members of a JSON object, as raw name (between its quotes, escapes left as written) and
-/// raw value, read without decoding: values are stepped over, not validated — nested objects
-/// and arrays by counting brackets outside strings, strings by jumping to the next quote or
-/// backslash. Stops at the end of the object or at anything it cannot read.
-struct Members<'a> {
-    body: &'a [u8],
-    at: Option<usize>,
-}
-
-impl<'a> Members<'a> {
-    fn of(body: &'a [u8]) -> Self {
-        let at = skip_space(body, 0);
-        Members {
-            body,
-            at: (body.get(at) == Some(&b'{')).then_some(at + 1),
-        }
-    }
-
-    fn read(&self, at: usize) -> Option<(&'a [u8], &'a [u8], usize)> {
-        let body = self.body;
-        let at = skip_space(body, at);
-        if body.get(at) != Some(&b'"') {
-            return None;
-        }
-        let name_end = string_end(body, at)?;
-        let name = &body[at + 1..name_end - 1];
-        let colon = skip_space(body, name_end);
-        if body.get(colon) != Some(&b':') {
-            return None;
-        }
-        let start = skip_space(body, colon + 1);
-        let end = value_end(body, start)?;
-        let next = skip_space(body, end);
-        let next = if body.get(next) == Some(&b',') {
-            next + 1
-        } else {
-            // The last member (or a malformed object): nothing after it is read.
-            body.len() + 1
-        };
-        Some((name, &body[start..end], next))
-    }
-}
-
-impl<'a> Iterator for Members<'a> {
-    type Item = (&'a [u8], &'a [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let (name, value, next) = self.read(self.at?)?;
-        self.at = (next <= self.body.len()).then_some(next);
-        Some((name, value))
-    }
-}
-
-fn skip_space(body: &[u8], mut at: usize) -> usize {
-    while body
-        .get(at)
-        .is_some_and(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r'))
-    {
-        at += 1;
-    }
-    at
-}
-
-/// The index just past the string that starts (with its quote) at `start`.
-fn string_end(body: &[u8], start: usize) -> Option<usize> {
-    let mut at = start + 1;
-    loop {
-        at += memchr::memchr2(b'"', b'\\', body.get(at..)?)?;
-        if body[at] == b'"' {
-            return Some(at + 1);
-        }
-        // A backslash escapes the next byte (the rest of `\uXXXX` is plain hex digits).
-        at += 2;
-    }
-}
-
-/// The index just past the value that starts at `start`.
-fn value_end(body: &[u8], start: usize) -> Option<usize> {
-    match body.get(start)? {
-        b'"' => string_end(body, start),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut at = start;
-            loop {
-                match body.get(at)? {
-                    b'"' => {
-                        at = string_end(body, at)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(at + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                at += 1;
-            }
-        }
-        _ => {
-            let rest = &body[start..];
-            let len = rest
-                .iter()
-                .position(|byte| matches!(byte, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
-                .unwrap_or(rest.len());
-            (len > 0).then_some(start + len)
-        }
     }
 }
 

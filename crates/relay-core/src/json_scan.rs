@@ -1,0 +1,160 @@
+//! Reading the top level of a JSON object without decoding it: member names and the byte
+//! spans of their values. Values are stepped over, not validated — nested objects and arrays
+//! by counting brackets outside strings, strings by jumping with `memchr` to the next quote
+//! or backslash — so a request body or an answer is read for one or two members at a cost
+//! far below a full parse. Used where the document is passed on untouched (request-body
+//! inspection, the usage of a JSON answer).
+
+use std::ops::Range;
+
+/// The members of a JSON object: each name as written (with its quotes, escapes left as they
+/// are) and the span of its value. Stops at the end of the object or at anything it cannot
+/// read.
+pub(crate) struct Members<'a> {
+    bytes: &'a [u8],
+    at: Option<usize>,
+}
+
+impl<'a> Members<'a> {
+    pub(crate) fn of(bytes: &'a [u8]) -> Self {
+        let at = skip_space(bytes, 0);
+        Members {
+            bytes,
+            at: (bytes.get(at) == Some(&b'{')).then_some(at + 1),
+        }
+    }
+
+    fn read(&self, at: usize) -> Option<(&'a [u8], Range<usize>, Option<usize>)> {
+        let bytes = self.bytes;
+        let at = skip_space(bytes, at);
+        if bytes.get(at) != Some(&b'"') {
+            return None;
+        }
+        let name_end = string_end(bytes, at)?;
+        let colon = skip_space(bytes, name_end);
+        if bytes.get(colon) != Some(&b':') {
+            return None;
+        }
+        let start = skip_space(bytes, colon + 1);
+        let end = value_end(bytes, start)?;
+        let after = skip_space(bytes, end);
+        // After the last member (or a malformed one) nothing more is read.
+        let next = (bytes.get(after) == Some(&b',')).then_some(after + 1);
+        Some((&bytes[at..name_end], start..end, next))
+    }
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = (&'a [u8], Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (name, value, next) = self.read(self.at?)?;
+        self.at = next;
+        Some((name, value))
+    }
+}
+
+fn skip_space(bytes: &[u8], mut at: usize) -> usize {
+    while bytes
+        .get(at)
+        .is_some_and(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r'))
+    {
+        at += 1;
+    }
+    at
+}
+
+/// The index just past the string that starts (with its quote) at `start`.
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut at = start + 1;
+    loop {
+        at += memchr::memchr2(b'"', b'\\', bytes.get(at..)?)?;
+        if bytes[at] == b'"' {
+            return Some(at + 1);
+        }
+        // A backslash escapes the next byte (the rest of `\uXXXX` is plain hex digits).
+        at += 2;
+    }
+}
+
+/// The index just past the value that starts at `start`.
+fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
+    match bytes.get(start)? {
+        b'"' => string_end(bytes, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut at = start;
+            loop {
+                match bytes.get(at)? {
+                    b'"' => {
+                        at = string_end(bytes, at)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+        _ => {
+            let rest = &bytes[start..];
+            let len = rest
+                .iter()
+                .position(|byte| matches!(byte, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(rest.len());
+            (len > 0).then_some(start + len)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(bytes: &[u8]) -> Vec<(String, String)> {
+        Members::of(bytes)
+            .map(|(name, value)| {
+                (
+                    String::from_utf8_lossy(name).into_owned(),
+                    String::from_utf8_lossy(&bytes[value]).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn top_level_members_with_their_raw_values() {
+        let body =
+            br#" { "a" : 1 , "b\"c":"x\\\"}" ,"d":{"e":[1,{"f":"]"}]},"g":null,"h":-2.5e3 } "#;
+        let expected = [
+            (r#""a""#, "1"),
+            (r#""b\"c""#, r#""x\\\"}""#),
+            (r#""d""#, r#"{"e":[1,{"f":"]"}]}"#),
+            (r#""g""#, "null"),
+            (r#""h""#, "-2.5e3"),
+        ];
+        let expected: Vec<_> = expected
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        assert_eq!(members(body), expected);
+    }
+
+    #[test]
+    fn reading_stops_where_the_text_stops_being_an_object() {
+        assert!(members(b"[1,2]").is_empty());
+        assert!(members(b"not json").is_empty());
+        assert!(members(b"{}").is_empty());
+        // What was read before a break is kept; nothing after it is invented.
+        assert_eq!(members(br#"{"a":1,"b" 2,"c":3}"#).len(), 1);
+        assert_eq!(members(br#"{"a":1 "b":2}"#).len(), 1);
+        assert_eq!(members(br#"{"a":"unterminated"#).len(), 0);
+        assert_eq!(members(br#"{"a":[1,2"#).len(), 0);
+    }
+}
