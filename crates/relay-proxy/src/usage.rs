@@ -157,19 +157,24 @@ impl UsageWriter {
     /// Moves the queued rows into `pending` (kept within its bound) and returns the waiting
     /// flushes; `close` refuses rows from now on.
     fn take_queued(&self, pending: &mut Vec<UsageRow>, close: bool) -> Vec<oneshot::Sender<()>> {
+        if pending.is_empty() && pending.capacity() > 2 * BATCH_SIZE {
+            // After a backlog: do not hand the queue an allocation that large for good.
+            pending.shrink_to(BATCH_SIZE);
+        }
         let (mut rows, waiters) = {
             let mut queue = lock(&self.shared.queue);
             queue.closed |= close;
-            (
-                std::mem::take(&mut queue.rows),
-                std::mem::take(&mut queue.waiters),
-            )
+            let waiters = std::mem::take(&mut queue.waiters);
+            if pending.is_empty() {
+                // The rows change places with the written batch's empty list, so the queue
+                // keeps an allocation its size instead of growing a new one row by row.
+                std::mem::swap(pending, &mut queue.rows);
+                (Vec::new(), waiters)
+            } else {
+                (std::mem::take(&mut queue.rows), waiters)
+            }
         };
-        if pending.is_empty() {
-            *pending = rows;
-        } else {
-            pending.append(&mut rows);
-        }
+        pending.append(&mut rows);
         keep_within_bound(pending);
         waiters
     }
