@@ -157,12 +157,17 @@ impl std::fmt::Debug for UpstreamClient {
     }
 }
 
-/// The idle connections of one client, by origin. An account's client talks to a handful of
-/// origins at most, so they are found by a scan, and never removed (indices stay valid).
+/// The idle connections of one client, by origin. A client serves every account on its route
+/// (direct, or one proxy), and most reach one or two origins: those are found by a scan; past
+/// [`SCANNED_ORIGINS`] a map finds them. Origins are never removed (indices stay valid).
 #[derive(Default)]
 struct Pool {
     origins: Vec<Origin>,
+    by_origin: HashMap<(Scheme, Authority), usize>,
 }
+
+/// Up to this many origins a scan finds an origin sooner than hashing it.
+const SCANNED_ORIGINS: usize = 8;
 
 struct Origin {
     scheme: Scheme,
@@ -181,20 +186,28 @@ struct IdleConnection {
 impl Pool {
     /// The index of the origin, added on first use.
     fn origin(&mut self, scheme: &Scheme, authority: &Authority) -> Result<usize, SendError> {
-        if let Some(index) = self
-            .origins
-            .iter()
-            .position(|origin| origin.authority == *authority && origin.scheme == *scheme)
-        {
+        let found = if self.origins.len() <= SCANNED_ORIGINS {
+            self.origins
+                .iter()
+                .position(|origin| origin.authority == *authority && origin.scheme == *scheme)
+        } else {
+            self.by_origin
+                .get(&(scheme.clone(), authority.clone()))
+                .copied()
+        };
+        if let Some(index) = found {
             return Ok(index);
         }
+        let index = self.origins.len();
         self.origins.push(Origin {
             scheme: scheme.clone(),
             authority: authority.clone(),
             host: host_header(scheme, authority)?,
             idle: VecDeque::new(),
         });
-        Ok(self.origins.len() - 1)
+        self.by_origin
+            .insert((scheme.clone(), authority.clone()), index);
+        Ok(index)
     }
 
     /// The newest idle connection of the origin that is still open and not too old.
@@ -804,6 +817,45 @@ mod tests {
         ] {
             let uri = with_explicit_port(target.parse().unwrap()).unwrap();
             assert_eq!(uri.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn origins_keep_their_index_whether_scanned_or_mapped() {
+        let mut pool = Pool::default();
+        let origin = |n: usize| -> (Scheme, Authority) {
+            let scheme = [Scheme::HTTP, Scheme::HTTPS][n % 2].clone();
+            (
+                scheme,
+                format!("upstream-{}.test:8{n:03}", n / 2).parse().unwrap(),
+            )
+        };
+        for n in 0..3 * SCANNED_ORIGINS {
+            let (scheme, authority) = origin(n);
+            assert_eq!(pool.origin(&scheme, &authority).unwrap(), n);
+        }
+        for n in (0..3 * SCANNED_ORIGINS).rev() {
+            let (scheme, authority) = origin(n);
+            assert_eq!(pool.origin(&scheme, &authority).unwrap(), n);
+        }
+        assert_eq!(pool.origins.len(), 3 * SCANNED_ORIGINS);
+        let (scheme, authority) = origin(5);
+        assert_eq!(pool.origins[5].host, format!("{}", authority));
+        assert_eq!(pool.origins[5].scheme, scheme);
+    }
+
+    #[test]
+    fn host_is_written_without_the_schemes_own_port() {
+        for (scheme, authority, host) in [
+            (Scheme::HTTPS, "api.anthropic.com", "api.anthropic.com"),
+            (Scheme::HTTPS, "api.anthropic.com:443", "api.anthropic.com"),
+            (Scheme::HTTP, "127.0.0.1:80", "127.0.0.1"),
+            (Scheme::HTTP, "127.0.0.1:8080", "127.0.0.1:8080"),
+            (Scheme::HTTPS, "user:pw@h.test:8443", "h.test:8443"),
+            (Scheme::HTTP, "[::1]:9000", "[::1]:9000"),
+        ] {
+            let written = host_header(&scheme, &authority.parse().unwrap()).unwrap();
+            assert_eq!(written, host, "{scheme}://{authority}");
         }
     }
 
