@@ -55,11 +55,11 @@ impl DigestCache {
         hasher.finish128().as_u128()
     }
 
-    fn remember(&mut self, tag: u128, digest: &str) {
+    fn remember(&mut self, plain: &str, digest: &str) {
         if self.digests.len() >= DIGEST_CACHE_ENTRIES {
             self.digests.clear();
         }
-        self.digests.insert(tag, digest.into());
+        self.digests.insert(self.tag(plain), digest.into());
     }
 }
 
@@ -104,12 +104,11 @@ pub async fn authenticate(
                 .to_owned(),
         ));
     };
-    let tag = DIGESTS.with(|cache| cache.borrow().tag(plain));
     let mut found = DIGESTS.with(|cache| {
         let cache = cache.borrow();
         cache
             .digests
-            .get(&tag)
+            .get(&cache.tag(plain))
             .and_then(|digest| lookup(state, digest))
     });
     if found.is_none() {
@@ -124,7 +123,9 @@ pub async fn authenticate(
             }
         }
         if found.is_some() {
-            DIGESTS.with(|cache| cache.borrow_mut().remember(tag, &hash));
+            // Tagged again here: after the store lookup this may be another thread, whose
+            // cache has its own secret.
+            DIGESTS.with(|cache| cache.borrow_mut().remember(plain, &hash));
         }
     }
     let Some((key, limits)) = found else {
@@ -291,7 +292,7 @@ mod tests {
         let mut cache = DigestCache::new();
         for n in 0..DIGEST_CACHE_ENTRIES + 10 {
             let plain = format!("sk-relay-{n}");
-            cache.remember(cache.tag(&plain), &hash_key(&plain));
+            cache.remember(&plain, &hash_key(&plain));
             assert!(cache.digests.len() <= DIGEST_CACHE_ENTRIES);
         }
         let last = format!("sk-relay-{}", DIGEST_CACHE_ENTRIES + 9);
