@@ -299,18 +299,24 @@ fn plan_into(
             }
         }
         // The one figure read from the account itself: skipped when nothing will use it.
-        let in_flight = if reads_in_flight || member.max_concurrency.is_some() {
+        let running = || {
             member
                 .runtime
                 .in_flight
                 .load(std::sync::atomic::Ordering::Relaxed)
-        } else {
-            0
         };
-        if member.max_concurrency.is_some_and(|max| in_flight >= max) {
-            all_rate_limited = false;
-            continue;
-        }
+        let in_flight = match member.max_concurrency {
+            Some(max) => {
+                let in_flight = running();
+                if in_flight >= max {
+                    all_rate_limited = false;
+                    continue;
+                }
+                in_flight
+            }
+            None if reads_in_flight => running(),
+            None => 0,
+        };
         // Eligible, so not disabled: the health tracker alone says the status.
         candidates.push(Candidate {
             account_id: member.id,
