@@ -219,17 +219,8 @@ thread_local! {
     static CANDIDATES: RefCell<Vec<Candidate>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The accounts of a group that may take this request now (as indices into its members), in
-/// the strategy's preference order, with the sticky account first when it is usable. Also
-/// returns the earliest time an ineligible account becomes usable again, for `Retry-After`.
-pub fn plan(
-    group: &GroupRuntime,
-    model: Option<&str>,
-    family: ModelFamily,
-    session_account: Option<i64>,
-    now: UnixMillis,
-    limit: usize,
-) -> (Vec<usize>, Option<UnixMillis>, bool) {
+/// Runs `f` with this thread's candidate list, emptied.
+fn with_candidates<R>(f: impl FnOnce(&mut Vec<Candidate>) -> R) -> R {
     CANDIDATES.with(|scratch| {
         let mut borrowed = scratch.try_borrow_mut();
         // Only a strategy that planned from inside its own ranking could find it borrowed.
@@ -241,20 +232,14 @@ pub fn plan(
             }
             Err(_) => &mut own,
         };
-        plan_into(
-            candidates,
-            group,
-            model,
-            family,
-            session_account,
-            now,
-            limit,
-        )
+        f(candidates)
     })
 }
 
-fn plan_into(
-    candidates: &mut Vec<Candidate>,
+/// The accounts of a group that may take this request now (as indices into its members), in
+/// the strategy's preference order, with the sticky account first when it is usable. Also
+/// returns the earliest time an ineligible account becomes usable again, for `Retry-After`.
+pub fn plan(
     group: &GroupRuntime,
     model: Option<&str>,
     family: ModelFamily,
@@ -262,122 +247,124 @@ fn plan_into(
     now: UnixMillis,
     limit: usize,
 ) -> (Vec<usize>, Option<UnixMillis>, bool) {
-    candidates.reserve(group.members.len());
-    let mut earliest_return: Option<UnixMillis> = None;
-    let mut all_rate_limited = true;
-    let reads_in_flight = group.strategy.reads_in_flight();
-    for (member, published) in group.members.iter().zip(group.views.iter()) {
-        if !member.enabled || model.is_some_and(|m| !member.allows_model(m)) {
-            continue;
-        }
-        let view = match published.load_for(now, family) {
-            Some(view) => view,
-            None => member.runtime.refresh_view(now).for_family(family),
-        };
-        match view.eligibility {
-            Eligibility::Eligible => {}
-            other => {
-                let until = match other {
-                    Eligibility::CoolingDown { until } => Some(until),
-                    Eligibility::BreakerOpen { until } => {
-                        all_rate_limited = false;
-                        Some(until)
-                    }
-                    Eligibility::Disabled { until, .. } => {
-                        all_rate_limited = false;
-                        until
-                    }
-                    _ => {
-                        all_rate_limited = false;
-                        None
-                    }
-                };
-                if let Some(until) = until {
-                    earliest_return = Some(earliest_return.map_or(until, |e| e.min(until)));
-                }
+    with_candidates(|candidates| {
+        candidates.reserve(group.members.len());
+        let mut earliest_return: Option<UnixMillis> = None;
+        let mut all_rate_limited = true;
+        let reads_in_flight = group.strategy.reads_in_flight();
+        for (member, published) in group.members.iter().zip(group.views.iter()) {
+            if !member.enabled || model.is_some_and(|m| !member.allows_model(m)) {
                 continue;
             }
-        }
-        // The one figure read from the account itself: skipped when nothing will use it.
-        let running = || {
-            member
-                .runtime
-                .in_flight
-                .load(std::sync::atomic::Ordering::Relaxed)
-        };
-        let in_flight = match member.max_concurrency {
-            Some(max) => {
-                let in_flight = running();
-                if in_flight >= max {
-                    all_rate_limited = false;
+            let view = match published.load_for(now, family) {
+                Some(view) => view,
+                None => member.runtime.refresh_view(now).for_family(family),
+            };
+            match view.eligibility {
+                Eligibility::Eligible => {}
+                other => {
+                    let until = match other {
+                        Eligibility::CoolingDown { until } => Some(until),
+                        Eligibility::BreakerOpen { until } => {
+                            all_rate_limited = false;
+                            Some(until)
+                        }
+                        Eligibility::Disabled { until, .. } => {
+                            all_rate_limited = false;
+                            until
+                        }
+                        _ => {
+                            all_rate_limited = false;
+                            None
+                        }
+                    };
+                    if let Some(until) = until {
+                        earliest_return = Some(earliest_return.map_or(until, |e| e.min(until)));
+                    }
                     continue;
                 }
-                in_flight
             }
-            None if reads_in_flight => running(),
-            None => 0,
+            // The one figure read from the account itself: skipped when nothing will use it.
+            let running = || {
+                member
+                    .runtime
+                    .in_flight
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            };
+            let in_flight = match member.max_concurrency {
+                Some(max) => {
+                    let in_flight = running();
+                    if in_flight >= max {
+                        all_rate_limited = false;
+                        continue;
+                    }
+                    in_flight
+                }
+                None if reads_in_flight => running(),
+                None => 0,
+            };
+            // Eligible, so not disabled: the health tracker alone says the status.
+            candidates.push(Candidate {
+                account_id: member.id,
+                priority: member.priority,
+                weight: member.weight,
+                health: view.health,
+                requests_in_window: view.requests_in_window,
+                in_flight,
+                success_ewma: view.success_ewma,
+                latency_ewma_ms: view.latency_ewma_ms,
+                max_concurrency: member.max_concurrency,
+            });
+        }
+        if candidates.is_empty() {
+            return (Vec::new(), earliest_return, all_rate_limited);
+        }
+        let cursor = group
+            .cursor
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut rng = rand::thread_rng();
+        let mut context = SelectionContext {
+            now,
+            rng: &mut rng,
+            cursor,
         };
-        // Eligible, so not disabled: the health tracker alone says the status.
-        candidates.push(Candidate {
-            account_id: member.id,
-            priority: member.priority,
-            weight: member.weight,
-            health: view.health,
-            requests_in_window: view.requests_in_window,
-            in_flight,
-            success_ewma: view.success_ewma,
-            latency_ewma_ms: view.latency_ewma_ms,
-            max_concurrency: member.max_concurrency,
-        });
-    }
-    if candidates.is_empty() {
-        return (Vec::new(), earliest_return, all_rate_limited);
-    }
-    let cursor = group
-        .cursor
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut rng = rand::thread_rng();
-    let mut context = SelectionContext {
-        now,
-        rng: &mut rng,
-        cursor,
-    };
-    let order = group.strategy.rank(candidates, &mut context, limit);
-    // Members are sorted by id, so a ranked candidate's member is found by its id. Candidates
-    // were taken from the members in order, skipping some: the member of candidate `c` lies
-    // at `c` or at most that many places later, which is where the search looks.
-    let skipped = group.members.len() - candidates.len();
-    let member_of = |account_id: i64| {
-        group
-            .members
-            .binary_search_by_key(&account_id, |member| member.id)
-            .ok()
-    };
-    let member_of_candidate = |candidate: usize| {
-        let account_id = candidates.get(candidate)?.account_id;
-        let window = group.members.get(candidate..=candidate + skipped)?;
-        window
-            .binary_search_by_key(&account_id, |member| member.id)
-            .ok()
-            .map(|offset| candidate + offset)
-    };
-    let mut ordered: Vec<usize> = order.into_iter().filter_map(member_of_candidate).collect();
-    // The session's account goes first while it is usable (it is among the candidates).
-    if let Some(sticky) = session_account {
-        let sticky_member = member_of(sticky);
-        if let Some(position) = ordered.iter().position(|m| Some(*m) == sticky_member) {
-            let bound = ordered.remove(position);
-            ordered.insert(0, bound);
-        } else if candidates
-            .iter()
-            .any(|candidate| candidate.account_id == sticky)
-        {
-            if let Some(bound) = sticky_member {
+        let order = group.strategy.rank(candidates, &mut context, limit);
+        // Members are sorted by id, so a ranked candidate's member is found by its id. Candidates
+        // were taken from the members in order, skipping some: the member of candidate `c` lies
+        // at `c` or at most that many places later, which is where the search looks.
+        let skipped = group.members.len() - candidates.len();
+        let member_of = |account_id: i64| {
+            group
+                .members
+                .binary_search_by_key(&account_id, |member| member.id)
+                .ok()
+        };
+        let member_of_candidate = |candidate: usize| {
+            let account_id = candidates.get(candidate)?.account_id;
+            let window = group.members.get(candidate..=candidate + skipped)?;
+            window
+                .binary_search_by_key(&account_id, |member| member.id)
+                .ok()
+                .map(|offset| candidate + offset)
+        };
+        let mut ordered: Vec<usize> = order.into_iter().filter_map(member_of_candidate).collect();
+        // The session's account goes first while it is usable (it is among the candidates).
+        if let Some(sticky) = session_account {
+            let sticky_member = member_of(sticky);
+            if let Some(position) = ordered.iter().position(|m| Some(*m) == sticky_member) {
+                let bound = ordered.remove(position);
                 ordered.insert(0, bound);
+            } else if candidates
+                .iter()
+                .any(|candidate| candidate.account_id == sticky)
+            {
+                if let Some(bound) = sticky_member {
+                    ordered.insert(0, bound);
+                }
             }
         }
-    }
-    (ordered, earliest_return, all_rate_limited)
+        (ordered, earliest_return, all_rate_limited)
+    })
 }
 
 fn retry_after_secs(until: Option<UnixMillis>, now: UnixMillis) -> Option<u64> {
