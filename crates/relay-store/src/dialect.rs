@@ -150,6 +150,22 @@ impl Dialect {
         }
     }
 
+    /// The verb of the usage batch's multi-row `INSERT`s.
+    ///
+    /// Inside a transaction SQLite keeps a statement journal for every statement that may
+    /// abort half-way (any `INSERT` into a table with `NOT NULL` columns): a copy of each page
+    /// before the statement first changes it, spilled to a temporary file past 64 KiB. For a
+    /// 100-row `INSERT` that was most of the writer's file writes. `OR FAIL` stops a failing
+    /// statement where it is without undoing its own earlier rows, so no journal is kept; the
+    /// batch's transaction is rolled back on any error all the same, so nothing of a failed
+    /// batch stays either way. The servers have no such journal.
+    pub(crate) fn batch_insert_verb(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "INSERT OR FAIL",
+            Dialect::MySql | Dialect::Postgres => "INSERT",
+        }
+    }
+
     /// `SUM` of an integer column as a signed 64-bit integer, zero over no rows.
     ///
     /// PostgreSQL sums BIGINT into NUMERIC and MySQL into DECIMAL, neither of which the Any

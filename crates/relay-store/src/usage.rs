@@ -314,7 +314,8 @@ impl UsageStore for SqlStore {
         let one_row = format!("({})", vec!["?"; USAGE_COLUMNS.len()].join(", "));
         let insert_sql_for = |count: usize| {
             self.sql(&format!(
-                "INSERT INTO relay_usage ({}) VALUES {}",
+                "{} INTO relay_usage ({}) VALUES {}",
+                self.dialect().batch_insert_verb(),
                 USAGE_COLUMNS.join(", "),
                 vec![one_row.as_str(); count].join(", ")
             ))
