@@ -219,20 +219,25 @@ thread_local! {
     static CANDIDATES: RefCell<Vec<Candidate>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with this thread's candidate list, emptied.
-fn with_candidates<R>(f: impl FnOnce(&mut Vec<Candidate>) -> R) -> R {
+/// Runs `f` with `count` slots of this thread's candidate list to fill in.
+///
+/// Slots rather than a list to push to: the loop that fills them reads each account's view
+/// behind a fence, and a fence makes the compiler read a list's length back from memory on
+/// every push; a slot's index is a plain local. The list only grows, so after the first
+/// requests it is never written twice over.
+fn with_candidate_slots<R>(count: usize, f: impl FnOnce(&mut [Candidate]) -> R) -> R {
     CANDIDATES.with(|scratch| {
         let mut borrowed = scratch.try_borrow_mut();
         // Only a strategy that planned from inside its own ranking could find it borrowed.
         let mut own = Vec::new();
-        let candidates = match borrowed.as_deref_mut() {
-            Ok(kept) => {
-                kept.clear();
-                kept
-            }
+        let list = match borrowed.as_deref_mut() {
+            Ok(kept) => kept,
             Err(_) => &mut own,
         };
-        f(candidates)
+        if list.len() < count {
+            list.resize(count, Candidate::new(0, 0, 0));
+        }
+        f(&mut list[..count])
     })
 }
 
@@ -247,8 +252,8 @@ pub fn plan(
     now: UnixMillis,
     limit: usize,
 ) -> (Vec<usize>, Option<UnixMillis>, bool) {
-    with_candidates(|candidates| {
-        candidates.reserve(group.members.len());
+    with_candidate_slots(group.members.len(), |slots| {
+        let mut filled = 0;
         let mut earliest_return: Option<UnixMillis> = None;
         let mut all_rate_limited = true;
         let reads_in_flight = group.strategy.reads_in_flight();
@@ -304,7 +309,12 @@ pub fn plan(
                 None => 0,
             };
             // Eligible, so not disabled: the health tracker alone says the status.
-            candidates.push(Candidate {
+            // A slot per member: never past the end, so never a panic.
+            let Some(slot) = slots.get_mut(filled) else {
+                break;
+            };
+            filled += 1;
+            *slot = Candidate {
                 account_id: member.id,
                 priority: member.priority,
                 weight: member.weight,
@@ -314,8 +324,9 @@ pub fn plan(
                 success_ewma: view.success_ewma,
                 latency_ewma_ms: view.latency_ewma_ms,
                 max_concurrency: member.max_concurrency,
-            });
+            };
         }
+        let candidates = &slots[..filled];
         if candidates.is_empty() {
             return (Vec::new(), earliest_return, all_rate_limited);
         }
