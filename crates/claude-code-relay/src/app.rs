@@ -20,11 +20,12 @@ use relay_proxy::error::envelope_response;
 use relay_proxy::usage::usage_channel;
 use relay_proxy::{data_plane_router, RelayState};
 use relay_store::{SettingsStore, SqlStore};
-use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use crate::balance::{Balancer, Placement};
 use crate::config::ServerConfig;
 
 /// A relay that is serving.
@@ -240,6 +241,15 @@ impl RunningRelay {
     }
 }
 
+/// A worker's share of the connections: its place among the workers, and the inbox through
+/// which the others pass it connections they accepted (see [`Balancer`]).
+#[derive(Debug)]
+struct Lane {
+    balancer: Arc<Balancer>,
+    worker: usize,
+    inbox: mpsc::UnboundedReceiver<std::net::TcpStream>,
+}
+
 /// The HTTP/1.1 server: accepts until `shutdown` is cancelled, lets the connections finish
 /// what they are doing (idle keep-alive connections close at once), and drops those still
 /// open when `abort` is cancelled.
@@ -248,13 +258,29 @@ async fn serve(
     app: Router,
     shutdown: CancellationToken,
     abort: CancellationToken,
+    mut lane: Option<Lane>,
 ) {
+    // Every connection task waits on this token and checks it whenever it runs: a token of
+    // this thread's own keeps those checks off a lock that the other workers take too.
+    let shutdown = shutdown.child_token();
     let builder = hyper::server::conn::http1::Builder::new();
     let mut connections = JoinSet::new();
     loop {
+        let inbox = async {
+            match lane.as_mut() {
+                Some(lane) => lane.inbox.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok((tcp, _)) => match &lane {
+                    Some(lane) => match lane.balancer.place(lane.worker, tcp) {
+                        Placement::Here(tcp) => Some(tcp),
+                        Placement::Passed => None,
+                    },
+                    None => Some(tcp),
+                },
                 Err(error) => {
                     // Out of file descriptors, or a connection reset before it was taken:
                     // keep listening, without spinning while the condition lasts.
@@ -263,8 +289,25 @@ async fn serve(
                     continue;
                 }
             },
+            Some(passed) = inbox => match TcpStream::from_std(passed) {
+                Ok(tcp) => Some(tcp),
+                Err(error) => {
+                    if let Some(lane) = &lane {
+                        // Counted here when it was passed on: end that count.
+                        drop(lane.balancer.served_by(lane.worker));
+                    }
+                    tracing::debug!(%error, "a connection passed on could not be served");
+                    None
+                }
+            },
             () = shutdown.cancelled() => break,
         };
+        let Some(tcp) = tcp else {
+            continue;
+        };
+        let served = lane
+            .as_ref()
+            .map(|lane| lane.balancer.served_by(lane.worker));
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
@@ -272,6 +315,7 @@ async fn serve(
             builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
         let shutdown = shutdown.clone();
         connections.spawn(async move {
+            let _served = served;
             tokio::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => return,
@@ -326,7 +370,7 @@ impl Server {
         let (done, served) = oneshot::channel();
         let (shutdown, stop_now) = (shutdown.clone(), abort.clone());
         tokio::spawn(async move {
-            serve(listener, app, shutdown, stop_now).await;
+            serve(listener, app, shutdown, stop_now, None).await;
             let _ = done.send(());
         });
         Server {
@@ -349,7 +393,13 @@ impl Server {
         let exit = CancellationToken::new();
         let mut served = Vec::new();
         let mut threads = Vec::new();
-        for index in 1..=count.get() {
+        let (balancer, inboxes) = Balancer::new(count.get());
+        for (index, inbox) in (1..=count.get()).zip(inboxes) {
+            let lane = Lane {
+                balancer: Arc::clone(&balancer),
+                worker: index - 1,
+                inbox,
+            };
             let listener = listener
                 .try_clone()
                 .context("handing the listening socket to the workers")?;
@@ -372,7 +422,9 @@ impl Server {
                     relay_proxy::http_clients::enter_worker(index);
                     runtime.block_on(async move {
                         match TcpListener::from_std(listener) {
-                            Ok(listener) => serve(listener, app, shutdown, abort).await,
+                            Ok(listener) => {
+                                serve(listener, app, shutdown, abort, Some(lane)).await
+                            }
                             Err(error) => {
                                 tracing::error!(%error, worker = index, "a worker cannot listen");
                             }

@@ -2,6 +2,7 @@
 //! lifecycle (graceful shutdown, usage flush) and the background tasks.
 
 pub mod app;
+mod balance;
 pub mod config;
 pub mod log_line;
 pub mod logging;

@@ -210,7 +210,7 @@ async fn worker_threads_serve_every_connection_and_shut_down_gracefully() {
     let (_, _, key) = h.simple_setup().await;
     let mut requests = tokio::task::JoinSet::new();
     for _ in 0..24 {
-        // A client each: 24 connections, spread over the workers by the kernel.
+        // A client each: 24 connections, passed between the workers to even them out.
         let client = reqwest::Client::new();
         let url = h.url("/v1/messages");
         let key = key.clone();
