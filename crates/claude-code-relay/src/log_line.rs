@@ -71,7 +71,14 @@ fn write_time(writer: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
         }
         writer.write_str(&cached.1)
     })?;
-    write!(writer, ".{:06}Z", since_epoch.subsec_micros())
+    // `.` and six digits of microseconds, zero-padded, then `Z`.
+    let mut fraction = *b".000000Z";
+    let mut micros = since_epoch.subsec_micros();
+    for digit in fraction[1..7].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    writer.write_str(std::str::from_utf8(&fraction).map_err(|_| fmt::Error)?)
 }
 
 fn format_second(out: &mut String, second: u64) {
@@ -130,11 +137,15 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |writer| write!(writer, "{value}"));
+        self.field(field, |writer| {
+            writer.write_str(itoa::Buffer::new().format(value))
+        });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |writer| write!(writer, "{value}"));
+        self.field(field, |writer| {
+            writer.write_str(itoa::Buffer::new().format(value))
+        });
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -153,6 +164,14 @@ struct Escaped<'w, 'a>(&'w mut Writer<'a>);
 
 impl fmt::Write for Escaped<'_, '_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
+        // Nearly every value has no control character: one pass over the bytes that the
+        // compiler can do many at a time (no early exit), then one write.
+        let has_control = text.bytes().fold(false, |found, byte| {
+            found | (byte < 0x20) | (byte == 0x7f) | (byte == 0xc2)
+        });
+        if !has_control {
+            return self.0.write_str(text);
+        }
         let mut rest = text;
         loop {
             // Control characters are U+0000–U+001F, U+007F and U+0080–U+009F, which UTF-8
@@ -269,6 +288,23 @@ mod tests {
             "say \"hi\" \\ é\t"
         );
         assert!(lines[0].ends_with(&expected), "{}", lines[0]);
+    }
+
+    #[test]
+    fn the_time_ends_in_six_digits_of_microseconds() {
+        for (micros, expected) in [
+            (0, ".000000Z"),
+            (42, ".000042Z"),
+            (533_640, ".533640Z"),
+            (999_999, ".999999Z"),
+        ] {
+            let mut out = String::new();
+            let now = UNIX_EPOCH
+                + std::time::Duration::from_secs(1_795_732_648)
+                + std::time::Duration::from_micros(micros);
+            write_time(&mut Writer::new(&mut out), now).unwrap();
+            assert_eq!(out, format!("2026-11-26T22:37:28{expected}"));
+        }
     }
 
     #[test]

@@ -91,15 +91,21 @@ pub struct AttemptSucceeded<'a> {
 
 impl std::fmt::Display for AttemptSucceeded<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Tenths of a second in integers, rounded as `format_seconds_one_decimal` rounds
-        // (a float written to one decimal costs several times more, on every request).
-        let account = self.account;
-        let tenths = (self.took.as_millis() + 50) / 100;
-        let (whole, tenth) = (tenths / 10, tenths % 10);
-        match self.lang {
-            LogLang::Zh => write!(f, "✅ 账号 {account} 请求成功，耗时: {whole}.{tenth}s"),
-            LogLang::En => write!(f, "✅ Account {account} succeeded in {whole}.{tenth}s"),
-        }
+        // Tenths of a second in integers, rounded as `format_seconds_one_decimal` rounds (a
+        // float written to one decimal costs several times more), and the line written piece
+        // by piece: `write!` takes every piece and number through the formatting machinery.
+        let tenths = u64::try_from((self.took.as_millis() + 50) / 100).unwrap_or(u64::MAX);
+        let (before, after) = match self.lang {
+            LogLang::Zh => ("✅ 账号 ", " 请求成功，耗时: "),
+            LogLang::En => ("✅ Account ", " succeeded in "),
+        };
+        f.write_str(before)?;
+        f.write_str(self.account)?;
+        f.write_str(after)?;
+        f.write_str(itoa::Buffer::new().format(tenths / 10))?;
+        f.write_str(".")?;
+        f.write_str(itoa::Buffer::new().format(tenths % 10))?;
+        f.write_str("s")
     }
 }
 
