@@ -13,7 +13,9 @@ use relay_core::classify::OutcomeClass;
 use relay_core::model::{AccountId, ApiKeyId, GroupId};
 use relay_core::UnixMillis;
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::Any;
 
 use crate::error::StoreError;
 use crate::store::SqlStore;
@@ -178,26 +180,39 @@ fn insert_chunk_sizes(total: usize) -> impl Iterator<Item = usize> {
     )
 }
 
-fn usage_values(row: &UsageRow) -> [SqlValue; 17] {
-    [
-        SqlValue::text(row.request_id.clone()),
-        SqlValue::big_int(i64::from(row.attempt)),
-        SqlValue::BigInt(row.api_key_id),
-        SqlValue::BigInt(row.group_id),
-        SqlValue::BigInt(row.account_id),
-        SqlValue::text(row.model.clone()),
-        SqlValue::boolean(row.stream),
-        SqlValue::Integer(row.status.map(i32::from)),
-        SqlValue::text(row.class.clone()),
-        SqlValue::big_int(big_int_from_u64(row.input_tokens)),
-        SqlValue::big_int(big_int_from_u64(row.output_tokens)),
-        SqlValue::big_int(big_int_from_u64(row.cache_read_input_tokens)),
-        SqlValue::big_int(big_int_from_u64(row.cache_creation_input_tokens)),
-        SqlValue::Double(Some(row.cost_usd)),
-        SqlValue::big_int(big_int_from_u64(row.duration_ms)),
-        SqlValue::BigInt(row.ttfb_ms.map(big_int_from_u64)),
-        SqlValue::big_int(row.created_at),
-    ]
+/// Binds one row's values in `USAGE_COLUMNS` order, as `bind_values` binds them (the same
+/// types, `NULL` for what is absent) but borrowing the row's text instead of copying it.
+fn bind_usage_row<'q>(
+    query: Query<'q, Any, AnyArguments<'q>>,
+    row: &'q UsageRow,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    query
+        .bind(row.request_id.as_str())
+        .bind(i64::from(row.attempt))
+        .bind(row.api_key_id)
+        .bind(row.group_id)
+        .bind(row.account_id)
+        .bind(row.model.as_str())
+        .bind(i32::from(row.stream))
+        .bind(row.status.map(i32::from))
+        .bind(row.class.as_str())
+        .bind(big_int_from_u64(row.input_tokens))
+        .bind(big_int_from_u64(row.output_tokens))
+        .bind(big_int_from_u64(row.cache_read_input_tokens))
+        .bind(big_int_from_u64(row.cache_creation_input_tokens))
+        .bind(row.cost_usd)
+        .bind(big_int_from_u64(row.duration_ms))
+        .bind(row.ttfb_ms.map(big_int_from_u64))
+        .bind(row.created_at)
+}
+
+/// Whether binding `row` binds a `NULL` (see `bind_values` on why that matters).
+fn has_null(row: &UsageRow) -> bool {
+    row.api_key_id.is_none()
+        || row.group_id.is_none()
+        || row.account_id.is_none()
+        || row.status.is_none()
+        || row.ttfb_ms.is_none()
 }
 
 fn usage_row_from_row(row: &AnyRow) -> Result<UsageRow, StoreError> {
@@ -341,8 +356,13 @@ impl UsageStore for SqlStore {
             let (chunk, after) = rest.split_at(size);
             rest = after;
             let insert_sql = insert_sql_for(chunk.len());
-            let values: Vec<SqlValue> = chunk.iter().flat_map(usage_values).collect();
-            bind_values(sqlx::query(&insert_sql), &values)
+            let mut query = sqlx::query(&insert_sql);
+            if chunk.iter().any(has_null) {
+                query = query.persistent(false);
+            }
+            chunk
+                .iter()
+                .fold(query, bind_usage_row)
                 .execute(&mut *transaction)
                 .await?;
         }
