@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use relay_core::body::inspect_request;
-use relay_core::sse::SseUsageParser;
+use relay_core::sse::{usage_from_json, SseUsageParser};
 use relay_core::strategy::{Candidate, HealthStatus, SelectionContext, StrategyRegistry};
 
 fn candidates(n: usize) -> Vec<Candidate> {
@@ -147,5 +147,40 @@ fn body_inspection(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, selection, sse_parser, body_inspection);
+/// A non-stream answer as Anthropic writes it, `usage` last, with about `text_bytes` of text
+/// and a tool call.
+fn json_answer(text_bytes: usize) -> Vec<u8> {
+    let text = "A realistic sentence of an answer, with \"quotes\" and a \\ now and then. "
+        .repeat(text_bytes / 70 + 1);
+    format!(
+        "{{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\
+         \"content\":[{{\"type\":\"text\",\"text\":\"{text}\"}},{{\"type\":\"tool_use\",\"id\":\"toolu_1\",\
+         \"name\":\"Edit\",\"input\":{{\"file_path\":\"/src/main.rs\",\"old\":[1,2,3],\"new\":{{\"a\":null}}}}}}],\
+         \"stop_reason\":\"tool_use\",\"stop_sequence\":null,\"usage\":{{\"input_tokens\":1200,\
+         \"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":30000,\"output_tokens\":500}}}}"
+    )
+    .into_bytes()
+}
+
+fn json_answer_usage(c: &mut Criterion) {
+    let mut group = c.benchmark_group("json_answer_usage");
+    for text_bytes in [200usize, 16 * 1024] {
+        let answer = json_answer(text_bytes);
+        group.throughput(Throughput::Bytes(answer.len() as u64));
+        group.bench_with_input(
+            BenchmarkId::new("answer_bytes", answer.len()),
+            &answer,
+            |b, answer| b.iter(|| black_box(usage_from_json(black_box(answer)).expect("usage"))),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    selection,
+    sse_parser,
+    json_answer_usage,
+    body_inspection
+);
 criterion_main!(benches);

@@ -54,6 +54,44 @@ impl<'a> Iterator for Members<'a> {
     }
 }
 
+/// The value of the member `name` (written with its quotes) when it is the last member of
+/// the top-level object, found from the end: what comes before it is never read. `None` when
+/// that cannot be told for sure that way (the name is elsewhere, or written otherwise) — the
+/// caller then reads the members from the start.
+///
+/// The last `"name"` in the text is the top-level object's last member when it is a member
+/// name (after `{` or `,`, before `:`), its quote is not escaped, and after its value only the
+/// object's closing brace is left: a nested object would need one more brace after its own.
+/// Inside a string a quote is always escaped, so text that merely mentions the name never
+/// passes.
+pub(crate) fn last_member(bytes: &[u8], name: &[u8]) -> Option<Range<usize>> {
+    let key = memchr::memmem::rfind(bytes, name)?;
+    let backslashes = bytes[..key]
+        .iter()
+        .rev()
+        .take_while(|byte| **byte == b'\\')
+        .count();
+    if backslashes % 2 == 1 {
+        return None;
+    }
+    let before = bytes[..key]
+        .iter()
+        .rev()
+        .find(|byte| !matches!(byte, b' ' | b'\t' | b'\n' | b'\r'))?;
+    if !matches!(before, b'{' | b',') {
+        return None;
+    }
+    let colon = skip_space(bytes, key + name.len());
+    if bytes.get(colon) != Some(&b':') {
+        return None;
+    }
+    let start = skip_space(bytes, colon + 1);
+    let end = value_end(bytes, start)?;
+    let close = skip_space(bytes, end);
+    (bytes.get(close) == Some(&b'}') && skip_space(bytes, close + 1) == bytes.len())
+        .then_some(start..end)
+}
+
 fn skip_space(bytes: &[u8], mut at: usize) -> usize {
     while bytes
         .get(at)
@@ -126,6 +164,41 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn the_last_member_is_found_from_the_end_only_when_it_is_for_sure() {
+        let last = |bytes: &[u8]| {
+            last_member(bytes, br#""usage""#)
+                .map(|span| String::from_utf8_lossy(&bytes[span]).into_owned())
+        };
+        assert_eq!(
+            last(br#"{"a":1,"usage":{"x":2}}"#).as_deref(),
+            Some(r#"{"x":2}"#)
+        );
+        assert_eq!(
+            last(b"{\n  \"a\": [1],\n  \"usage\" : {\"x\": 2}\n}\n").as_deref(),
+            Some(r#"{"x": 2}"#)
+        );
+        assert_eq!(last(br#"{"usage":null}"#).as_deref(), Some("null"));
+        for unsure in [
+            // Not the last member, or not at the top level.
+            &br#"{"usage":{"x":1},"b":2}"#[..],
+            br#"{"a":{"usage":{"x":1}}}"#,
+            br#"{"a":[{"usage":{"x":1}}]}"#,
+            // Mentioned inside a string, as a value, or as an array element.
+            br#"{"a":"say \"usage\": {}"}"#,
+            br#"{"a":"\\\"usage\": {}"}"#,
+            br#"{"a":"\"usage"}"#,
+            br#"{"a":"usage"}"#,
+            br#"{"a":["usage"]}"#,
+            // Cut short, or not an object.
+            br#"{"a":1,"usage":{"x":2}"#,
+            br#"[{"usage":{"x":2}}]"#,
+            b"",
+        ] {
+            assert_eq!(last(unsure), None, "{}", String::from_utf8_lossy(unsure));
+        }
     }
 
     #[test]

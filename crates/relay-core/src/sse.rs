@@ -22,7 +22,7 @@
 use memchr::{memchr, memmem};
 use serde::Deserialize;
 
-use crate::json_scan::Members;
+use crate::json_scan::{last_member, Members};
 use crate::model::Usage;
 
 /// The longest line (or event data) the parser buffers. Anthropic's usage-bearing events are
@@ -416,6 +416,11 @@ struct JsonAnswer {
 /// its bytes) are stepped over by the top-level reader of `json_scan`, which jumps from quote
 /// to quote with `memchr` instead of decoding every string.
 pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
+    // Anthropic writes `usage` last: then it is found from the end, and the content before
+    // it (kilobytes of text and tool input in a long answer) is not even stepped over.
+    if let Some(value) = last_member(body, br#""usage""#) {
+        return usage_in(&body[value]);
+    }
     let mut escaped_names = false;
     let mut found = None;
     for (name, value) in Members::of(body) {
@@ -433,6 +438,11 @@ pub fn usage_from_json(body: &[u8]) -> Option<Usage> {
             None
         };
     };
+    usage_in(value)
+}
+
+/// The counts of a usage member's value; `None` for `null` or anything but an object.
+fn usage_in(value: &[u8]) -> Option<Usage> {
     if value.first() != Some(&b'{') {
         // `null`, or not an object at all.
         return None;
