@@ -150,6 +150,17 @@ impl Dialect {
         }
     }
 
+    /// Whether a statement that binds a `NULL` may stay in the connection's statement cache.
+    ///
+    /// The Any driver sends `NULL` without its column's type; PostgreSQL fixes a parameter's
+    /// type from its first use and would refuse a real value bound to the same cached
+    /// statement later. SQLite and MySQL take each execution's values as they come, so a usage
+    /// batch holding a failed attempt (no status, no first byte) need not prepare its 100-row
+    /// statement anew.
+    pub(crate) fn caches_statements_with_nulls(self) -> bool {
+        self != Dialect::Postgres
+    }
+
     /// The verb of the usage batch's multi-row `INSERT`s.
     ///
     /// Inside a transaction SQLite keeps a statement journal for every statement that may

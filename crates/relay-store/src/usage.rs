@@ -206,7 +206,7 @@ fn bind_usage_row<'q>(
         .bind(row.created_at)
 }
 
-/// Whether binding `row` binds a `NULL` (see `bind_values` on why that matters).
+/// Whether binding `row` binds a `NULL` (see `Dialect::caches_statements_with_nulls`).
 fn has_null(row: &UsageRow) -> bool {
     row.api_key_id.is_none()
         || row.group_id.is_none()
@@ -357,7 +357,7 @@ impl UsageStore for SqlStore {
             rest = after;
             let insert_sql = insert_sql_for(chunk.len());
             let mut query = sqlx::query(&insert_sql);
-            if chunk.iter().any(has_null) {
+            if !self.dialect().caches_statements_with_nulls() && chunk.iter().any(has_null) {
                 query = query.persistent(false);
             }
             chunk

@@ -841,6 +841,61 @@ async fn recorded_usage_is_listed_and_counts_only_successes(database: TestDataba
     ));
 }
 
+on_every_backend!(rows_with_and_without_nulls_round_trip_through_the_same_statement);
+/// Batches of the same size use one prepared statement; kept in the statement cache (SQLite,
+/// MySQL) or not (PostgreSQL), it takes values, then NULLs, then both, in either order.
+async fn rows_with_and_without_nulls_round_trip_through_the_same_statement(database: TestDatabase) {
+    let store = database.open_store().await;
+    let group = store.create_group(new_group("pool")).await.unwrap();
+    let account = store
+        .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
+        .await
+        .unwrap();
+    let failed = |request_id: &str, created_at: i64| UsageRow {
+        status: None,
+        ttfb_ms: None,
+        ..usage_row(
+            request_id,
+            "network_error",
+            None,
+            None,
+            None,
+            0,
+            0.0,
+            created_at,
+        )
+    };
+    let served = |request_id: &str, created_at: i64| {
+        let ids = (None, Some(group.id), Some(account.id));
+        usage_row(
+            request_id, "success", ids.0, ids.1, ids.2, 10, 0.5, created_at,
+        )
+    };
+    let batches = [
+        vec![served("a", 1), served("b", 2)],
+        vec![failed("c", 3), failed("d", 4)],
+        vec![served("e", 5), failed("f", 6)],
+        vec![failed("g", 7), served("h", 8)],
+    ];
+    for batch in &batches {
+        store.record_usage(batch).await.unwrap();
+    }
+    let (mut rows, total) = store
+        .list_usage(&UsageFilter {
+            limit: 10,
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(total, 8);
+    rows.reverse();
+    assert_eq!(
+        rows,
+        batches.concat(),
+        "every field, NULL or not, round-trips"
+    );
+}
+
 on_every_backend!(multi_thread: concurrent_usage_writers_never_lose_an_update);
 async fn concurrent_usage_writers_never_lose_an_update(database: TestDatabase) {
     const TASKS: u64 = 8;
