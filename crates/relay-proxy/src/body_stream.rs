@@ -162,6 +162,59 @@ const MAX_GATHERED_BYTES: usize = 64 * 1024;
 /// empty pass does not yet mean the upstream has nothing more at hand.
 const MAX_FRUITLESS_PASSES: u8 = 2;
 
+/// How the upstream's body ended while the attempt loop was still reading it (see
+/// [`gather_received`]); `RelayBody` takes it as if it had polled it itself.
+#[derive(Debug)]
+pub enum EarlyEnd {
+    Ended,
+    Failed(hyper::Error),
+}
+
+/// Takes the SSE chunks the upstream connection has already received, after the first
+/// event, into `prefetched` (feeding `parser`), as `RelayBody` gathers: until the upstream
+/// has had nothing more for two scheduler passes, or at 32 chunks / 64 KiB. Never waits for
+/// the network.
+///
+/// The stream's head then goes out with every event at hand in one write: the client reads
+/// the head, the first event and the first text delta on one wake-up instead of reading the
+/// head and `message_start` first and the rest a wake-up later.
+pub async fn gather_received(
+    upstream: &mut UpstreamAnswer,
+    parser: &mut SseUsageParser,
+    prefetched: &mut Vec<Bytes>,
+) -> Option<EarlyEnd> {
+    use http_body::Body as _;
+    let mut bytes: usize = prefetched.iter().map(Bytes::len).sum();
+    let mut fruitless = 0;
+    while fruitless < MAX_FRUITLESS_PASSES
+        && prefetched.len() < MAX_GATHERED_CHUNKS
+        && bytes < MAX_GATHERED_BYTES
+    {
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *upstream).poll_frame(cx))).await;
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                // Trailers: the Messages API sends none, and they are not forwarded.
+                if let Ok(chunk) = frame.into_data() {
+                    if !chunk.is_empty() {
+                        parser.feed(&chunk);
+                        bytes += chunk.len();
+                        prefetched.push(chunk);
+                        fruitless = 0;
+                    }
+                }
+            }
+            Poll::Ready(None) => return Some(EarlyEnd::Ended),
+            Poll::Ready(Some(Err(error))) => return Some(EarlyEnd::Failed(error)),
+            Poll::Pending => {
+                fruitless += 1;
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    None
+}
+
 /// The client-facing body of a committed attempt: the upstream's body, chunk by chunk.
 ///
 /// One idle timer per answer, armed only while the relay waits on the upstream: it fires
@@ -184,6 +237,8 @@ pub struct RelayBody {
     /// Scheduler passes in a row that brought no new chunk while gathering.
     fruitless: u8,
     upstream: UpstreamAnswer,
+    /// The upstream body's end, when the attempt loop already read it.
+    early_end: Option<EarlyEnd>,
     reader: UsageReader,
     idle_timeout: Duration,
     /// Since when the relay has been waiting on the upstream; `None` while it delivers.
@@ -331,7 +386,12 @@ impl http_body::Body for RelayBody {
             }
         }
         loop {
-            match Pin::new(&mut this.upstream).poll_frame(cx) {
+            let polled = match this.early_end.take() {
+                Some(EarlyEnd::Ended) => Poll::Ready(None),
+                Some(EarlyEnd::Failed(error)) => Poll::Ready(Some(Err(error))),
+                None => Pin::new(&mut this.upstream).poll_frame(cx),
+            };
+            match polled {
                 Poll::Ready(Some(Ok(frame))) => {
                     let Ok(chunk) = frame.into_data() else {
                         // Trailers: the Messages API sends none, and they are not forwarded.
@@ -451,6 +511,7 @@ pub fn stream_error_event(message: &str) -> Bytes {
 /// The client-facing body of a committed attempt.
 pub fn relay_body(
     prefetched: Vec<Bytes>,
+    early_end: Option<EarlyEnd>,
     upstream: UpstreamAnswer,
     reader: UsageReader,
     idle_timeout: Duration,
@@ -464,6 +525,7 @@ pub fn relay_body(
         gathered: VecDeque::from(prefetched),
         gathered_bytes,
         upstream,
+        early_end,
         reader,
         idle_timeout,
         waiting_since: None,

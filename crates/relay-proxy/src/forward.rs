@@ -37,7 +37,9 @@ use relay_store::UsageRow;
 use serde::Serialize;
 
 use crate::auth::ClientIdentity;
-use crate::body_stream::{relay_body, AttemptRecord, CommittedAttempt, UsageReader};
+use crate::body_stream::{
+    gather_received, relay_body, AttemptRecord, CommittedAttempt, EarlyEnd, UsageReader,
+};
 use crate::error::RelayError;
 use crate::http_clients::{UpstreamAnswer, UpstreamBody};
 use crate::logs;
@@ -898,6 +900,7 @@ fn finish_commit(
     };
     let body = relay_body(
         committed.prefetched,
+        committed.early_end,
         committed.upstream,
         committed.reader,
         state.settings.idle_timeout,
@@ -914,6 +917,7 @@ struct CommittedAnswer {
     status: StatusCode,
     headers: HeaderMap,
     prefetched: Vec<Bytes>,
+    early_end: Option<EarlyEnd>,
     upstream: UpstreamAnswer,
     reader: UsageReader,
 }
@@ -1051,6 +1055,7 @@ async fn send_once(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut prefetched = Vec::new();
+    let mut early_end = None;
     let reader = if is_sse {
         // Hold the stream until its first event: an `event: error` there can still fail over.
         let mut parser = SseUsageParser::new();
@@ -1102,6 +1107,7 @@ async fn send_once(
                 });
             }
         }
+        early_end = gather_received(&mut response, &mut parser, &mut prefetched).await;
         UsageReader::Sse(parser)
     } else if request.endpoint == Endpoint::Messages {
         UsageReader::Json(Vec::new())
@@ -1117,6 +1123,7 @@ async fn send_once(
         status,
         headers,
         prefetched,
+        early_end,
         upstream: response,
         reader,
     }))
