@@ -12,7 +12,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use relay_core::model::{Credential, OAuthCredential, Platform};
+use relay_core::model::{Account, Credential, Group, OAuthCredential, Platform};
 use relay_store::{
     AccountStore, AccountUpdate, ApiKeyStore, ApiKeyUpdate, DatabaseLocation, Dialect, GroupStore,
     GroupUpdate, NewAccount, NewApiKey, NewGroup, SettingsStore, SqlStore, StoreError, UsageFilter,
@@ -69,6 +69,17 @@ fn oauth(access_token: &str, refresh_token: &str, expires_at: i64) -> OAuthCrede
         refresh_token: refresh_token.to_owned(),
         expires_at,
     }
+}
+
+/// A store holding a group `pool` with one account `a`.
+async fn store_with_an_account(database: &TestDatabase) -> (SqlStore, Group, Account) {
+    let store = database.open_store().await;
+    let group = store.create_group(new_group("pool")).await.unwrap();
+    let account = store
+        .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
+        .await
+        .unwrap();
+    (store, group, account)
 }
 
 #[expect(
@@ -648,12 +659,7 @@ async fn rotated_oauth_tokens_are_saved(database: TestDatabase) {
 
 on_every_backend!(unreadable_stored_values_are_reported_as_corrupt);
 async fn unreadable_stored_values_are_reported_as_corrupt(database: TestDatabase) {
-    let store = database.open_store().await;
-    let group = store.create_group(new_group("pool")).await.unwrap();
-    let account = store
-        .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
-        .await
-        .unwrap();
+    let (store, _group, account) = store_with_an_account(&database).await;
     let mut raw = database.raw_connection().await;
     sqlx::query("UPDATE relay_accounts SET platform = 'gopher', credential_kind = 'magic'")
         .execute(&mut raw)
@@ -775,12 +781,7 @@ async fn api_keys_can_be_created_found_by_hash_updated_and_deleted(database: Tes
 
 on_every_backend!(recorded_usage_is_listed_and_counts_only_successes);
 async fn recorded_usage_is_listed_and_counts_only_successes(database: TestDatabase) {
-    let store = database.open_store().await;
-    let group = store.create_group(new_group("pool")).await.unwrap();
-    let account = store
-        .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
-        .await
-        .unwrap();
+    let (store, group, account) = store_with_an_account(&database).await;
     let key = store
         .create_api_key(new_api_key(group.id, "hash"))
         .await
@@ -845,12 +846,7 @@ on_every_backend!(rows_with_and_without_nulls_round_trip_through_the_same_statem
 /// Batches of the same size use one prepared statement; kept in the statement cache (SQLite,
 /// MySQL) or not (PostgreSQL), it takes values, then NULLs, then both, in either order.
 async fn rows_with_and_without_nulls_round_trip_through_the_same_statement(database: TestDatabase) {
-    let store = database.open_store().await;
-    let group = store.create_group(new_group("pool")).await.unwrap();
-    let account = store
-        .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
-        .await
-        .unwrap();
+    let (store, group, account) = store_with_an_account(&database).await;
     let failed = |request_id: &str, created_at: i64| UsageRow {
         status: None,
         ttfb_ms: None,
@@ -900,12 +896,7 @@ on_every_backend!(multi_thread: concurrent_usage_writers_never_lose_an_update);
 async fn concurrent_usage_writers_never_lose_an_update(database: TestDatabase) {
     const TASKS: u64 = 8;
     const CALLS_PER_TASK: u64 = 50;
-    let store = database.open_store().await;
-    let group = store.create_group(new_group("pool")).await.unwrap();
-    let account = store
-        .create_account(new_account(group.id, "a", Credential::ApiKey("sk".into())))
-        .await
-        .unwrap();
+    let (store, group, account) = store_with_an_account(&database).await;
     let key = store
         .create_api_key(new_api_key(group.id, "hash"))
         .await
