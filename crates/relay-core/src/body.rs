@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::json_scan::Members;
+use crate::json_scan::{object_start, Members};
 
 /// What the relay needs to know about a Messages request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -364,11 +364,7 @@ pub fn rewrite_model(body: &[u8], new_model: &str) -> Result<Bytes, BodyError> {
     inspect_request(body)?;
     let encoded_model =
         serde_json::to_string(new_model).map_err(|error| BodyError::NotJson(error.to_string()))?;
-    let Some(object_start) = body
-        .iter()
-        .position(|byte| !byte.is_ascii_whitespace())
-        .filter(|&at| body[at] == b'{')
-    else {
+    let Some(object_start) = object_start(body) else {
         return Err(BodyError::NotObject);
     };
     // serde_json, like Anthropic, keeps the last of duplicate keys.

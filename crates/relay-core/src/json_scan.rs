@@ -15,12 +15,17 @@ pub(crate) struct Members<'a> {
     at: Option<usize>,
 }
 
+/// Where the object that `bytes` holds opens (its `{`), if it holds one.
+pub(crate) fn object_start(bytes: &[u8]) -> Option<usize> {
+    let at = skip_space(bytes, 0);
+    (bytes.get(at) == Some(&b'{')).then_some(at)
+}
+
 impl<'a> Members<'a> {
     pub(crate) fn of(bytes: &'a [u8]) -> Self {
-        let at = skip_space(bytes, 0);
         Members {
             bytes,
-            at: (bytes.get(at) == Some(&b'{')).then_some(at + 1),
+            at: object_start(bytes).map(|brace| brace + 1),
         }
     }
 
@@ -60,10 +65,9 @@ impl<'a> Iterator for Members<'a> {
 /// caller then reads the members from the start.
 ///
 /// The last `"name"` in the text is the top-level object's last member when it is a member
-/// name (after `{` or `,`, before `:`), its quote is not escaped, and after its value only the
-/// object's closing brace is left: a nested object would need one more brace after its own.
-/// Inside a string a quote is always escaped, so text that merely mentions the name never
-/// passes.
+/// name (after `{` or `,`, before `:`) and after its value only the object's closing brace is
+/// left: a nested object would need one more brace after its own. Inside a string a quote is
+/// always escaped (after a backslash), so text that merely mentions the name never passes.
 pub(crate) fn last_member(bytes: &[u8], name: &[u8]) -> Option<Range<usize>> {
     // From quote to quote backwards: the last member is near the end, and a search for the
     // whole name from the end was several times slower on short answers. A last member holding
@@ -80,14 +84,7 @@ pub(crate) fn last_member(bytes: &[u8], name: &[u8]) -> Option<Range<usize>> {
         before = quote;
     }
     let key = key?;
-    let backslashes = bytes[..key]
-        .iter()
-        .rev()
-        .take_while(|byte| **byte == b'\\')
-        .count();
-    if backslashes % 2 == 1 {
-        return None;
-    }
+    // After `{` or `,` (and spaces) the quote is not an escaped one.
     let before = bytes[..key]
         .iter()
         .rev()
