@@ -310,12 +310,12 @@ pub fn plan(
                 None if reads_in_flight => running(),
                 None => 0,
             };
-            // Eligible, so not disabled: the health tracker alone says the status.
             // A slot per member: never past the end, so never a panic.
             let Some(slot) = slots.get_mut(filled) else {
                 break;
             };
             filled += 1;
+            // Eligible, so not disabled: the health tracker alone says the status.
             *slot = Candidate {
                 account_id: member.id,
                 priority: member.priority,

@@ -286,9 +286,13 @@ impl UpstreamAnswer {
 
     fn release_at_end(&mut self) {
         if http_body::Body::is_end_stream(&self.body) {
-            if let Some(release) = self.release.take() {
-                release.release();
-            }
+            self.release_now();
+        }
+    }
+
+    fn release_now(&mut self) {
+        if let Some(release) = self.release.take() {
+            release.release();
         }
     }
 }
@@ -306,11 +310,7 @@ impl http_body::Body for UpstreamAnswer {
         match &frame {
             // The last frame of a body with a length: its reader may not poll again.
             Some(Ok(_)) => this.release_at_end(),
-            None => {
-                if let Some(release) = this.release.take() {
-                    release.release();
-                }
-            }
+            None => this.release_now(),
             // A broken answer: its connection is not reused.
             Some(Err(_)) => this.release = None,
         }
