@@ -70,37 +70,35 @@ impl Balancer {
     /// Decides where a connection accepted by `worker` is served, and counts it there.
     pub fn place(&self, worker: usize, tcp: TcpStream) -> Placement {
         let target = self.choose(worker);
-        if target != worker {
-            // The stream leaves this worker's reactor; the target registers it with its own.
-            match tcp.into_std() {
-                Ok(stream) => {
-                    self.count_in(target);
-                    match self.inboxes[target].send(stream) {
-                        Ok(()) => return Placement::Passed,
-                        // That worker has stopped serving: serve it here after all.
-                        Err(mpsc::error::SendError(stream)) => {
-                            self.count_out(target);
-                            return match TcpStream::from_std(stream) {
-                                Ok(tcp) => {
-                                    self.count_in(worker);
-                                    Placement::Here(tcp)
-                                }
-                                Err(error) => {
-                                    tracing::debug!(%error, "a connection could not be served");
-                                    Placement::Passed
-                                }
-                            };
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "a connection could not be passed on");
-                    return Placement::Passed;
-                }
+        if target == worker {
+            self.count_in(worker);
+            return Placement::Here(tcp);
+        }
+        // The stream leaves this worker's reactor; the target registers it with its own.
+        let stream = match tcp.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, "a connection could not be passed on");
+                return Placement::Passed;
+            }
+        };
+        // Counted before it is sent: the target may serve it and end it at once.
+        self.count_in(target);
+        let Err(mpsc::error::SendError(stream)) = self.inboxes[target].send(stream) else {
+            return Placement::Passed;
+        };
+        // That worker has stopped serving: serve it here after all.
+        self.count_out(target);
+        match TcpStream::from_std(stream) {
+            Ok(tcp) => {
+                self.count_in(worker);
+                Placement::Here(tcp)
+            }
+            Err(error) => {
+                tracing::debug!(%error, "a connection could not be served");
+                Placement::Passed
             }
         }
-        self.count_in(worker);
-        Placement::Here(tcp)
     }
 
     fn count_in(&self, worker: usize) {
