@@ -44,9 +44,10 @@ use crate::error::RelayError;
 use crate::http_clients::{UpstreamAnswer, UpstreamBody};
 use crate::logs;
 use crate::oauth::{self, OAuthError};
-use crate::registry::{lock, AccountRuntime, GroupRuntime};
+use crate::registry::{lock, AccountRuntime, GroupRuntime, Member};
 use crate::state::RelayState;
 use crate::upstream::{client_headers, upstream_headers, upstream_uri};
+use crate::view::{EligibleFigures, FamilyBit, PublishedView};
 
 /// How much of an error answer is read to classify it.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -243,6 +244,146 @@ fn with_candidate_slots<R>(count: usize, f: impl FnOnce(&mut [Candidate]) -> R) 
     })
 }
 
+/// What `plan` learns of the members that may not take the request: the earliest time one
+/// may again, and whether every one of them is only rate limited.
+struct Skipped {
+    earliest_return: Option<UnixMillis>,
+    all_rate_limited: bool,
+}
+
+impl Skipped {
+    fn note(&mut self, until: Option<UnixMillis>, rate_limited: bool) {
+        self.all_rate_limited &= rate_limited;
+        if let Some(until) = until {
+            self.earliest_return = Some(self.earliest_return.map_or(until, |e| e.min(until)));
+        }
+    }
+}
+
+/// A candidate's figures that `plan` reads from the member itself: its running count and
+/// its concurrency limit.
+type MemberFigures = (EligibleFigures, u32, Option<u32>);
+
+/// Reads the long way a member that the fast path in `plan` could not take: one whose
+/// settings say the member must be read (disabled, limited to some models or to some
+/// concurrency), whose published view lapsed (read under the account's lock, and published
+/// again), or which may not take the request. `None` when it may not, noted in `skipped`.
+#[cold]
+#[inline(never)]
+fn read_member_the_long_way(
+    published: &PublishedView,
+    member: &Member,
+    request: (Option<&str>, ModelFamily, UnixMillis),
+    reads_in_flight: bool,
+    skipped: &mut Skipped,
+) -> Option<MemberFigures> {
+    let (model, family, now) = request;
+    if !member.enabled || model.is_some_and(|m| !member.allows_model(m)) {
+        return None;
+    }
+    let view = match published.load_for(now, family) {
+        Some(view) => view,
+        None => member.runtime.refresh_view(now).for_family(family),
+    };
+    let (until, rate_limited) = match view.eligibility {
+        Eligibility::Eligible => (None, true),
+        Eligibility::CoolingDown { until } => (Some(until), true),
+        Eligibility::BreakerOpen { until } => (Some(until), false),
+        Eligibility::Disabled { until, .. } => (until, false),
+        Eligibility::AtCapacity => (None, false),
+    };
+    if view.eligibility != Eligibility::Eligible {
+        skipped.note(until, rate_limited);
+        return None;
+    }
+    let in_flight = if reads_in_flight || member.max_concurrency.is_some() {
+        member
+            .runtime
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+    } else {
+        0
+    };
+    if member.max_concurrency.is_some_and(|max| in_flight >= max) {
+        skipped.note(None, false);
+        return None;
+    }
+    let figures = EligibleFigures {
+        health: view.health,
+        requests_in_window: view.requests_in_window,
+        success_ewma: view.success_ewma,
+        latency_ewma_ms: view.latency_ewma_ms,
+    };
+    Some((figures, in_flight, member.max_concurrency))
+}
+
+/// Writes the members that may take the request into `slots`, in the members' order, and
+/// returns how many it wrote, with what it learnt of the others.
+fn fill_candidates<const READS_IN_FLIGHT: bool>(
+    group: &GroupRuntime,
+    request: (Option<&str>, ModelFamily, UnixMillis),
+    slots: &mut [Candidate],
+) -> (usize, Skipped) {
+    let (_, family, now) = request;
+    let mut filled = 0;
+    let mut skipped = Skipped {
+        earliest_return: None,
+        all_rate_limited: true,
+    };
+    let family_bit = FamilyBit::of(family);
+    for (index, published) in group.views.iter().enumerate() {
+        let settings = published.settings();
+        let candidate = |(figures, in_flight, max_concurrency): MemberFigures| Candidate {
+            account_id: settings.account_id,
+            priority: settings.priority,
+            weight: settings.weight,
+            // Eligible, so not disabled: the health tracker alone says the status.
+            health: figures.health,
+            requests_in_window: figures.requests_in_window,
+            in_flight,
+            success_ewma: figures.success_ewma,
+            latency_ewma_ms: figures.latency_ewma_ms,
+            max_concurrency,
+        };
+        // Nearly every member: its settings need nothing of the member itself, and its
+        // published view says it may take the request.
+        if !settings.read_member {
+            if let Some(figures) = published.eligible(now, family_bit) {
+                // The one figure read from the account itself: only where it is used.
+                let in_flight = match READS_IN_FLIGHT {
+                    true => group.members.get(index).map_or(0, |member| {
+                        member
+                            .runtime
+                            .in_flight
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                    }),
+                    false => 0,
+                };
+                // A slot per member: never past the end, so never a panic.
+                let Some(slot) = slots.get_mut(filled) else {
+                    break;
+                };
+                filled += 1;
+                *slot = candidate((figures, in_flight, None));
+                continue;
+            }
+        }
+        let Some(member) = group.members.get(index) else {
+            continue;
+        };
+        let read =
+            read_member_the_long_way(published, member, request, READS_IN_FLIGHT, &mut skipped);
+        if let Some(read) = read {
+            let Some(slot) = slots.get_mut(filled) else {
+                break;
+            };
+            filled += 1;
+            *slot = candidate(read);
+        }
+    }
+    (filled, skipped)
+}
+
 /// The accounts of a group that may take this request now (as indices into its members), in
 /// the strategy's preference order, with the sticky account first when it is usable. Also
 /// returns the earliest time an ineligible account becomes usable again, for `Retry-After`.
@@ -255,80 +396,18 @@ pub fn plan(
     limit: usize,
 ) -> (Vec<usize>, Option<UnixMillis>, bool) {
     with_candidate_slots(group.members.len(), |slots| {
-        let mut filled = 0;
-        let mut earliest_return: Option<UnixMillis> = None;
-        let mut all_rate_limited = true;
-        let reads_in_flight = group.strategy.reads_in_flight();
-        for (member, published) in group.members.iter().zip(group.views.iter()) {
-            if !member.enabled || model.is_some_and(|m| !member.allows_model(m)) {
-                continue;
-            }
-            let view = match published.load_for(now, family) {
-                Some(view) => view,
-                None => member.runtime.refresh_view(now).for_family(family),
-            };
-            match view.eligibility {
-                Eligibility::Eligible => {}
-                other => {
-                    let until = match other {
-                        Eligibility::CoolingDown { until } => Some(until),
-                        Eligibility::BreakerOpen { until } => {
-                            all_rate_limited = false;
-                            Some(until)
-                        }
-                        Eligibility::Disabled { until, .. } => {
-                            all_rate_limited = false;
-                            until
-                        }
-                        _ => {
-                            all_rate_limited = false;
-                            None
-                        }
-                    };
-                    if let Some(until) = until {
-                        earliest_return = Some(earliest_return.map_or(until, |e| e.min(until)));
-                    }
-                    continue;
-                }
-            }
-            // The one figure read from the account itself: skipped when nothing will use it.
-            let running = || {
-                member
-                    .runtime
-                    .in_flight
-                    .load(std::sync::atomic::Ordering::Relaxed)
-            };
-            let in_flight = match member.max_concurrency {
-                Some(max) => {
-                    let in_flight = running();
-                    if in_flight >= max {
-                        all_rate_limited = false;
-                        continue;
-                    }
-                    in_flight
-                }
-                None if reads_in_flight => running(),
-                None => 0,
-            };
-            // A slot per member: never past the end, so never a panic.
-            let Some(slot) = slots.get_mut(filled) else {
-                break;
-            };
-            filled += 1;
-            // Eligible, so not disabled: the health tracker alone says the status.
-            *slot = Candidate {
-                account_id: member.id,
-                priority: member.priority,
-                weight: member.weight,
-                health: view.health,
-                requests_in_window: view.requests_in_window,
-                in_flight,
-                success_ewma: view.success_ewma,
-                latency_ewma_ms: view.latency_ewma_ms,
-                max_concurrency: member.max_concurrency,
-            };
-        }
+        let request = (model, family, now);
+        // The loop is written twice, with and without the running count, so that neither
+        // carries the other's test (the loop is the whole cost of selection in a large group).
+        let (filled, skipped) = match group.strategy.reads_in_flight() {
+            true => fill_candidates::<true>(group, request, slots),
+            false => fill_candidates::<false>(group, request, slots),
+        };
         let candidates = &slots[..filled];
+        let Skipped {
+            earliest_return,
+            all_rate_limited,
+        } = skipped;
         if candidates.is_empty() {
             return (Vec::new(), earliest_return, all_rate_limited);
         }

@@ -1,9 +1,12 @@
-//! An account's [`SelectionView`], published for readers that do not take the account's lock.
+//! An account's [`SelectionView`], published for readers that do not take the account's lock,
+//! beside the settings selection reads of the account: one cache line per member.
 //!
 //! Selection reads every account of a group on every request. Taking each account's mutex and
 //! asking its state machine cost more than the strategies themselves, so whoever changes an
 //! account's state (always under its lock) publishes what selection needs as of that moment,
-//! and selection reads it back without a lock while it holds.
+//! and selection reads it back without a lock while it holds. For a group of thousands of
+//! accounts the loop is bound by memory traffic, so a member's settings and its view share one
+//! 64-byte line and nothing else of the member is read in the common case.
 //!
 //! The view is several words, published as a sequence lock: the writer makes the sequence odd,
 //! stores the words, and makes it even again; a reader that saw the same even sequence before
@@ -11,58 +14,140 @@
 //! asks the state under its lock instead. Writers are serialised by the account's lock, never
 //! by this type.
 
-use std::sync::atomic::{fence, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use relay_core::health::HealthStatus;
 use relay_core::model::ModelFamily;
 use relay_core::state::{family_index, DisableReason, Eligibility, FamilyView, SelectionView};
 use relay_core::UnixMillis;
 
-const FAMILIES: usize = 4;
+/// What selection reads of a member's settings, fixed for the life of a group's table (a
+/// change to an account rebuilds the table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberSettings {
+    pub account_id: i64,
+    pub priority: i32,
+    pub weight: u32,
+    /// Disabled, limited to some models or to some concurrency: selection must read the member
+    /// itself before it may take the account.
+    pub read_member: bool,
+}
 
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct PublishedView {
-    sequence: AtomicU64,
+    sequence: AtomicU32,
+    read_member: bool,
+    account_id: i64,
+    priority: i32,
+    weight: u32,
     valid_from: AtomicI64,
-    valid_until: AtomicI64,
-    eligibility: [AtomicU64; FAMILIES],
-    /// The health status in the low two bits, the window's request count above them.
-    health: AtomicU64,
+    /// See [`Status`]: health, which families are eligible, the window's request count and
+    /// how long after `valid_from` the view holds.
+    status: AtomicU64,
+    /// The eligibility of every family not marked eligible in the status, packed, when they
+    /// all share one (else the status says the view must be read under the lock).
+    blocked: AtomicU64,
     success_ewma: AtomicU64,
     latency_ewma_ms: AtomicU64,
 }
 
-impl Default for PublishedView {
-    fn default() -> Self {
+/// The status word: the health status in bits 0..2, one bit per eligible family in bits 2..6,
+/// bit 6 set when the ineligible families differ in why, the window's request count (capped)
+/// in bits 7..39, and in bits 39..64 for how many milliseconds from `valid_from` the view
+/// holds (capped at about nine hours: a shorter span only makes the view hold for less).
+struct Status;
+
+impl Status {
+    const ELIGIBLE_SHIFT: u32 = 2;
+    const MIXED: u64 = 1 << 6;
+    const REQUESTS_SHIFT: u32 = 7;
+    const REQUESTS_MAX: u64 = u32::MAX as u64;
+    const SPAN_SHIFT: u32 = 39;
+    const SPAN_MAX: u64 = (1 << (64 - Self::SPAN_SHIFT)) - 1;
+}
+
+/// What selection reads of an account that may take a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EligibleFigures {
+    pub health: HealthStatus,
+    pub requests_in_window: u64,
+    pub success_ewma: f64,
+    pub latency_ewma_ms: f64,
+}
+
+/// A model family's bit in the status word, worked out once per request.
+#[derive(Debug, Clone, Copy)]
+pub struct FamilyBit(u64);
+
+impl FamilyBit {
+    pub fn of(family: ModelFamily) -> Self {
+        FamilyBit(1 << (family_index(family) as u32 + Status::ELIGIBLE_SHIFT))
+    }
+}
+
+impl PublishedView {
+    pub fn new(settings: MemberSettings) -> Self {
         let view = PublishedView {
-            sequence: AtomicU64::new(0),
+            sequence: AtomicU32::new(0),
+            read_member: settings.read_member,
+            account_id: settings.account_id,
+            priority: settings.priority,
+            weight: settings.weight,
             valid_from: AtomicI64::new(0),
-            valid_until: AtomicI64::new(0),
-            eligibility: Default::default(),
-            health: AtomicU64::new(0),
+            status: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
             success_ewma: AtomicU64::new(0),
             latency_ewma_ms: AtomicU64::new(0),
         };
         view.store(&SelectionView::STALE);
         view
     }
-}
 
-impl PublishedView {
+    /// The member's settings, as the table was built with.
+    #[inline]
+    pub fn settings(&self) -> MemberSettings {
+        MemberSettings {
+            account_id: self.account_id,
+            priority: self.priority,
+            weight: self.weight,
+            read_member: self.read_member,
+        }
+    }
+
     /// Publishes `view`. The caller holds the lock of the state it was taken from, so there is
     /// one writer at a time.
     pub fn store(&self, view: &SelectionView) {
+        let mut eligible = 0u64;
+        let mut blocked: Option<Eligibility> = None;
+        let mut mixed = false;
+        for (family, eligibility) in view.eligibility.iter().enumerate() {
+            if *eligibility == Eligibility::Eligible {
+                eligible |= 1 << family;
+            } else if blocked.is_some_and(|first| first != *eligibility) {
+                mixed = true;
+            } else {
+                blocked = Some(*eligibility);
+            }
+        }
+        // A view that holds at no time keeps an empty span.
+        let span = u64::try_from(view.valid_until.saturating_sub(view.valid_from))
+            .unwrap_or(0)
+            .min(Status::SPAN_MAX);
+        let status = health_code(view.health)
+            | eligible << Status::ELIGIBLE_SHIFT
+            | if mixed { Status::MIXED } else { 0 }
+            | view.requests_in_window.min(Status::REQUESTS_MAX) << Status::REQUESTS_SHIFT
+            | span << Status::SPAN_SHIFT;
+
         let sequence = self.sequence.load(Ordering::Relaxed);
         self.sequence
             .store(sequence.wrapping_add(1), Ordering::Relaxed);
         fence(Ordering::Release);
         self.valid_from.store(view.valid_from, Ordering::Relaxed);
-        self.valid_until.store(view.valid_until, Ordering::Relaxed);
-        for (word, eligibility) in self.eligibility.iter().zip(view.eligibility) {
-            word.store(pack_eligibility(eligibility), Ordering::Relaxed);
-        }
-        self.health.store(
-            (view.requests_in_window << 2) | health_code(view.health),
+        self.status.store(status, Ordering::Relaxed);
+        self.blocked.store(
+            blocked.map_or(ELIGIBLE, pack_eligibility),
             Ordering::Relaxed,
         );
         self.success_ewma
@@ -78,23 +163,54 @@ impl PublishedView {
         self.store(&SelectionView::STALE);
     }
 
-    /// What a request for `family` reads of the published view, when it holds at `now` and was
-    /// not being rewritten meanwhile.
-    #[inline]
-    pub fn load_for(&self, now: UnixMillis, family: ModelFamily) -> Option<FamilyView> {
+    /// The figures of an account that may take a request for `family` at `now`, when the
+    /// published view says so, holds at `now` and was not being rewritten meanwhile; `None`
+    /// for anything else, which [`PublishedView::load_for`] then tells apart. The one read
+    /// selection makes of nearly every member, so it decides with as few steps as it can.
+    #[inline(always)]
+    pub fn eligible(&self, now: UnixMillis, family: FamilyBit) -> Option<EligibleFigures> {
         let before = self.sequence.load(Ordering::Acquire);
         let valid_from = self.valid_from.load(Ordering::Relaxed);
-        let valid_until = self.valid_until.load(Ordering::Relaxed);
-        let eligibility = self.eligibility[family_index(family)].load(Ordering::Relaxed);
-        let health = self.health.load(Ordering::Relaxed);
+        let status = self.status.load(Ordering::Relaxed);
         let success_ewma = self.success_ewma.load(Ordering::Relaxed);
         let latency_ewma_ms = self.latency_ewma_ms.load(Ordering::Relaxed);
         fence(Ordering::Acquire);
         let unchanged = self.sequence.load(Ordering::Relaxed) == before && before & 1 == 0;
-        (unchanged && valid_from <= now && now < valid_until).then(|| FamilyView {
-            eligibility: unpack_eligibility(eligibility),
-            health: health_of(health & 3),
-            requests_in_window: health >> 2,
+        // `now - valid_from` below the span: both ends in one unsigned comparison.
+        let span = status >> Status::SPAN_SHIFT;
+        let holds = (now.wrapping_sub(valid_from) as u64) < span;
+        (unchanged & holds & (status & family.0 != 0)).then(|| EligibleFigures {
+            health: health_of(status & 3),
+            requests_in_window: (status >> Status::REQUESTS_SHIFT) & Status::REQUESTS_MAX,
+            success_ewma: f64::from_bits(success_ewma),
+            latency_ewma_ms: f64::from_bits(latency_ewma_ms),
+        })
+    }
+
+    /// What a request for `family` reads of the published view, when it holds at `now` and was
+    /// not being rewritten meanwhile, and tells the eligibility of `family` on its own.
+    pub fn load_for(&self, now: UnixMillis, family: ModelFamily) -> Option<FamilyView> {
+        let before = self.sequence.load(Ordering::Acquire);
+        let valid_from = self.valid_from.load(Ordering::Relaxed);
+        let status = self.status.load(Ordering::Relaxed);
+        let blocked = self.blocked.load(Ordering::Relaxed);
+        let success_ewma = self.success_ewma.load(Ordering::Relaxed);
+        let latency_ewma_ms = self.latency_ewma_ms.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let unchanged = self.sequence.load(Ordering::Relaxed) == before && before & 1 == 0;
+        let span = status >> Status::SPAN_SHIFT;
+        let holds = (now.wrapping_sub(valid_from) as u64) < span;
+        let eligibility = if status & FamilyBit::of(family).0 != 0 {
+            Eligibility::Eligible
+        } else if status & Status::MIXED != 0 {
+            return None;
+        } else {
+            unpack_eligibility(blocked)
+        };
+        (unchanged && holds).then(|| FamilyView {
+            eligibility,
+            health: health_of(status & 3),
+            requests_in_window: (status >> Status::REQUESTS_SHIFT) & Status::REQUESTS_MAX,
             success_ewma: f64::from_bits(success_ewma),
             latency_ewma_ms: f64::from_bits(latency_ewma_ms),
         })
@@ -184,6 +300,8 @@ fn unpack_eligibility(word: u64) -> Eligibility {
 mod tests {
     use super::*;
 
+    const FAMILIES: usize = 4;
+
     const T0: i64 = 1_800_000_000_000;
 
     #[test]
@@ -219,6 +337,7 @@ mod tests {
         }
     }
 
+    /// A view whose ineligible families share one reason, as almost every view's do.
     fn view(valid_from: i64, valid_until: i64) -> SelectionView {
         SelectionView {
             valid_from,
@@ -226,17 +345,25 @@ mod tests {
             eligibility: [
                 Eligibility::Eligible,
                 Eligibility::CoolingDown { until: T0 + 90 },
-                Eligibility::BreakerOpen { until: T0 + 40 },
-                Eligibility::Disabled {
-                    until: Some(T0 + 60),
-                    reason: DisableReason::Temporary,
-                },
+                Eligibility::Eligible,
+                Eligibility::CoolingDown { until: T0 + 90 },
             ],
             health: HealthStatus::Degraded,
             requests_in_window: 123_456,
             success_ewma: 0.625,
             latency_ewma_ms: 812.25,
         }
+    }
+
+    const SETTINGS: MemberSettings = MemberSettings {
+        account_id: 42,
+        priority: -3,
+        weight: 250,
+        read_member: true,
+    };
+
+    fn published() -> PublishedView {
+        PublishedView::new(SETTINGS)
     }
 
     const ALL_FAMILIES: [ModelFamily; FAMILIES] = [
@@ -262,8 +389,22 @@ mod tests {
     }
 
     #[test]
+    fn a_member_and_its_view_share_one_cache_line() {
+        assert_eq!(std::mem::size_of::<PublishedView>(), 64);
+        assert_eq!(std::mem::align_of::<PublishedView>(), 64);
+        let published = published();
+        assert_eq!(published.settings(), SETTINGS);
+        published.store(&view(T0, T0 + 40));
+        assert_eq!(
+            published.settings(),
+            SETTINGS,
+            "publishing leaves the settings"
+        );
+    }
+
+    #[test]
     fn a_view_reads_back_only_while_it_holds() {
-        let published = PublishedView::default();
+        let published = published();
         assert_eq!(read_back(&published, T0), None, "nothing published yet");
         let taken = view(T0, T0 + 40);
         published.store(&taken);
@@ -273,6 +414,64 @@ mod tests {
         assert_eq!(read_back(&published, T0 - 1), None, "the clock went back");
         published.invalidate();
         assert_eq!(read_back(&published, T0), None);
+    }
+
+    #[test]
+    fn a_long_span_is_cut_short_and_huge_figures_are_capped() {
+        let published = published();
+        let forever = SelectionView {
+            requests_in_window: u64::MAX,
+            ..view(T0, UnixMillis::MAX)
+        };
+        published.store(&forever);
+        let read = published.load_for(T0 + 1_000, ModelFamily::Opus);
+        assert_eq!(
+            read.map(|view| view.requests_in_window),
+            Some(u64::from(u32::MAX))
+        );
+        // The span is capped, so the view holds for less than it could, never for longer.
+        let after_the_cap = T0 + Status::SPAN_MAX as i64;
+        assert_eq!(
+            published.load_for(after_the_cap - 1, ModelFamily::Opus),
+            read
+        );
+        assert_eq!(published.load_for(after_the_cap, ModelFamily::Opus), None);
+    }
+
+    #[test]
+    fn families_blocked_for_different_reasons_are_read_under_the_lock() {
+        let published = published();
+        let mixed = SelectionView {
+            eligibility: [
+                Eligibility::Eligible,
+                Eligibility::CoolingDown { until: T0 + 90 },
+                Eligibility::BreakerOpen { until: T0 + 40 },
+                Eligibility::Disabled {
+                    until: Some(T0 + 60),
+                    reason: DisableReason::Temporary,
+                },
+            ],
+            ..view(T0, T0 + 40)
+        };
+        published.store(&mixed);
+        let read = |family| published.load_for(T0, family);
+        assert_eq!(
+            read(ModelFamily::Opus),
+            Some(mixed.for_family(ModelFamily::Opus))
+        );
+        for family in &ALL_FAMILIES[1..] {
+            assert_eq!(read(*family), None, "{family:?}");
+        }
+        // One reason for every blocked family reads back whole again.
+        let blocked = SelectionView {
+            eligibility: [Eligibility::Disabled {
+                until: None,
+                reason: DisableReason::Auth,
+            }; FAMILIES],
+            ..mixed
+        };
+        published.store(&blocked);
+        assert_eq!(read_back(&published, T0), Some(families_of(&blocked)));
     }
 
     #[test]
@@ -288,7 +487,7 @@ mod tests {
             latency_ewma_ms: 3.5,
             ..view(T0 - 10, T0 + 2_000)
         };
-        let published = PublishedView::default();
+        let published = published();
         published.store(&first);
         std::thread::scope(|scope| {
             scope.spawn(|| {
