@@ -332,41 +332,36 @@ fn fill_candidates<const READS_IN_FLIGHT: bool>(
     };
     let family_bit = FamilyBit::of(family);
     for (index, published) in group.views.iter().enumerate() {
-        let settings = published.settings();
-        let candidate = |(figures, in_flight, max_concurrency): MemberFigures| Candidate {
-            account_id: settings.account_id,
-            priority: settings.priority,
-            weight: settings.weight,
-            // Eligible, so not disabled: the health tracker alone says the status.
-            health: figures.health,
-            requests_in_window: figures.requests_in_window,
-            in_flight,
-            success_ewma: figures.success_ewma,
-            latency_ewma_ms: figures.latency_ewma_ms,
-            max_concurrency,
+        // Read only once the member is taken: most of the loop's work is its loads.
+        let candidate = |(figures, in_flight, max_concurrency): MemberFigures| {
+            let (account_id, priority, weight) = published.identity();
+            Candidate {
+                account_id,
+                priority,
+                weight,
+                // Eligible, so not disabled: the health tracker alone says the status.
+                health: figures.health,
+                requests_in_window: figures.requests_in_window,
+                in_flight,
+                success_ewma: figures.success_ewma,
+                latency_ewma_ms: figures.latency_ewma_ms,
+                max_concurrency,
+            }
         };
         // Nearly every member: its settings need nothing of the member itself, and its
         // published view says it may take the request.
-        if !settings.read_member {
-            if let Some(figures) = published.eligible(now, family_bit) {
-                // The one figure read from the account itself: only where it is used.
-                let in_flight = match READS_IN_FLIGHT {
-                    true => group.members.get(index).map_or(0, |member| {
-                        member
-                            .runtime
-                            .in_flight
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                    }),
-                    false => 0,
-                };
-                // A slot per member: never past the end, so never a panic.
-                let Some(slot) = slots.get_mut(filled) else {
-                    break;
-                };
-                filled += 1;
-                *slot = candidate((figures, in_flight, None));
-                continue;
-            }
+        if let Some(figures) = published.eligible(now, family_bit) {
+            let in_flight = match READS_IN_FLIGHT {
+                true => published.running(),
+                false => 0,
+            };
+            // A slot per member: never past the end, so never a panic.
+            let Some(slot) = slots.get_mut(filled) else {
+                break;
+            };
+            filled += 1;
+            *slot = candidate((figures, in_flight, None));
+            continue;
         }
         let Some(member) = group.members.get(index) else {
             continue;
@@ -1264,14 +1259,14 @@ mod tests {
 
     const NOW: UnixMillis = 1_800_000_000_000;
 
-    /// A priority_first group of `count` accounts (ids 1.., priority falling with the id, so
-    /// the preferred order is the reverse of the members' order); those in `disabled` are
-    /// switched off by their settings, those in `cooling` by a 429.
-    fn group_with_gaps(count: i64, disabled: &[i64], cooling: &[i64]) -> Arc<GroupRuntime> {
+    /// A group of `count` accounts under `strategy` (ids 1.., priority falling with the id,
+    /// so priority_first prefers the reverse of the members' order); those in `disabled` are
+    /// switched off by their settings.
+    fn source(strategy: &str, count: i64, disabled: &[i64]) -> RegistrySource {
         let group = Group {
             id: 1,
             name: "g".to_owned(),
-            fallback: serde_json::json!({ "strategy": "priority_first" }),
+            fallback: serde_json::json!({ "strategy": strategy }),
             created_at: NOW,
             updated_at: NOW,
         };
@@ -1296,17 +1291,26 @@ mod tests {
                 (account, Credential::ApiKey(format!("sk-{id}")))
             })
             .collect();
-        let registry = Registry::default();
+        RegistrySource {
+            groups: vec![group],
+            accounts,
+            keys: Vec::new(),
+        }
+    }
+
+    fn rebuild(registry: &Registry, source: RegistrySource) -> Arc<GroupRuntime> {
         registry.rebuild(
-            RegistrySource {
-                groups: vec![group],
-                accounts,
-                keys: Vec::new(),
-            },
+            source,
             &FallbackConfig::default(),
             &StrategyRegistry::with_builtin(),
         );
-        let group = Arc::clone(&registry.load_full().groups[&1]);
+        Arc::clone(&registry.load_full().groups[&1])
+    }
+
+    /// A priority_first group (see [`source`]) whose accounts in `cooling` had a 429.
+    fn group_with_gaps(count: i64, disabled: &[i64], cooling: &[i64]) -> Arc<GroupRuntime> {
+        let registry = Registry::default();
+        let group = rebuild(&registry, source("priority_first", count, disabled));
         for member in &group.members {
             if cooling.contains(&member.id) {
                 member.runtime.update_state(NOW, |state| {
@@ -1321,6 +1325,51 @@ mod tests {
             }
         }
         group
+    }
+
+    #[test]
+    fn selection_ranks_by_the_running_count_kept_in_the_table_across_a_rebuild() {
+        let registry = Registry::default();
+        let group = rebuild(&registry, source("smart_load_balance", 3, &[]));
+        let runtime =
+            |group: &GroupRuntime, index: usize| Arc::clone(&group.members[index].runtime);
+        // a1 runs nine requests, a3 three, a2 none: every cost differs, so whichever two
+        // accounts the power of two choices draws, the busiest one comes last.
+        let mut running: Vec<_> = (0..9).map(|_| runtime(&group, 0).start_request()).collect();
+        running.extend((0..3).map(|_| runtime(&group, 2).start_request()));
+        let last = |group: &GroupRuntime| {
+            let (ranked, _, _) = plan(group, None, ModelFamily::Sonnet, None, NOW, 10);
+            assert_eq!(ranked.len(), 3);
+            group.members[ranked[2]].id
+        };
+        let counts = |group: &GroupRuntime| -> Vec<u32> {
+            group.views.iter().map(|view| view.running()).collect()
+        };
+        assert_eq!(counts(&group), [9, 0, 3]);
+        for _ in 0..20 {
+            assert_eq!(last(&group), 1);
+        }
+        // An admin change rebuilds the table: the requests still running are counted there.
+        let rebuilt = rebuild(&registry, source("smart_load_balance", 3, &[]));
+        assert!(!Arc::ptr_eq(&rebuilt.views, &group.views));
+        assert_eq!(counts(&rebuilt), [9, 0, 3]);
+        for _ in 0..20 {
+            assert_eq!(last(&rebuilt), 1);
+        }
+        // They end under the new table; the account's own count ends with them.
+        running.drain(..9);
+        assert_eq!(counts(&rebuilt), [0, 0, 3]);
+        assert_eq!(
+            runtime(&rebuilt, 0)
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        for _ in 0..20 {
+            assert_eq!(last(&rebuilt), 3);
+        }
+        drop(running);
+        assert_eq!(counts(&rebuilt), [0, 0, 0]);
     }
 
     #[test]

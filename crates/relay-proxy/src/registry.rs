@@ -36,9 +36,10 @@ pub struct AccountRuntime {
     pub id: AccountId,
     account: ArcSwap<Account>,
     /// Changed only through [`AccountRuntime::update_state`] and [`AccountRuntime::try_admit`],
-    /// which keep the published view true. Boxed, like `rest`: selection may read `in_flight` of every member, so the
-    /// runtime itself stays small.
+    /// which keep the published view true. Boxed, like `rest`, to keep the runtime small.
     state: Box<Mutex<Locked>>,
+    /// Requests running on the account: what its concurrency limit is checked against.
+    /// Selection reads the count its group's table keeps beside the view.
     pub in_flight: AtomicU32,
     rest: Box<Rarely>,
 }
@@ -74,8 +75,14 @@ impl Locked {
     fn move_to(&mut self, slot: Option<ViewSlot>) {
         // Whoever still reads the old table (a request on the previous snapshot) must not
         // trust a view that is no longer kept up to date there.
-        if let Some(old) = self.published() {
+        let old = self.published();
+        if let Some(old) = old {
             old.invalidate();
+        }
+        // The requests running now end under the new table: they are counted there.
+        let new = slot.as_ref().and_then(|slot| slot.table.get(slot.index));
+        if let (Some(old), Some(new)) = (old, new) {
+            new.take_running_from(old);
         }
         self.slot = slot;
     }
@@ -178,14 +185,23 @@ impl AccountRuntime {
         }
     }
 
+    fn count_running_in_table(&self, started: bool) {
+        if let Some(published) = lock(&self.state).published() {
+            published.count_running(started);
+        }
+    }
+
     /// Publishes into `slot` of a (new) group table from now on, or nowhere.
     fn move_view(&self, slot: Option<ViewSlot>) {
         lock(&self.state).move_to(slot);
     }
 
-    /// Counts a request as running on this account until the guard drops.
+    /// Counts a request as running on this account until the guard drops: in the account,
+    /// and in its group's table for the strategies that rank by it (under the account's lock,
+    /// so that a rebuild that moves the account to a new table carries the count over).
     pub fn start_request(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.count_running_in_table(true);
         InFlightGuard {
             account: Arc::clone(self),
         }
@@ -200,6 +216,7 @@ pub struct InFlightGuard {
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.account.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.account.count_running_in_table(false);
     }
 }
 

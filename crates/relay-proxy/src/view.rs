@@ -37,7 +37,9 @@ pub struct MemberSettings {
 #[repr(C, align(64))]
 pub struct PublishedView {
     sequence: AtomicU32,
-    read_member: bool,
+    /// Requests running on the account, changed under the account's lock (not part of the
+    /// sequence lock: a live count that selection reads as it is).
+    running: AtomicU32,
     account_id: i64,
     priority: i32,
     weight: u32,
@@ -53,16 +55,17 @@ pub struct PublishedView {
 }
 
 /// The status word: the health status in bits 0..2, one bit per eligible family in bits 2..6,
-/// bit 6 set when the ineligible families differ in why, the window's request count (capped)
-/// in bits 7..39, and in bits 39..64 for how many milliseconds from `valid_from` the view
+/// bit 6 set when the ineligible families differ in why, bit 7 set for good when the member's
+/// settings say it must be read itself, the window's request count (capped) in bits 8..39, and in bits 39..64 for how many milliseconds from `valid_from` the view
 /// holds (capped at about nine hours: a shorter span only makes the view hold for less).
 struct Status;
 
 impl Status {
     const ELIGIBLE_SHIFT: u32 = 2;
     const MIXED: u64 = 1 << 6;
-    const REQUESTS_SHIFT: u32 = 7;
-    const REQUESTS_MAX: u64 = u32::MAX as u64;
+    const READ_MEMBER: u64 = 1 << 7;
+    const REQUESTS_SHIFT: u32 = 8;
+    const REQUESTS_MAX: u64 = (1 << 31) - 1;
     const SPAN_SHIFT: u32 = 39;
     const SPAN_MAX: u64 = (1 << (64 - Self::SPAN_SHIFT)) - 1;
 }
@@ -90,18 +93,29 @@ impl PublishedView {
     pub fn new(settings: MemberSettings) -> Self {
         let view = PublishedView {
             sequence: AtomicU32::new(0),
-            read_member: settings.read_member,
+            running: AtomicU32::new(0),
             account_id: settings.account_id,
             priority: settings.priority,
             weight: settings.weight,
             valid_from: AtomicI64::new(0),
-            status: AtomicU64::new(0),
+            status: AtomicU64::new(if settings.read_member {
+                Status::READ_MEMBER
+            } else {
+                0
+            }),
             blocked: AtomicU64::new(0),
             success_ewma: AtomicU64::new(0),
             latency_ewma_ms: AtomicU64::new(0),
         };
         view.store(&SelectionView::STALE);
         view
+    }
+
+    /// The account's id, priority and weight, as the table was built with (what
+    /// [`PublishedView::settings`] gives, without the status word's flag).
+    #[inline(always)]
+    pub fn identity(&self) -> (i64, i32, u32) {
+        (self.account_id, self.priority, self.weight)
     }
 
     /// The member's settings, as the table was built with.
@@ -111,8 +125,32 @@ impl PublishedView {
             account_id: self.account_id,
             priority: self.priority,
             weight: self.weight,
-            read_member: self.read_member,
+            read_member: self.status.load(Ordering::Relaxed) & Status::READ_MEMBER != 0,
         }
+    }
+
+    /// Requests running on the account, as counted in this table.
+    #[inline]
+    pub fn running(&self) -> u32 {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as started (`true`) or ended on the account. The caller holds the
+    /// account's lock, so that moving the count to a new table loses nothing.
+    pub fn count_running(&self, started: bool) {
+        if started {
+            self.running.fetch_add(1, Ordering::Relaxed);
+        } else {
+            // Never below zero, whatever a caller gets wrong.
+            let _ = self
+                .running
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Carries the running count over from the table the account leaves (under its lock).
+    pub fn take_running_from(&self, old: &PublishedView) {
+        self.running.store(old.running(), Ordering::Relaxed);
     }
 
     /// Publishes `view`. The caller holds the lock of the state it was taken from, so there is
@@ -134,7 +172,10 @@ impl PublishedView {
         let span = u64::try_from(view.valid_until.saturating_sub(view.valid_from))
             .unwrap_or(0)
             .min(Status::SPAN_MAX);
-        let status = health_code(view.health)
+        // Only the writer changes the status, and never this bit.
+        let read_member = self.status.load(Ordering::Relaxed) & Status::READ_MEMBER;
+        let status = read_member
+            | health_code(view.health)
             | eligible << Status::ELIGIBLE_SHIFT
             | if mixed { Status::MIXED } else { 0 }
             | view.requests_in_window.min(Status::REQUESTS_MAX) << Status::REQUESTS_SHIFT
@@ -164,8 +205,8 @@ impl PublishedView {
     }
 
     /// The figures of an account that may take a request for `family` at `now`, when the
-    /// published view says so, holds at `now` and was not being rewritten meanwhile; `None`
-    /// for anything else, which [`PublishedView::load_for`] then tells apart. The one read
+    /// published view says so, holds at `now` and was not being rewritten meanwhile, and the
+    /// member's settings need nothing of the member itself; `None` for anything else, which [`PublishedView::load_for`] then tells apart. The one read
     /// selection makes of nearly every member, so it decides with as few steps as it can.
     #[inline(always)]
     pub fn eligible(&self, now: UnixMillis, family: FamilyBit) -> Option<EligibleFigures> {
@@ -179,7 +220,9 @@ impl PublishedView {
         // `now - valid_from` below the span: both ends in one unsigned comparison.
         let span = status >> Status::SPAN_SHIFT;
         let holds = (now.wrapping_sub(valid_from) as u64) < span;
-        (unchanged & holds & (status & family.0 != 0)).then(|| EligibleFigures {
+        // Eligible for the family, and no need to read the member itself.
+        let plain = status & (family.0 | Status::READ_MEMBER) == family.0;
+        (unchanged & holds & plain).then(|| EligibleFigures {
             health: health_of(status & 3),
             requests_in_window: (status >> Status::REQUESTS_SHIFT) & Status::REQUESTS_MAX,
             success_ewma: f64::from_bits(success_ewma),
@@ -427,7 +470,7 @@ mod tests {
         let read = published.load_for(T0 + 1_000, ModelFamily::Opus);
         assert_eq!(
             read.map(|view| view.requests_in_window),
-            Some(u64::from(u32::MAX))
+            Some((1 << 31) - 1)
         );
         // The span is capped, so the view holds for less than it could, never for longer.
         let after_the_cap = T0 + Status::SPAN_MAX as i64;
@@ -436,6 +479,55 @@ mod tests {
             read
         );
         assert_eq!(published.load_for(after_the_cap, ModelFamily::Opus), None);
+    }
+
+    #[test]
+    fn the_fast_read_takes_only_plain_eligible_members() {
+        let plain = PublishedView::new(MemberSettings {
+            read_member: false,
+            ..SETTINGS
+        });
+        let limited = published();
+        let taken = view(T0, T0 + 40);
+        for published in [&plain, &limited] {
+            published.store(&taken);
+        }
+        let opus = FamilyBit::of(ModelFamily::Opus);
+        let sonnet = FamilyBit::of(ModelFamily::Sonnet);
+        let figures = plain.eligible(T0, opus);
+        assert_eq!(
+            figures,
+            Some(EligibleFigures {
+                health: HealthStatus::Degraded,
+                requests_in_window: 123_456,
+                success_ewma: 0.625,
+                latency_ewma_ms: 812.25,
+            })
+        );
+        assert_eq!(plain.eligible(T0, sonnet), None, "cooling down for sonnet");
+        assert_eq!(plain.eligible(T0 + 40, opus), None, "lapsed");
+        assert_eq!(limited.eligible(T0, opus), None, "the member must be read");
+        assert!(
+            limited.settings().read_member,
+            "publishing keeps the setting"
+        );
+        assert!(!plain.settings().read_member);
+    }
+
+    #[test]
+    fn the_running_count_moves_with_the_account_and_never_goes_below_zero() {
+        let old = published();
+        old.count_running(true);
+        old.count_running(true);
+        old.count_running(false);
+        old.store(&view(T0, T0 + 40));
+        assert_eq!(old.running(), 1, "publishing leaves the count");
+        let new = published();
+        new.take_running_from(&old);
+        assert_eq!(new.running(), 1);
+        new.count_running(false);
+        new.count_running(false);
+        assert_eq!(new.running(), 0);
     }
 
     #[test]
