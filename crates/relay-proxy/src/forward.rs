@@ -379,9 +379,24 @@ fn fill_candidates<const READS_IN_FLIGHT: bool>(
     (filled, skipped)
 }
 
-/// The accounts of a group that may take this request now (as indices into its members), in
-/// the strategy's preference order, with the sticky account first when it is usable. Also
-/// returns the earliest time an ineligible account becomes usable again, for `Retry-After`.
+/// What `plan` found for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The accounts that may take the request now (as indices into the group's members), in
+    /// the strategy's preference order, with the sticky account first when it is usable.
+    pub ordered: Vec<usize>,
+    /// The earliest time an ineligible account becomes usable again, for `Retry-After`.
+    pub earliest_return: Option<UnixMillis>,
+    /// Whether every account that may not take the request is only rate limited.
+    pub all_rate_limited: bool,
+    /// How many accounts may take the request now (`ordered` holds at most the limit asked).
+    pub eligible: usize,
+    /// The group's round-robin cursor as this request took it, for [`plan_again`].
+    pub cursor: u64,
+}
+
+/// Ranks the accounts of a group that may take this request now, at most `limit` of them,
+/// and advances the group's round-robin cursor.
 pub fn plan(
     group: &GroupRuntime,
     model: Option<&str>,
@@ -389,9 +404,36 @@ pub fn plan(
     session_account: Option<i64>,
     now: UnixMillis,
     limit: usize,
-) -> (Vec<usize>, Option<UnixMillis>, bool) {
+) -> Plan {
+    plan_with(group, (model, family, now), session_account, limit, None)
+}
+
+/// Ranks again, for a request that used up its first plan: the accounts that may take it
+/// now, less those in `considered`, at most `limit` of them, from the same round-robin
+/// position as the first plan (one request moves the cursor once).
+pub fn plan_again(
+    group: &GroupRuntime,
+    request: (Option<&str>, ModelFamily, UnixMillis),
+    cursor: u64,
+    considered: &[usize],
+    limit: usize,
+) -> Vec<usize> {
+    let mut ordered =
+        plan_with(group, request, None, limit + considered.len(), Some(cursor)).ordered;
+    ordered.retain(|member| !considered.contains(member));
+    ordered.truncate(limit);
+    ordered
+}
+
+fn plan_with(
+    group: &GroupRuntime,
+    request: (Option<&str>, ModelFamily, UnixMillis),
+    session_account: Option<i64>,
+    limit: usize,
+    cursor: Option<u64>,
+) -> Plan {
+    let now = request.2;
     with_candidate_slots(group.members.len(), |slots| {
-        let request = (model, family, now);
         // The loop is written twice, with and without the running count, so that neither
         // carries the other's test (the loop is the whole cost of selection in a large group).
         let (filled, skipped) = match group.strategy.reads_in_flight() {
@@ -403,17 +445,26 @@ pub fn plan(
             earliest_return,
             all_rate_limited,
         } = skipped;
+        let mut plan = Plan {
+            ordered: Vec::new(),
+            earliest_return,
+            all_rate_limited,
+            eligible: candidates.len(),
+            cursor: cursor.unwrap_or(0),
+        };
         if candidates.is_empty() {
-            return (Vec::new(), earliest_return, all_rate_limited);
+            return plan;
         }
-        let cursor = group
-            .cursor
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        plan.cursor = cursor.unwrap_or_else(|| {
+            group
+                .cursor
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        });
         let mut rng = rand::thread_rng();
         let mut context = SelectionContext {
             now,
             rng: &mut rng,
-            cursor,
+            cursor: plan.cursor,
         };
         let order = group.strategy.rank(candidates, &mut context, limit);
         // Members are sorted by id, so a ranked candidate's member is found by its id. Candidates
@@ -450,9 +501,13 @@ pub fn plan(
                 }
             }
         }
-        (ordered, earliest_return, all_rate_limited)
+        plan.ordered = ordered;
+        plan
     })
 }
+
+/// How many accounts the first plan of a request ranks (see `forward`).
+pub const FIRST_PLAN_LIMIT: usize = 2;
 
 fn retry_after_secs(until: Option<UnixMillis>, now: UnixMillis) -> Option<u64> {
     until.map(|until| {
@@ -511,18 +566,26 @@ pub async fn forward(
         .session_key
         .as_deref()
         .and_then(|key| state.sticky.get(key, now));
-    // The strategy ranks only as many accounts as this request may try, plus slack for
+    // A request considers at most this many accounts: as many as it may try, plus slack for
     // accounts that turn ineligible between the plan and their turn.
     let wanted = (config.max_retries as usize + 1) * 2 + 2;
-    let (ordered, earliest_return, all_rate_limited) = plan(
+    // The first plan ranks the account to try and a spare for when it turned ineligible
+    // meanwhile: nearly every request needs no more. One that fails over plans again, from
+    // the state its failures left (`plan_again`).
+    let mut first = plan(
         &group,
         request.model.as_deref(),
         family,
         session_account,
         now,
-        wanted,
+        wanted.min(FIRST_PLAN_LIMIT),
     );
-    if ordered.is_empty() {
+    let Plan {
+        earliest_return,
+        all_rate_limited,
+        ..
+    } = first;
+    if first.ordered.is_empty() {
         tracing::warn!(request_id = %request.request_id, group = %group.group.name, "{}", logs::none_eligible(lang, &group.group.name));
         let (kind, message) = if all_rate_limited && earliest_return.is_some() {
             (
@@ -552,7 +615,7 @@ pub async fn forward(
         });
     }
 
-    let max_attempts = (config.max_retries as usize + 1).min(ordered.len());
+    let max_attempts = (config.max_retries as usize + 1).min(first.eligible);
     let deadline = tokio::time::Instant::now() + config.request_timeout;
     // The opening lines of every request are at debug level: at info, a request that
     // succeeds on its first account logs one line (✅), and one that fails over logs each
@@ -571,14 +634,35 @@ pub async fn forward(
     let mut classes_seen: Vec<OutcomeClass> = Vec::new();
     let mut retry_at: Option<UnixMillis> = None;
 
-    for runtime in ordered
-        .into_iter()
-        .filter_map(|index| group.members.get(index))
-        .map(|member| &member.runtime)
-    {
+    // Every account taken so far, tried or skipped, then those still to take.
+    let mut queue = std::mem::take(&mut first.ordered);
+    let mut taken = 0;
+    loop {
         if attempts.len() >= max_attempts || tokio::time::Instant::now() >= deadline {
             break;
         }
+        if taken == queue.len() {
+            if queue.len() >= wanted {
+                break;
+            }
+            let request_now = (request.model.as_deref(), family, state.now());
+            let more = plan_again(
+                &group,
+                request_now,
+                first.cursor,
+                &queue,
+                wanted - queue.len(),
+            );
+            if more.is_empty() {
+                break;
+            }
+            queue.extend(more);
+        }
+        let Some(member) = queue.get(taken).and_then(|index| group.members.get(*index)) else {
+            break;
+        };
+        taken += 1;
+        let runtime = &member.runtime;
         let now = state.now();
         let admission = runtime.try_admit(now, family);
         let mut trial_slot = match admission {
@@ -1338,7 +1422,7 @@ mod tests {
         let mut running: Vec<_> = (0..9).map(|_| runtime(&group, 0).start_request()).collect();
         running.extend((0..3).map(|_| runtime(&group, 2).start_request()));
         let last = |group: &GroupRuntime| {
-            let (ranked, _, _) = plan(group, None, ModelFamily::Sonnet, None, NOW, 10);
+            let ranked = plan(group, None, ModelFamily::Sonnet, None, NOW, 10).ordered;
             assert_eq!(ranked.len(), 3);
             group.members[ranked[2]].id
         };
@@ -1378,8 +1462,11 @@ mod tests {
         let cooling = [1, 5, 6, 12];
         let group = group_with_gaps(12, &disabled, &cooling);
         let ids = |session: Option<i64>| {
-            let (members, earliest_return, _) =
-                plan(&group, None, ModelFamily::Sonnet, session, NOW + 1, 20);
+            let Plan {
+                ordered: members,
+                earliest_return,
+                ..
+            } = plan(&group, None, ModelFamily::Sonnet, session, NOW + 1, 20);
             assert!(earliest_return.is_some_and(|at| at > NOW));
             members
                 .into_iter()
@@ -1392,8 +1479,46 @@ mod tests {
         assert_eq!(ids(Some(5)), [11, 8, 7, 4]);
         // Nothing skipped: every account, in priority order.
         let group = group_with_gaps(5, &[], &[]);
-        let (members, _, _) = plan(&group, None, ModelFamily::Sonnet, None, NOW, 10);
+        let members = plan(&group, None, ModelFamily::Sonnet, None, NOW, 10).ordered;
         assert_eq!(members, [4, 3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn planning_again_leaves_out_the_accounts_taken_and_keeps_the_round_robin_position() {
+        let group = group_with_gaps(8, &[2], &[5]);
+        let request = (None, ModelFamily::Sonnet, NOW + 1);
+        let ids = |members: &[usize]| -> Vec<i64> {
+            members
+                .iter()
+                .map(|member| group.members[*member].id)
+                .collect()
+        };
+        // priority_first: 8, 7, 6, 4, 3, 1 may take it (2 is disabled, 5 cooling down).
+        let first = plan(&group, None, ModelFamily::Sonnet, None, NOW + 1, 2);
+        assert_eq!(ids(&first.ordered), [8, 7]);
+        assert_eq!(first.eligible, 6);
+        let again = plan_again(&group, request, first.cursor, &first.ordered, 3);
+        assert_eq!(ids(&again), [6, 4, 3]);
+        let taken: Vec<usize> = first.ordered.iter().chain(&again).copied().collect();
+        let rest = plan_again(&group, request, first.cursor, &taken, 10);
+        assert_eq!(ids(&rest), [1]);
+        let all: Vec<usize> = taken.iter().chain(&rest).copied().collect();
+        assert!(plan_again(&group, request, first.cursor, &all, 10).is_empty());
+
+        // round_robin: planning again starts where the request's first plan did, and does
+        // not move the group's cursor.
+        let registry = Registry::default();
+        let group = rebuild(&registry, source("round_robin", 5, &[]));
+        let first = plan(&group, None, ModelFamily::Sonnet, None, NOW, 2);
+        let cursor_after_first = group.cursor.load(std::sync::atomic::Ordering::Relaxed);
+        let again = plan_again(&group, request, first.cursor, &first.ordered, 3);
+        let whole: Vec<usize> = first.ordered.iter().chain(&again).copied().collect();
+        let start = first.ordered[0];
+        assert_eq!(whole, (0..5).map(|k| (start + k) % 5).collect::<Vec<_>>());
+        assert_eq!(
+            group.cursor.load(std::sync::atomic::Ordering::Relaxed),
+            cursor_after_first
+        );
     }
 
     #[test]
