@@ -190,6 +190,15 @@ pub trait SelectionStrategy: Send + Sync + std::fmt::Debug {
         limit: usize,
     ) -> Vec<usize>;
 
+    /// A [`Screen`] that ranks candidates offered one at a time exactly as `rank` ranks them
+    /// given all at once (the same candidates in the same order, the same context, the same
+    /// `limit`), so that a caller reading a large group need not write its candidates out.
+    /// `None` (the default) when the strategy needs them all at once.
+    fn screen(&self, limit: usize) -> Option<Screen> {
+        let _ = limit;
+        None
+    }
+
     /// Whether `rank` reads [`Candidate::in_flight`] of accounts without a `max_concurrency`
     /// (the caller leaves it 0 otherwise): it is the one figure that selection cannot read
     /// from the group's own table, so strategies that ignore it say so.
@@ -424,6 +433,125 @@ impl<K: Copy + Ord + Default> StreamingTopK<K> {
     }
 }
 
+/// `rank_by` for candidates offered one at a time: the same keys, the same screen against
+/// the worst kept one, so the same result for the same candidates in the same order.
+struct StreamingRank<O: CandidateOrder> {
+    order: O,
+    best: StreamingTopK<O::Key>,
+    bar: Option<O::Bar>,
+    offered: usize,
+}
+
+impl<O: CandidateOrder> StreamingRank<O> {
+    /// `take` is at least 1 and at most [`STREAMING_TOP_K_MAX`].
+    fn new(order: O, take: usize) -> Self {
+        StreamingRank {
+            order,
+            best: StreamingTopK::new(take),
+            bar: None,
+            offered: 0,
+        }
+    }
+
+    #[inline(always)]
+    fn offer(&mut self, candidate: &Candidate) {
+        let index = self.offered;
+        self.offered += 1;
+        match self.bar {
+            // Until `take` candidates are kept, every one is kept.
+            None => {
+                self.best.offer(self.order.full_key(candidate), index);
+                if self.best.len == self.best.take {
+                    self.bar = Some(self.order.bar(self.best.worst_key()));
+                }
+            }
+            Some(bar) => {
+                let figures = self.order.figures(candidate);
+                if self.order.may_beat(figures, bar)
+                    && self.best.offer(self.order.key(candidate, figures), index)
+                {
+                    self.bar = Some(self.order.bar(self.best.worst_key()));
+                }
+            }
+        }
+    }
+
+    fn ranked(&self) -> Vec<usize> {
+        self.best.indices().to_vec()
+    }
+}
+
+/// Ranks a group's candidates as they are offered, one at a time and in order, for a
+/// strategy whose order is a key of each candidate alone ([`SelectionStrategy::screen`]):
+/// a candidate that cannot beat the worst one kept costs its screening figure and one
+/// comparison, and nothing is kept of it.
+pub struct Screen {
+    kind: ScreenKind,
+    limit: usize,
+}
+
+enum ScreenKind {
+    PriorityFirst(StreamingRank<PriorityFirst>),
+    LeastUsed(StreamingRank<LeastUsed>),
+    /// Greedy as above; whether to explore is drawn at the end, as `Adaptive::rank` draws it.
+    Adaptive(StreamingRank<Adaptive>),
+}
+
+impl std::fmt::Debug for Screen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Screen")
+            .field("offered", &self.offered())
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl Screen {
+    /// For `limit` picks; `None` where `rank` would not rank in one pass.
+    fn for_limit(limit: usize, kind: impl FnOnce(usize) -> ScreenKind) -> Option<Screen> {
+        (1..=STREAMING_TOP_K_MAX).contains(&limit).then(|| Screen {
+            kind: kind(limit),
+            limit,
+        })
+    }
+
+    /// Offers the next candidate (its index is the number offered before it).
+    #[inline(always)]
+    pub fn offer(&mut self, candidate: &Candidate) {
+        match &mut self.kind {
+            ScreenKind::PriorityFirst(rank) => rank.offer(candidate),
+            ScreenKind::LeastUsed(rank) => rank.offer(candidate),
+            ScreenKind::Adaptive(rank) => rank.offer(candidate),
+        }
+    }
+
+    /// How many candidates were offered.
+    pub fn offered(&self) -> usize {
+        match &self.kind {
+            ScreenKind::PriorityFirst(rank) => rank.offered,
+            ScreenKind::LeastUsed(rank) => rank.offered,
+            ScreenKind::Adaptive(rank) => rank.offered,
+        }
+    }
+
+    /// The indices (in offer order) of the picks, best first: what `rank` returns for the
+    /// candidates offered, drawing from `ctx` what it would draw.
+    pub fn finish(self, ctx: &mut SelectionContext<'_>) -> Vec<usize> {
+        match self.kind {
+            ScreenKind::PriorityFirst(rank) => rank.ranked(),
+            ScreenKind::LeastUsed(rank) => rank.ranked(),
+            ScreenKind::Adaptive(rank) => {
+                let count = rank.offered;
+                let mut ranked = rank.ranked();
+                if let Some(explored) = Adaptive::explored(count, ctx) {
+                    place_first(&mut ranked, explored);
+                }
+                ranked
+            }
+        }
+    }
+}
+
 /// The indices of the `limit` best candidates under `order`, best first.
 fn rank_by<O: CandidateOrder>(order: &O, candidates: &[Candidate], limit: usize) -> Vec<usize> {
     let take = limit.min(candidates.len());
@@ -469,6 +597,13 @@ fn rank_after<O: CandidateOrder>(
     if limit == 0 || first >= candidates.len() {
         return ranked;
     }
+    place_first(&mut ranked, first);
+    ranked
+}
+
+/// Puts `first` in front of the best of the others, `ranked` being the best `limit` of all
+/// (`limit` at least 1, `first` a candidate).
+fn place_first(ranked: &mut Vec<usize>, first: usize) {
     // The best `limit` of all, less `first` (or less the last when `first` is not among them),
     // are the best `limit - 1` of the others.
     match ranked.iter().position(|index| *index == first) {
@@ -480,7 +615,6 @@ fn rank_after<O: CandidateOrder>(
         }
     }
     ranked.insert(0, first);
-    ranked
 }
 
 /// `priority_first`: the smallest priority first. Within one priority, healthy accounts come
@@ -544,6 +678,12 @@ impl SelectionStrategy for PriorityFirst {
         limit: usize,
     ) -> Vec<usize> {
         rank_by(self, candidates, limit)
+    }
+
+    fn screen(&self, limit: usize) -> Option<Screen> {
+        Screen::for_limit(limit, |take| {
+            ScreenKind::PriorityFirst(StreamingRank::new(PriorityFirst, take))
+        })
     }
 }
 
@@ -1006,6 +1146,12 @@ impl SelectionStrategy for LeastUsed {
     ) -> Vec<usize> {
         rank_by(self, candidates, limit)
     }
+
+    fn screen(&self, limit: usize) -> Option<Screen> {
+        Screen::for_limit(limit, |take| {
+            ScreenKind::LeastUsed(StreamingRank::new(LeastUsed, take))
+        })
+    }
 }
 
 /// `hybrid`: the seed's score `0.4·weight + 0.3·usage + 0.3·status`, highest first, with every
@@ -1144,6 +1290,13 @@ impl Adaptive {
 
     /// The screen's scale: 10 s with a relative margin of 1e-9, far above the few units in the
     /// last place between the division-free comparison and the score's own rounding.
+    /// The candidate to try first instead of the best, when this request explores (drawn
+    /// from `ctx`: whether, then which).
+    fn explored(count: usize, ctx: &mut SelectionContext<'_>) -> Option<usize> {
+        let explore = count > 1 && ctx.rng.gen::<f64>() < Self::EXPLORATION_PROBABILITY;
+        explore.then(|| ctx.rng.gen_range(0..count))
+    }
+
     const SCREEN_SCALE: f64 = Self::LATENCY_HALVING_MS * (1.0 + 1e-9);
     /// Below this bar the screen lets every candidate through: its relative margin needs
     /// normal (not subnormal) numbers on both sides.
@@ -1210,14 +1363,16 @@ impl SelectionStrategy for Adaptive {
         ctx: &mut SelectionContext<'_>,
         limit: usize,
     ) -> Vec<usize> {
-        let count = candidates.len();
-        let explore = count > 1 && ctx.rng.gen::<f64>() < Self::EXPLORATION_PROBABILITY;
-        if explore {
-            let explored = ctx.rng.gen_range(0..count);
-            rank_after(explored, self, candidates, limit)
-        } else {
-            rank_by(self, candidates, limit)
+        match Adaptive::explored(candidates.len(), ctx) {
+            Some(explored) => rank_after(explored, self, candidates, limit),
+            None => rank_by(self, candidates, limit),
         }
+    }
+
+    fn screen(&self, limit: usize) -> Option<Screen> {
+        Screen::for_limit(limit, |take| {
+            ScreenKind::Adaptive(StreamingRank::new(Adaptive, take))
+        })
     }
 }
 
@@ -1941,6 +2096,64 @@ mod tests {
             }
             group
         })
+    }
+
+    /// What a strategy's screen ranks for `candidates` offered one at a time.
+    fn screened(
+        strategy: &dyn SelectionStrategy,
+        candidates: &[Candidate],
+        seed: u64,
+        limit: usize,
+    ) -> Option<Vec<usize>> {
+        let mut screen = strategy.screen(limit)?;
+        for candidate in candidates {
+            screen.offer(candidate);
+        }
+        assert_eq!(screen.offered(), candidates.len());
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut ctx = SelectionContext::new(0, &mut rng, 0);
+        Some(screen.finish(&mut ctx))
+    }
+
+    #[test]
+    fn the_strategies_with_a_key_of_each_candidate_screen_and_the_others_do_not() {
+        let screening: Vec<String> = builtin()
+            .iter()
+            .filter(|strategy| strategy.screen(2).is_some())
+            .map(|strategy| strategy.name().to_owned())
+            .collect();
+        assert_eq!(screening, ["adaptive", "least_used", "priority_first"]);
+        for strategy in builtin() {
+            assert!(strategy.screen(0).is_none(), "{}", strategy.name());
+            assert!(strategy.screen(STREAMING_TOP_K_MAX + 1).is_none());
+        }
+        assert!(
+            NewestAccountFirst.screen(2).is_none(),
+            "a custom strategy ranks whole lists"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn a_screen_ranks_exactly_as_the_strategy_ranks_the_whole_list(
+            group in arbitrary_group(),
+            wild in proptest::collection::vec(wild_candidate(), 0..6),
+            limit in 1usize..=STREAMING_TOP_K_MAX,
+            seed in any::<u64>(),
+        ) {
+            let mut group = group;
+            let first_wild_id = group.len() as AccountId + 1_000;
+            for (offset, mut candidate) in wild.into_iter().enumerate() {
+                candidate.account_id = first_wild_id + offset as AccountId;
+                group.push(candidate);
+            }
+            for strategy in builtin() {
+                if let Some(screened) = screened(strategy.as_ref(), &group, seed, limit) {
+                    let ranked = rank_with(strategy.as_ref(), &group, seed, 0, limit);
+                    prop_assert_eq!(screened, ranked, "{}", strategy.name());
+                }
+            }
+        }
     }
 
     proptest! {

@@ -31,7 +31,7 @@ use relay_core::model::{Account, Usage};
 use relay_core::model::{ModelFamily, Platform};
 use relay_core::sse::{FirstEvent, SseUsageParser};
 use relay_core::state::{Eligibility, StateEvent};
-use relay_core::strategy::{Candidate, SelectionContext};
+use relay_core::strategy::{Candidate, Screen, SelectionContext};
 use relay_core::UnixMillis;
 use relay_store::UsageRow;
 use serde::Serialize;
@@ -222,6 +222,28 @@ thread_local! {
     static CANDIDATES: RefCell<Vec<Candidate>> = const { RefCell::new(Vec::new()) };
 }
 
+thread_local! {
+    /// The members a screened `plan` took, by candidate index (see `with_member_slots`).
+    static MEMBERS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `count` slots of this thread's member list to fill in (slots for the
+/// reason `with_candidate_slots` gives).
+fn with_member_slots<R>(count: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
+    MEMBERS.with(|scratch| {
+        let mut borrowed = scratch.try_borrow_mut();
+        let mut own = Vec::new();
+        let list = match borrowed.as_deref_mut() {
+            Ok(kept) => kept,
+            Err(_) => &mut own,
+        };
+        if list.len() < count {
+            list.resize(count, 0);
+        }
+        f(&mut list[..count])
+    })
+}
+
 /// Runs `f` with `count` slots of this thread's candidate list to fill in.
 ///
 /// Slots rather than a list to push to: the loop that fills them reads each account's view
@@ -317,15 +339,61 @@ fn read_member_the_long_way(
     Some((figures, in_flight, member.max_concurrency))
 }
 
-/// Writes the members that may take the request into `slots`, in the members' order, and
-/// returns how many it wrote, with what it learnt of the others.
-fn fill_candidates<const READS_IN_FLIGHT: bool>(
+/// Where `read_candidates` puts the members that may take the request.
+trait CandidateSink {
+    /// Takes the candidate of member `member`; `false` when nothing more fits.
+    fn take(&mut self, member: usize, candidate: Candidate) -> bool;
+}
+
+/// The candidates written out, for a strategy that ranks a whole list.
+struct Written<'a> {
+    slots: &'a mut [Candidate],
+    filled: usize,
+}
+
+impl CandidateSink for Written<'_> {
+    #[inline(always)]
+    fn take(&mut self, _member: usize, candidate: Candidate) -> bool {
+        // A slot per member: never past the end, so never a panic.
+        let Some(slot) = self.slots.get_mut(self.filled) else {
+            return false;
+        };
+        *slot = candidate;
+        self.filled += 1;
+        true
+    }
+}
+
+/// The candidates offered to a strategy's screen as they are read; only their members are
+/// kept, to map the screen's picks back.
+struct Screened<'a> {
+    screen: Screen,
+    members: &'a mut [u32],
+    filled: usize,
+}
+
+impl CandidateSink for Screened<'_> {
+    #[inline(always)]
+    fn take(&mut self, member: usize, candidate: Candidate) -> bool {
+        let Some(slot) = self.members.get_mut(self.filled) else {
+            return false;
+        };
+        // Members are counted in u32 everywhere a group is built.
+        *slot = member as u32;
+        self.filled += 1;
+        self.screen.offer(&candidate);
+        true
+    }
+}
+
+/// Reads the members that may take the request into `sink`, in the members' order, and
+/// returns what it learnt of the others.
+fn read_candidates<const READS_IN_FLIGHT: bool>(
     group: &GroupRuntime,
     request: (Option<&str>, ModelFamily, UnixMillis),
-    slots: &mut [Candidate],
-) -> (usize, Skipped) {
+    sink: &mut impl CandidateSink,
+) -> Skipped {
     let (_, family, now) = request;
-    let mut filled = 0;
     let mut skipped = Skipped {
         earliest_return: None,
         all_rate_limited: true,
@@ -355,12 +423,9 @@ fn fill_candidates<const READS_IN_FLIGHT: bool>(
                 true => published.running(),
                 false => 0,
             };
-            // A slot per member: never past the end, so never a panic.
-            let Some(slot) = slots.get_mut(filled) else {
+            if !sink.take(index, candidate((figures, in_flight, None))) {
                 break;
-            };
-            filled += 1;
-            *slot = candidate((figures, in_flight, None));
+            }
             continue;
         }
         let Some(member) = group.members.get(index) else {
@@ -369,14 +434,26 @@ fn fill_candidates<const READS_IN_FLIGHT: bool>(
         let read =
             read_member_the_long_way(published, member, request, READS_IN_FLIGHT, &mut skipped);
         if let Some(read) = read {
-            let Some(slot) = slots.get_mut(filled) else {
+            if !sink.take(index, candidate(read)) {
                 break;
-            };
-            filled += 1;
-            *slot = candidate(read);
+            }
         }
     }
-    (filled, skipped)
+    skipped
+}
+
+/// `read_candidates` with the running count read or not, as the strategy needs it (the
+/// loop is written twice so that neither carries the other's test: it is the whole cost of
+/// selection in a large group).
+fn read_candidates_for(
+    group: &GroupRuntime,
+    request: (Option<&str>, ModelFamily, UnixMillis),
+    sink: &mut impl CandidateSink,
+) -> Skipped {
+    match group.strategy.reads_in_flight() {
+        true => read_candidates::<true>(group, request, sink),
+        false => read_candidates::<false>(group, request, sink),
+    }
 }
 
 /// What `plan` found for a request.
@@ -432,78 +509,154 @@ fn plan_with(
     limit: usize,
     cursor: Option<u64>,
 ) -> Plan {
-    let now = request.2;
-    with_candidate_slots(group.members.len(), |slots| {
-        // The loop is written twice, with and without the running count, so that neither
-        // carries the other's test (the loop is the whole cost of selection in a large group).
-        let (filled, skipped) = match group.strategy.reads_in_flight() {
-            true => fill_candidates::<true>(group, request, slots),
-            false => fill_candidates::<false>(group, request, slots),
-        };
-        let candidates = &slots[..filled];
-        let Skipped {
-            earliest_return,
-            all_rate_limited,
-        } = skipped;
-        let mut plan = Plan {
-            ordered: Vec::new(),
-            earliest_return,
-            all_rate_limited,
-            eligible: candidates.len(),
-            cursor: cursor.unwrap_or(0),
-        };
-        if candidates.is_empty() {
-            return plan;
+    let count = group.members.len();
+    let screen = (count >= SCREENED_FROM).then(|| group.strategy.screen(limit));
+    match screen.flatten() {
+        // The strategy ranks candidates as they are read: none is written out.
+        Some(screen) => with_member_slots(count, |members| {
+            let mut sink = Screened {
+                screen,
+                members,
+                filled: 0,
+            };
+            let skipped = read_candidates_for(group, request, &mut sink);
+            let Screened {
+                screen,
+                members,
+                filled,
+            } = sink;
+            let members = &members[..filled];
+            let rank = |context: &mut SelectionContext<'_>| screen.finish(context);
+            let ranked = Ranked {
+                eligible: filled,
+                member_of_candidate: |candidate: usize| {
+                    members.get(candidate).map(|member| *member as usize)
+                },
+                is_candidate: |member: usize| members.contains(&(member as u32)),
+            };
+            finish_plan(
+                group,
+                request,
+                session_account,
+                cursor,
+                skipped,
+                ranked,
+                rank,
+            )
+        }),
+        None => with_candidate_slots(count, |slots| {
+            let mut sink = Written { slots, filled: 0 };
+            let skipped = read_candidates_for(group, request, &mut sink);
+            let candidates = &sink.slots[..sink.filled];
+            let rank = |context: &mut SelectionContext<'_>| {
+                group.strategy.rank(candidates, context, limit)
+            };
+            // Members are sorted by id, so a ranked candidate's member is found by its id.
+            // Candidates were taken from the members in order, skipping some: the member of
+            // candidate `c` lies at `c` or at most that many places later, which is where
+            // the search looks.
+            let skipped_members = count - candidates.len();
+            let ranked = Ranked {
+                eligible: candidates.len(),
+                member_of_candidate: |candidate: usize| {
+                    let account_id = candidates.get(candidate)?.account_id;
+                    let window = group.members.get(candidate..=candidate + skipped_members)?;
+                    window
+                        .binary_search_by_key(&account_id, |member| member.id)
+                        .ok()
+                        .map(|offset| candidate + offset)
+                },
+                is_candidate: |member: usize| {
+                    group.members.get(member).is_some_and(|member| {
+                        candidates
+                            .iter()
+                            .any(|candidate| candidate.account_id == member.id)
+                    })
+                },
+            };
+            finish_plan(
+                group,
+                request,
+                session_account,
+                cursor,
+                skipped,
+                ranked,
+                rank,
+            )
+        }),
+    }
+}
+
+/// From how many members a group's candidates are screened as they are read, when the
+/// strategy can: a screen carries its kept keys by value (several hundred bytes), which
+/// costs more than writing a small group's candidates out.
+const SCREENED_FROM: usize = 512;
+
+/// How `finish_plan` learns about the candidates `plan` read.
+struct Ranked<M, C> {
+    eligible: usize,
+    /// The member of a candidate index.
+    member_of_candidate: M,
+    /// Whether a member is among the candidates.
+    is_candidate: C,
+}
+
+/// The part of `plan` after the candidates are read: the cursor, the ranking (`rank`), the
+/// picks mapped back to members, the session's account first.
+fn finish_plan(
+    group: &GroupRuntime,
+    request: (Option<&str>, ModelFamily, UnixMillis),
+    session_account: Option<i64>,
+    cursor: Option<u64>,
+    skipped: Skipped,
+    ranked: Ranked<impl Fn(usize) -> Option<usize>, impl Fn(usize) -> bool>,
+    rank: impl FnOnce(&mut SelectionContext<'_>) -> Vec<usize>,
+) -> Plan {
+    let Skipped {
+        earliest_return,
+        all_rate_limited,
+    } = skipped;
+    let mut plan = Plan {
+        ordered: Vec::new(),
+        earliest_return,
+        all_rate_limited,
+        eligible: ranked.eligible,
+        cursor: cursor.unwrap_or(0),
+    };
+    if ranked.eligible == 0 {
+        return plan;
+    }
+    plan.cursor = cursor.unwrap_or_else(|| {
+        group
+            .cursor
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    });
+    let mut rng = rand::thread_rng();
+    let mut context = SelectionContext {
+        now: request.2,
+        rng: &mut rng,
+        cursor: plan.cursor,
+    };
+    let order = rank(&mut context);
+    let mut ordered: Vec<usize> = order
+        .into_iter()
+        .filter_map(&ranked.member_of_candidate)
+        .collect();
+    // The session's account goes first while it is usable (it is among the candidates).
+    if let Some(sticky) = session_account {
+        let sticky_member = group
+            .members
+            .binary_search_by_key(&sticky, |member| member.id)
+            .ok();
+        if let Some(position) = ordered.iter().position(|m| Some(*m) == sticky_member) {
+            let bound = ordered.remove(position);
+            ordered.insert(0, bound);
+        } else if let Some(bound) = sticky_member.filter(|member| (ranked.is_candidate)(*member)) {
+            ordered.insert(0, bound);
         }
-        plan.cursor = cursor.unwrap_or_else(|| {
-            group
-                .cursor
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        });
-        let mut rng = rand::thread_rng();
-        let mut context = SelectionContext {
-            now,
-            rng: &mut rng,
-            cursor: plan.cursor,
-        };
-        let order = group.strategy.rank(candidates, &mut context, limit);
-        // Members are sorted by id, so a ranked candidate's member is found by its id. Candidates
-        // were taken from the members in order, skipping some: the member of candidate `c` lies
-        // at `c` or at most that many places later, which is where the search looks.
-        let skipped = group.members.len() - candidates.len();
-        let member_of = |account_id: i64| {
-            group
-                .members
-                .binary_search_by_key(&account_id, |member| member.id)
-                .ok()
-        };
-        let member_of_candidate = |candidate: usize| {
-            let account_id = candidates.get(candidate)?.account_id;
-            let window = group.members.get(candidate..=candidate + skipped)?;
-            window
-                .binary_search_by_key(&account_id, |member| member.id)
-                .ok()
-                .map(|offset| candidate + offset)
-        };
-        let mut ordered: Vec<usize> = order.into_iter().filter_map(member_of_candidate).collect();
-        // The session's account goes first while it is usable (it is among the candidates).
-        if let Some(sticky) = session_account {
-            let sticky_member = member_of(sticky);
-            if let Some(position) = ordered.iter().position(|m| Some(*m) == sticky_member) {
-                let bound = ordered.remove(position);
-                ordered.insert(0, bound);
-            } else if candidates
-                .iter()
-                .any(|candidate| candidate.account_id == sticky)
-            {
-                if let Some(bound) = sticky_member {
-                    ordered.insert(0, bound);
-                }
-            }
-        }
-        plan.ordered = ordered;
-        plan
-    })
+    }
+    plan.ordered = ordered;
+    plan
 }
 
 /// How many accounts the first plan of a request ranks (see `forward`).
@@ -1383,12 +1536,101 @@ mod tests {
     }
 
     fn rebuild(registry: &Registry, source: RegistrySource) -> Arc<GroupRuntime> {
-        registry.rebuild(
-            source,
-            &FallbackConfig::default(),
-            &StrategyRegistry::with_builtin(),
-        );
+        rebuild_with(registry, source, &StrategyRegistry::with_builtin())
+    }
+
+    fn rebuild_with(
+        registry: &Registry,
+        source: RegistrySource,
+        strategies: &StrategyRegistry,
+    ) -> Arc<GroupRuntime> {
+        registry.rebuild(source, &FallbackConfig::default(), strategies);
         Arc::clone(&registry.load_full().groups[&1])
+    }
+
+    /// A built-in strategy that only ranks whole lists (it has no screen), to compare with.
+    #[derive(Debug)]
+    struct WholeList(Arc<dyn relay_core::strategy::SelectionStrategy>);
+
+    impl relay_core::strategy::SelectionStrategy for WholeList {
+        fn name(&self) -> &str {
+            "whole_list"
+        }
+
+        fn rank(
+            &self,
+            candidates: &[Candidate],
+            ctx: &mut SelectionContext<'_>,
+            limit: usize,
+        ) -> Vec<usize> {
+            self.0.rank(candidates, ctx, limit)
+        }
+
+        fn reads_in_flight(&self) -> bool {
+            self.0.reads_in_flight()
+        }
+    }
+
+    #[test]
+    fn a_screened_plan_names_the_accounts_a_written_out_one_names() {
+        for name in ["priority_first", "least_used"] {
+            let builtin = StrategyRegistry::with_builtin();
+            let mut strategies = StrategyRegistry::with_builtin();
+            strategies.register(Arc::new(WholeList(builtin.get(name).unwrap())));
+            assert!(builtin.get(name).unwrap().screen(2).is_some());
+            // The same accounts twice (enough to be screened): some disabled, some cooling
+            // down, each with its own history, under the strategy and its whole-list twin.
+            const COUNT: i64 = SCREENED_FROM as i64 + 88;
+            let disabled = [3, 17, 18, 33, 400];
+            let groups = [name, "whole_list"].map(|strategy| {
+                let mut source = source(strategy, COUNT, &disabled);
+                for (account, _) in &mut source.accounts {
+                    account.priority = i32::try_from(account.id % 4).unwrap();
+                }
+                let group = rebuild_with(&Registry::default(), source, &strategies);
+                for member in &group.members {
+                    let id = member.id;
+                    let outcomes = (id * 7 % 5) as i64;
+                    for k in 0..outcomes {
+                        let class = if id % 9 == 0 {
+                            OutcomeClass::RateLimited
+                        } else {
+                            OutcomeClass::Success
+                        };
+                        member.runtime.update_state(NOW + k, |state| {
+                            state.record_outcome(
+                                NOW + k,
+                                class,
+                                100.0 + id as f64,
+                                ModelFamily::Sonnet,
+                                None,
+                            )
+                        });
+                    }
+                }
+                group
+            });
+            for limit in 1..=12 {
+                for session in [None, Some(5), Some(9), Some(3)] {
+                    let plans = groups.each_ref().map(|group| {
+                        plan(group, None, ModelFamily::Sonnet, session, NOW + 10, limit)
+                    });
+                    let ids = |group: &GroupRuntime, plan: &Plan| -> Vec<i64> {
+                        plan.ordered.iter().map(|m| group.members[*m].id).collect()
+                    };
+                    assert_eq!(
+                        ids(&groups[0], &plans[0]),
+                        ids(&groups[1], &plans[1]),
+                        "{name}, limit {limit}, session {session:?}"
+                    );
+                    assert_eq!(plans[0].eligible, plans[1].eligible);
+                    assert_eq!(plans[0].earliest_return, plans[1].earliest_return);
+                    assert_eq!(plans[0].all_rate_limited, plans[1].all_rate_limited);
+                    let enabled = usize::try_from(COUNT).unwrap() - disabled.len();
+                    assert!(plans[0].eligible < enabled, "some are cooling down");
+                }
+            }
+        }
     }
 
     /// A priority_first group (see [`source`]) whose accounts in `cooling` had a 429.
