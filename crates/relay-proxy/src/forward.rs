@@ -1590,7 +1590,7 @@ mod tests {
                 let group = rebuild_with(&Registry::default(), source, &strategies);
                 for member in &group.members {
                     let id = member.id;
-                    let outcomes = (id * 7 % 5) as i64;
+                    let outcomes = id * 7 % 5;
                     for k in 0..outcomes {
                         let class = if id % 9 == 0 {
                             OutcomeClass::RateLimited
