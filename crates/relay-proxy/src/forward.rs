@@ -14,6 +14,7 @@
 
 use std::cell::RefCell;
 use std::sync::Arc;
+use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -220,38 +221,24 @@ thread_local! {
     /// thousands of accounts would otherwise allocate (and fault in) a list that size for
     /// every request.
     static CANDIDATES: RefCell<Vec<Candidate>> = const { RefCell::new(Vec::new()) };
-}
-
-thread_local! {
-    /// The members a screened `plan` took, by candidate index (see `with_member_slots`).
+    /// The members a screened `plan` took, by candidate index, kept likewise.
     static MEMBERS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with `count` slots of this thread's member list to fill in (slots for the
-/// reason `with_candidate_slots` gives).
-fn with_member_slots<R>(count: usize, f: impl FnOnce(&mut [u32]) -> R) -> R {
-    MEMBERS.with(|scratch| {
-        let mut borrowed = scratch.try_borrow_mut();
-        let mut own = Vec::new();
-        let list = match borrowed.as_deref_mut() {
-            Ok(kept) => kept,
-            Err(_) => &mut own,
-        };
-        if list.len() < count {
-            list.resize(count, 0);
-        }
-        f(&mut list[..count])
-    })
-}
-
-/// Runs `f` with `count` slots of this thread's candidate list to fill in.
+/// Runs `f` with `count` slots of this thread's list `kept` to fill in (`blank` fills the
+/// slots the list grows by).
 ///
 /// Slots rather than a list to push to: the loop that fills them reads each account's view
 /// behind a fence, and a fence makes the compiler read a list's length back from memory on
 /// every push; a slot's index is a plain local. The list only grows, so after the first
 /// requests it is never written twice over.
-fn with_candidate_slots<R>(count: usize, f: impl FnOnce(&mut [Candidate]) -> R) -> R {
-    CANDIDATES.with(|scratch| {
+fn with_slots<T: Clone, R>(
+    kept: &'static LocalKey<RefCell<Vec<T>>>,
+    count: usize,
+    blank: T,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    kept.with(|scratch| {
         let mut borrowed = scratch.try_borrow_mut();
         // Only a strategy that planned from inside its own ranking could find it borrowed.
         let mut own = Vec::new();
@@ -260,7 +247,7 @@ fn with_candidate_slots<R>(count: usize, f: impl FnOnce(&mut [Candidate]) -> R) 
             Err(_) => &mut own,
         };
         if list.len() < count {
-            list.resize(count, Candidate::new(0, 0, 0));
+            list.resize(count, blank);
         }
         f(&mut list[..count])
     })
@@ -378,7 +365,7 @@ impl CandidateSink for Screened<'_> {
         let Some(slot) = self.members.get_mut(self.filled) else {
             return false;
         };
-        // Members are counted in u32 everywhere a group is built.
+        // A group never holds 2³² members.
         *slot = member as u32;
         self.filled += 1;
         self.screen.offer(&candidate);
@@ -513,7 +500,7 @@ fn plan_with(
     let screen = (count >= SCREENED_FROM).then(|| group.strategy.screen(limit));
     match screen.flatten() {
         // The strategy ranks candidates as they are read: none is written out.
-        Some(screen) => with_member_slots(count, |members| {
+        Some(screen) => with_slots(&MEMBERS, count, 0, |members| {
             let mut sink = Screened {
                 screen,
                 members,
@@ -544,7 +531,7 @@ fn plan_with(
                 rank,
             )
         }),
-        None => with_candidate_slots(count, |slots| {
+        None => with_slots(&CANDIDATES, count, Candidate::new(0, 0, 0), |slots| {
             let mut sink = Written { slots, filled: 0 };
             let skipped = read_candidates_for(group, request, &mut sink);
             let candidates = &sink.slots[..sink.filled];
