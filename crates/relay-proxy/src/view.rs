@@ -204,15 +204,18 @@ impl PublishedView {
         self.store(&SelectionView::STALE);
     }
 
-    /// The figures of an account that may take a request for `family` at `now`, when the
-    /// published view says so, holds at `now` and was not being rewritten meanwhile, and the
-    /// member's settings need nothing of the member itself; `None` for anything else, which [`PublishedView::load_for`] then tells apart. The one read
-    /// selection makes of nearly every member, so it decides with as few steps as it can.
+    /// The view's words, when it holds at `now` and was not being rewritten meanwhile (the
+    /// reader's side of the sequence lock). The word of blocked families is read only with
+    /// `BLOCKED`: the fast path never needs it.
     #[inline(always)]
-    pub fn eligible(&self, now: UnixMillis, family: FamilyBit) -> Option<EligibleFigures> {
+    fn read<const BLOCKED: bool>(&self, now: UnixMillis) -> Option<Words> {
         let before = self.sequence.load(Ordering::Acquire);
         let valid_from = self.valid_from.load(Ordering::Relaxed);
         let status = self.status.load(Ordering::Relaxed);
+        let blocked = match BLOCKED {
+            true => self.blocked.load(Ordering::Relaxed),
+            false => ELIGIBLE,
+        };
         let success_ewma = self.success_ewma.load(Ordering::Relaxed);
         let latency_ewma_ms = self.latency_ewma_ms.load(Ordering::Relaxed);
         fence(Ordering::Acquire);
@@ -220,43 +223,66 @@ impl PublishedView {
         // `now - valid_from` below the span: both ends in one unsigned comparison.
         let span = status >> Status::SPAN_SHIFT;
         let holds = (now.wrapping_sub(valid_from) as u64) < span;
-        // Eligible for the family, and no need to read the member itself.
-        let plain = status & (family.0 | Status::READ_MEMBER) == family.0;
-        (unchanged & holds & plain).then(|| EligibleFigures {
-            health: health_of(status & 3),
-            requests_in_window: (status >> Status::REQUESTS_SHIFT) & Status::REQUESTS_MAX,
-            success_ewma: f64::from_bits(success_ewma),
-            latency_ewma_ms: f64::from_bits(latency_ewma_ms),
+        (unchanged & holds).then_some(Words {
+            status,
+            blocked,
+            success_ewma,
+            latency_ewma_ms,
         })
+    }
+
+    /// The figures of an account that may take a request for `family` at `now`, when the
+    /// published view says so, holds at `now` and was not being rewritten meanwhile, and the
+    /// member's settings need nothing of the member itself; `None` for anything else, which
+    /// [`PublishedView::load_for`] then tells apart. The one read selection makes of nearly
+    /// every member, so it decides with as few steps as it can.
+    #[inline(always)]
+    pub fn eligible(&self, now: UnixMillis, family: FamilyBit) -> Option<EligibleFigures> {
+        let words = self.read::<false>(now)?;
+        // Eligible for the family, and no need to read the member itself.
+        let plain = words.status & (family.0 | Status::READ_MEMBER) == family.0;
+        plain.then(|| words.figures())
     }
 
     /// What a request for `family` reads of the published view, when it holds at `now` and was
     /// not being rewritten meanwhile, and tells the eligibility of `family` on its own.
     pub fn load_for(&self, now: UnixMillis, family: ModelFamily) -> Option<FamilyView> {
-        let before = self.sequence.load(Ordering::Acquire);
-        let valid_from = self.valid_from.load(Ordering::Relaxed);
-        let status = self.status.load(Ordering::Relaxed);
-        let blocked = self.blocked.load(Ordering::Relaxed);
-        let success_ewma = self.success_ewma.load(Ordering::Relaxed);
-        let latency_ewma_ms = self.latency_ewma_ms.load(Ordering::Relaxed);
-        fence(Ordering::Acquire);
-        let unchanged = self.sequence.load(Ordering::Relaxed) == before && before & 1 == 0;
-        let span = status >> Status::SPAN_SHIFT;
-        let holds = (now.wrapping_sub(valid_from) as u64) < span;
-        let eligibility = if status & FamilyBit::of(family).0 != 0 {
+        let words = self.read::<true>(now)?;
+        let eligibility = if words.status & FamilyBit::of(family).0 != 0 {
             Eligibility::Eligible
-        } else if status & Status::MIXED != 0 {
+        } else if words.status & Status::MIXED != 0 {
             return None;
         } else {
-            unpack_eligibility(blocked)
+            unpack_eligibility(words.blocked)
         };
-        (unchanged && holds).then(|| FamilyView {
+        let figures = words.figures();
+        Some(FamilyView {
             eligibility,
-            health: health_of(status & 3),
-            requests_in_window: (status >> Status::REQUESTS_SHIFT) & Status::REQUESTS_MAX,
-            success_ewma: f64::from_bits(success_ewma),
-            latency_ewma_ms: f64::from_bits(latency_ewma_ms),
+            health: figures.health,
+            requests_in_window: figures.requests_in_window,
+            success_ewma: figures.success_ewma,
+            latency_ewma_ms: figures.latency_ewma_ms,
         })
+    }
+}
+
+/// A view's words as one consistent read gave them.
+struct Words {
+    status: u64,
+    blocked: u64,
+    success_ewma: u64,
+    latency_ewma_ms: u64,
+}
+
+impl Words {
+    #[inline(always)]
+    fn figures(&self) -> EligibleFigures {
+        EligibleFigures {
+            health: health_of(self.status & 3),
+            requests_in_window: (self.status >> Status::REQUESTS_SHIFT) & Status::REQUESTS_MAX,
+            success_ewma: f64::from_bits(self.success_ewma),
+            latency_ewma_ms: f64::from_bits(self.latency_ewma_ms),
+        }
     }
 }
 
