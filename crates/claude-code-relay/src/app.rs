@@ -253,6 +253,9 @@ struct Lane {
 /// The HTTP/1.1 server: accepts until `shutdown` is cancelled, lets the connections finish
 /// what they are doing (idle keep-alive connections close at once), and drops those still
 /// open when `abort` is cancelled.
+/// How far ahead the serving loop keeps a timer of its own (see `serve`).
+const TIMER_FLOOR_PERIOD: Duration = Duration::from_secs(1);
+
 async fn serve(
     listener: TcpListener,
     app: Router,
@@ -265,6 +268,13 @@ async fn serve(
     let shutdown = shutdown.child_token();
     let builder = hyper::server::conn::http1::Builder::new();
     let mut connections = JoinSet::new();
+    // Tokio's timer driver wakes its own thread (an eventfd write, then a return from
+    // `epoll_wait` with nothing to do) whenever a timer is set to expire before every timer
+    // it already holds, or when it holds none: on a worker between requests, that was every
+    // request's first timeout. A tick a second keeps a timer pending, so the timeouts a
+    // request sets (a second and longer) are set without that wake-up.
+    let mut timer_floor = tokio::time::interval(TIMER_FLOOR_PERIOD);
+    timer_floor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let inbox = async {
             match lane.as_mut() {
@@ -301,6 +311,7 @@ async fn serve(
                 }
             },
             () = shutdown.cancelled() => break,
+            _ = timer_floor.tick() => None,
         };
         let Some(tcp) = tcp else {
             continue;
