@@ -6,7 +6,6 @@
 //! the client goes away (the body is dropped). A broken SSE stream ends with an Anthropic
 //! `event: error` so the client knows the answer is incomplete and can retry.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use relay_core::classify::{classify_stream_error_event, OutcomeClass};
 use relay_core::metrics::AttemptSample;
@@ -228,12 +227,18 @@ pub async fn gather_received(
 /// response body over one decoded chunk at a time, so without this a burst of events cost
 /// one client write (and one wake-up of each side) per event. A chunk is never held waiting
 /// for the network: only for a few scheduler passes, while other chunks were already there.
+///
+/// What was gathered goes to hyper as one frame, so the client gets one HTTP chunk where
+/// the upstream sent one per event: an HTTP client hands its reader one decoded chunk at a
+/// time too, and a client that reads the first text delta behind `message_start`,
+/// `content_block_start` and `ping` decoded it three chunk hand-offs later (SSE does not
+/// care where the chunks of its stream begin and end).
 pub struct RelayBody {
     /// Chunks gathered and not yet handed to hyper (the prefetch of the attempt loop first).
-    gathered: VecDeque<Bytes>,
+    gathered: Vec<Bytes>,
     gathered_bytes: usize,
-    /// Handing `gathered` over: nothing more is read from the upstream until it is empty.
-    releasing: bool,
+    /// `gathered` holds the attempt loop's prefetch, which goes out on the first poll.
+    prefetched: bool,
     /// Scheduler passes in a row that brought no new chunk while gathering.
     fruitless: u8,
     upstream: UpstreamAnswer,
@@ -331,23 +336,25 @@ impl RelayBody {
 
     fn gather(&mut self, chunk: Bytes) {
         self.gathered_bytes += chunk.len();
-        self.gathered.push_back(chunk);
+        self.gathered.push(chunk);
     }
 
-    /// Starts handing the gathered chunks to hyper; the first one now. Nothing gathered
-    /// happens only once the answer has ended.
+    /// Hands every gathered chunk to hyper, as one frame. Nothing gathered happens only once
+    /// the answer has ended.
     fn release(&mut self) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.releasing = true;
-        match self.gathered.pop_front() {
-            Some(chunk) => {
-                self.gathered_bytes -= chunk.len();
-                Poll::Ready(Some(Ok(Frame::data(chunk))))
+        let joined = match self.gathered.len() {
+            0 => return Poll::Ready(None),
+            1 => self.gathered.pop(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(self.gathered_bytes);
+                for chunk in self.gathered.drain(..) {
+                    joined.extend_from_slice(&chunk);
+                }
+                Some(joined.freeze())
             }
-            None => {
-                self.releasing = false;
-                Poll::Ready(None)
-            }
-        }
+        };
+        self.gathered_bytes = 0;
+        Poll::Ready(joined.map(|chunk| Ok(Frame::data(chunk))))
     }
 
     /// True when the upstream has been silent for `idle_timeout` (arms the timer if not).
@@ -375,15 +382,10 @@ impl http_body::Body for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        if this.releasing || this.ended {
-            if let Some(chunk) = this.gathered.pop_front() {
-                this.gathered_bytes -= chunk.len();
-                return Poll::Ready(Some(Ok(Frame::data(chunk))));
-            }
-            this.releasing = false;
-            if this.ended {
-                return Poll::Ready(None);
-            }
+        if this.ended || this.prefetched {
+            // The attempt loop's prefetch goes out with the head; after the end, what is left.
+            this.prefetched = false;
+            return this.release();
         }
         loop {
             let polled = match this.early_end.take() {
@@ -520,9 +522,9 @@ pub fn relay_body(
     let is_sse = matches!(reader, UsageReader::Sse(_));
     let gathered_bytes = prefetched.iter().map(Bytes::len).sum();
     let relaying = RelayBody {
-        releasing: !prefetched.is_empty(),
+        prefetched: !prefetched.is_empty(),
         fruitless: 0,
-        gathered: VecDeque::from(prefetched),
+        gathered: prefetched,
         gathered_bytes,
         upstream,
         early_end,

@@ -250,6 +250,32 @@ async fn slow_chunks_are_not_held_back() {
     assert_eq!(event_names(&body), relay_mock::expected_event_names(4));
 }
 
+/// Events that reach the relay together leave together: a zero-delay stream, which the mock
+/// writes in one go, reaches the client in fewer HTTP chunks than it has events (one chunk
+/// per event, as the upstream framed them, costs a client one decoded chunk per event before
+/// it sees the first text delta).
+#[tokio::test]
+async fn a_burst_of_events_leaves_in_fewer_chunks_than_events() {
+    let h = Harness::start().await;
+    let (_, _, key) = h.simple_setup().await;
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    let mut stream = response.bytes_stream();
+    let mut chunks = 0;
+    let mut body = String::new();
+    while let Some(chunk) = stream.next().await {
+        chunks += 1;
+        body.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let events = relay_mock::expected_event_names(4);
+    assert_eq!(event_names(&body), events);
+    assert!(
+        chunks < events.len(),
+        "{} events arrived in {chunks} chunks",
+        events.len()
+    );
+}
+
 #[tokio::test]
 async fn upstream_connections_are_reused_and_replaced_once_closed() {
     let h = Harness::start().await;
