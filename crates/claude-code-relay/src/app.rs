@@ -21,7 +21,7 @@ use relay_proxy::usage::usage_channel;
 use relay_proxy::{data_plane_router, RelayState};
 use relay_store::{SettingsStore, SqlStore};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -171,10 +171,8 @@ pub async fn start_serving(
         None => None,
     };
     let usage_writer = tokio::spawn(usage_writer.run(usage_stop.clone()));
-    let config_changed = Arc::new(Notify::new());
     let probes = tokio::spawn(relay_proxy::probe::run_probe_loop(
         Arc::clone(&state),
-        Arc::clone(&config_changed),
         shutdown.clone(),
     ));
     background.push(probes);
@@ -183,7 +181,6 @@ pub async fn start_serving(
         relay: Arc::clone(&state),
         admin_token_hash: Arc::from(admin_hash),
         config_lock: Arc::new(tokio::sync::Mutex::new(())),
-        config_changed,
     };
     let app = router(Arc::clone(&state), admin);
     let listener = match listener {

@@ -55,7 +55,6 @@ async fn put_config(
     let text = serde_json::to_string(&merged).map_err(|e| AdminError::Internal(e.to_string()))?;
     state.relay.store.put_setting(CONFIG_SETTING, &text).await?;
     state.relay.set_global_config(updated.clone()).await?;
-    state.config_changed.notify_one();
     state
         .relay
         .shared()

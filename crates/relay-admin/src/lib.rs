@@ -19,7 +19,6 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
 use relay_proxy::RelayState;
-use tokio::sync::Notify;
 
 pub use error::AdminError;
 pub use fallback::CONFIG_SETTING;
@@ -34,8 +33,6 @@ pub struct AdminState {
     pub admin_token_hash: Arc<str>,
     /// Serialises config changes so two PUTs never interleave read-modify-write.
     pub config_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Told when the fallback config changes (the probe loop restarts its timer).
-    pub config_changed: Arc<Notify>,
 }
 
 /// The admin router, mounted at the root (its routes start with `/api/v1/admin`).

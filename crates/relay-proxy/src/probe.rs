@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use relay_core::classify::{classify_response, OutcomeClass};
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::forward::log_state_events;
@@ -163,27 +163,77 @@ pub async fn probe_round(state: &Arc<RelayState>) -> Vec<ProbeResult> {
     futures_util::future::join_all(probes).await
 }
 
-/// Runs probe rounds every `health_check_interval` until shutdown. A config change
-/// (`config_changed` notified) restarts the timer from the change.
-pub async fn run_probe_loop(
-    state: Arc<RelayState>,
-    config_changed: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
+/// Runs probe rounds every `health_check_interval` until shutdown. A change of the interval
+/// (through the admin API of this instance or, in cluster mode, of another) restarts the
+/// timer from the change.
+pub async fn run_probe_loop(state: Arc<RelayState>, shutdown: CancellationToken) {
+    every_interval(state.health_check_interval(), &shutdown, || async {
+        if state.global_config().enable_health_check {
+            probe_round(&state).await;
+        }
+        lock(&state.metrics).prune(state.now());
+        if let Err(error) = state.save_account_states().await {
+            tracing::warn!(%error, "could not save account states");
+        }
+    })
+    .await;
+}
+
+/// Runs `round` each time `interval` has passed since the last round, or since `interval`
+/// last changed, until `shutdown`.
+async fn every_interval<Round, Done>(
+    mut interval: watch::Receiver<Duration>,
+    shutdown: &CancellationToken,
+    mut round: Round,
+) where
+    Round: FnMut() -> Done,
+    Done: std::future::Future<Output = ()>,
+{
     loop {
-        let interval = state.global_config().health_check_interval;
+        let wait = *interval.borrow_and_update();
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = config_changed.notified() => continue,
-            _ = tokio::time::sleep(interval) => {
-                if state.global_config().enable_health_check {
-                    probe_round(&state).await;
-                }
-                lock(&state.metrics).prune(state.now());
-                if let Err(error) = state.save_account_states().await {
-                    tracing::warn!(%error, "could not save account states");
+            () = shutdown.cancelled() => return,
+            changed = interval.changed() => {
+                if changed.is_err() {
+                    // The state is gone: nothing is left to probe.
+                    return;
                 }
             }
+            () = tokio::time::sleep(wait) => round().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// Rounds come every interval; a new interval counts from the moment it is set, not from
+    /// the last round; shutdown ends the loop.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_interval_restarts_the_timer_from_the_change() {
+        let started = Instant::now();
+        let (interval, schedule) = watch::channel(Duration::from_secs(120));
+        let shutdown = CancellationToken::new();
+        let rounds = Mutex::new(Vec::new());
+        let probing = every_interval(schedule, &shutdown, || async {
+            rounds.lock().unwrap().push(started.elapsed().as_secs());
+        });
+        let operator = async {
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            // Rounds at 120 s and 240 s; the next would be at 360 s.
+            interval.send_replace(Duration::from_secs(100));
+            tokio::time::sleep(Duration::from_secs(250)).await;
+            // Rounds at 400 s and 500 s; the same interval again changes nothing.
+            interval.send_if_modified(|_| false);
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            shutdown.cancel();
+        };
+        tokio::join!(probing, operator);
+        assert_eq!(*rounds.lock().unwrap(), vec![120, 240, 400, 500, 600]);
     }
 }

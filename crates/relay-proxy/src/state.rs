@@ -54,6 +54,9 @@ pub struct RelayState {
     /// The fallback config as configured (file and environment), before the changes made
     /// through the admin API; those are re-applied on top when another instance changes them.
     base_config: ArcSwap<FallbackConfig>,
+    /// The `health_check_interval` in force, published whenever it changes (by the admin API
+    /// here or, in cluster mode, on another instance): the probe loop restarts its timer.
+    health_check_interval: tokio::sync::watch::Sender<std::time::Duration>,
 }
 
 impl RelayState {
@@ -87,6 +90,8 @@ impl RelayState {
     ) -> Result<Arc<RelayState>, StoreError> {
         let clients = HttpClients::new(settings.connect_timeout);
         let base_config = global_config.clone();
+        let (health_check_interval, _) =
+            tokio::sync::watch::channel(global_config.health_check_interval);
         let state = Arc::new(RelayState {
             store,
             settings,
@@ -99,6 +104,7 @@ impl RelayState {
             shared: std::sync::OnceLock::new(),
             local_only: Arc::new(LocalOnly),
             base_config: ArcSwap::from_pointee(base_config),
+            health_check_interval,
             metrics: Mutex::new(
                 MetricsRegistry::new(METRICS_RETENTION_MS).with_start(clock.now_millis()),
             ),
@@ -166,8 +172,20 @@ impl RelayState {
     /// Replaces the global fallback config and applies it to every group at once: the new
     /// snapshot is published in one swap, so no request sees half of it.
     pub async fn set_global_config(&self, config: FallbackConfig) -> Result<(), StoreError> {
+        let interval = config.health_check_interval;
         self.global_config.store(Arc::new(config));
+        self.health_check_interval.send_if_modified(|current| {
+            let changed = *current != interval;
+            *current = interval;
+            changed
+        });
         self.reload().await
+    }
+
+    /// The `health_check_interval` in force, marked changed whenever a config change (from
+    /// any instance) gives it a new value.
+    pub fn health_check_interval(&self) -> tokio::sync::watch::Receiver<std::time::Duration> {
+        self.health_check_interval.subscribe()
     }
 
     /// Records the configured fallback config (before admin changes), for `reload_fallback_config`.

@@ -366,6 +366,8 @@ async fn two_instances_share_fallback_state_sessions_and_config() {
     );
 
     // A config PUT on A applies on B.
+    let a_probe_timer = cluster.a_relay().state.health_check_interval();
+    let mut b_probe_timer = b_state.health_check_interval();
     let (status, body) = cluster
         .a
         .admin(
@@ -385,6 +387,28 @@ async fn two_instances_share_fallback_state_sessions_and_config() {
     let (status, config) = cluster.admin_b(Method::GET, "/fallback/config", None).await;
     assert_eq!(status, 200);
     assert_eq!(config["circuit_breaker_threshold"], 7);
+    // The probe interval did not change: neither instance restarts its probe timer.
+    assert!(!a_probe_timer.has_changed().unwrap());
+    assert!(!b_probe_timer.has_changed().unwrap());
+    // A new interval restarts the probe timer on both, from the change.
+    let (status, body) = cluster
+        .a
+        .admin(
+            Method::PUT,
+            "/fallback/config",
+            Some(json!({ "health_check_interval": "5m" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(a_probe_timer.has_changed().unwrap());
+    within(
+        Duration::from_secs(1),
+        "B restarts its probe timer",
+        b_probe_timer.changed(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(*b_probe_timer.borrow(), Duration::from_secs(300));
 
     // A per-key rate limit counts the requests of both instances.
     let limited = cluster
