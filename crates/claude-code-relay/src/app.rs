@@ -135,7 +135,18 @@ pub async fn start_serving(
 ) -> anyhow::Result<RunningRelay> {
     let store = SqlStore::connect(config.database_url.as_deref())
         .await
-        .context("opening the store")?;
+        .context("opening the store")?
+        .with_credential_key(config.encryption_key.clone());
+    let sealed = store
+        .seal_stored_credentials()
+        .await
+        .context("sealing the stored credentials with RELAY_ENCRYPTION_KEY")?;
+    if sealed > 0 {
+        tracing::info!(
+            accounts = sealed,
+            "sealed stored credentials with RELAY_ENCRYPTION_KEY"
+        );
+    }
     let (admin_hash, token_source) = ensure_admin_token(&store, config.admin_token.as_deref())
         .await
         .context("preparing the admin token")?;

@@ -13,6 +13,7 @@ use relay_core::duration::parse_duration;
 use relay_core::pricing::{ModelPrice, PriceTable};
 use relay_proxy::logs::LogLang;
 use relay_proxy::RelaySettings;
+use relay_store::CredentialKey;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +36,8 @@ pub struct RawConfigFile {
     pub redis_url: Option<String>,
     /// The admin token; generated on first start when absent.
     pub admin_token: Option<String>,
+    /// Seals account secrets at rest: 32 bytes as 64 hex digits or base64.
+    pub encryption_key: Option<String>,
     /// "zh" (default) or "en".
     pub log_lang: Option<String>,
     /// "text" (default) or "json".
@@ -89,6 +92,8 @@ pub struct ServerConfig {
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
     pub admin_token: Option<String>,
+    /// Seals account secrets at rest (`RELAY_ENCRYPTION_KEY`); `None`: stored in plain text.
+    pub encryption_key: Option<CredentialKey>,
     pub log_format: LogFormat,
     pub shutdown_grace: Duration,
     /// Serving threads; `None`: one per CPU.
@@ -154,6 +159,13 @@ impl ServerConfig {
             "RELAY_ADMIN_TOKEN",
             &file.admin_token,
         );
+
+        let encryption_key = pick(&None, "RELAY_ENCRYPTION_KEY", &file.encryption_key)
+            .map(|text| {
+                CredentialKey::parse(&text)
+                    .map_err(|e| ConfigError::Invalid(format!("RELAY_ENCRYPTION_KEY: {e}")))
+            })
+            .transpose()?;
 
         let lang_raw =
             pick(&None, "RELAY_LOG_LANG", &file.log_lang).unwrap_or_else(|| "zh".to_owned());
@@ -262,6 +274,7 @@ impl ServerConfig {
             database_url,
             redis_url,
             admin_token,
+            encryption_key,
             log_format,
             shutdown_grace,
             workers,

@@ -6,7 +6,9 @@ use std::future::Future;
 use relay_core::model::{Account, AccountId, Credential, GroupId, OAuthCredential, Platform};
 use sqlx::any::AnyRow;
 
-use crate::credential::{decode_credential, encode_credential, CREDENTIAL_COLUMNS};
+use crate::credential::{
+    decode_credential, encode_credential, is_sealed, CREDENTIAL_COLUMNS, SECRET_COLUMNS,
+};
 use crate::error::{conflict_on_constraint, StoreError};
 use crate::store::{now_millis, SqlStore};
 use crate::usage::{counters_from_row, UsageCounters, COUNTER_COLUMNS};
@@ -160,7 +162,10 @@ impl AccountStore for SqlStore {
             SqlValue::big_int(now),
             SqlValue::big_int(now),
         ];
-        values.extend(encode_credential(&new_account.credential));
+        values.extend(encode_credential(
+            &new_account.credential,
+            self.credential_key(),
+        )?);
         let sql = self
             .sql(&format!(
                 "INSERT INTO relay_accounts (name, platform, base_url, group_id, priority, weight, \
@@ -233,7 +238,9 @@ impl AccountStore for SqlStore {
             .bind(account_id)
             .fetch_optional(self.pool())
             .await?;
-        row.as_ref().map(decode_credential).transpose()
+        row.as_ref()
+            .map(|row| decode_credential(row, self.credential_key()))
+            .transpose()
     }
 
     async fn list_accounts(&self, group_id: Option<GroupId>) -> Result<Vec<Account>, StoreError> {
@@ -266,7 +273,12 @@ impl AccountStore for SqlStore {
         );
         let rows = sqlx::query(&sql).fetch_all(self.pool()).await?;
         rows.iter()
-            .map(|row| Ok((account_from_row(row)?, decode_credential(row)?)))
+            .map(|row| {
+                Ok((
+                    account_from_row(row)?,
+                    decode_credential(row, self.credential_key())?,
+                ))
+            })
             .collect()
     }
 
@@ -324,7 +336,8 @@ impl AccountStore for SqlStore {
             );
         }
         if let Some(credential) = &update.credential {
-            for (column, value) in CREDENTIAL_COLUMNS.iter().zip(encode_credential(credential)) {
+            let stored = encode_credential(credential, self.credential_key())?;
+            for (column, value) in CREDENTIAL_COLUMNS.iter().zip(stored) {
                 assign(column, value);
             }
         }
@@ -377,7 +390,7 @@ impl AccountStore for SqlStore {
         tokens: &OAuthCredential,
     ) -> Result<(), StoreError> {
         let mut values: Vec<SqlValue> =
-            encode_credential(&Credential::OAuth(tokens.clone())).into();
+            encode_credential(&Credential::OAuth(tokens.clone()), self.credential_key())?.into();
         values.push(SqlValue::big_int(now_millis()));
         values.push(SqlValue::big_int(account_id));
         let assignments: Vec<String> = CREDENTIAL_COLUMNS
@@ -419,5 +432,53 @@ impl AccountStore for SqlStore {
             .await?
             .ok_or(StoreError::NotFound)?;
         counters_from_row(&row)
+    }
+}
+
+impl SqlStore {
+    /// Seals every account secret still stored in plain text, when a key is set (a store
+    /// written before `RELAY_ENCRYPTION_KEY` was): called once at start. Returns how many
+    /// accounts it sealed.
+    pub async fn seal_stored_credentials(&self) -> Result<usize, StoreError> {
+        let Some(key) = self.credential_key() else {
+            return Ok(0);
+        };
+        let sql = format!(
+            "SELECT id, {} FROM relay_accounts ORDER BY id",
+            CREDENTIAL_COLUMNS.join(", ")
+        );
+        let assignments: Vec<String> = CREDENTIAL_COLUMNS
+            .iter()
+            .map(|column| format!("{column} = ?"))
+            .collect();
+        let update_sql = self
+            .sql(&format!(
+                "UPDATE relay_accounts SET {} WHERE id = ?",
+                assignments.join(", ")
+            ))
+            .into_owned();
+        let mut transaction = self.begin_write().await?;
+        let rows = sqlx::query(&sql).fetch_all(&mut *transaction).await?;
+        let mut sealed = 0;
+        for row in &rows {
+            let mut plain = false;
+            for column in SECRET_COLUMNS {
+                if read_optional_text(row, column)?.is_some_and(|stored| !is_sealed(&stored)) {
+                    plain = true;
+                }
+            }
+            if !plain {
+                continue;
+            }
+            let credential = decode_credential(row, Some(key))?;
+            let mut values: Vec<SqlValue> = encode_credential(&credential, Some(key))?.into();
+            values.push(SqlValue::big_int(read_i64(row, "id")?));
+            bind_values(sqlx::query(&update_sql), &values)
+                .execute(&mut *transaction)
+                .await?;
+            sealed += 1;
+        }
+        transaction.commit().await?;
+        Ok(sealed)
     }
 }

@@ -30,6 +30,10 @@ pub enum StoreError {
     /// relay never writes (an unknown platform, malformed JSON, a negative token count).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// Stored credentials cannot be sealed or opened: sealed ones without
+    /// `RELAY_ENCRYPTION_KEY`, or with another key than the one that sealed them.
+    #[error("stored credentials cannot be read: {0}")]
+    Credentials(String),
 }
 
 /// Turns a unique or foreign-key violation into `Conflict` with a message the operator can

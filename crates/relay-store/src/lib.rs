@@ -18,7 +18,8 @@
 //! compile-time checked macros, so the crate builds without a database.
 //!
 //! Architecture Invariant: an account's secret is read and written only by
-//! `credential::{encode_credential, decode_credential}`; `Account` never carries it.
+//! `credential::{encode_credential, decode_credential}` (which seal and open it when a
+//! `CredentialKey` is set); `Account` never carries it.
 //!
 //! Each query family is a trait (`GroupStore`, `AccountStore`, `ApiKeyStore`, `UsageStore`,
 //! `SettingsStore`) implemented by `SqlStore`, so callers can substitute a fake in tests.
@@ -38,6 +39,7 @@ mod values;
 
 pub use accounts::{AccountStore, AccountUpdate, NewAccount};
 pub use api_keys::{ApiKeyStore, ApiKeyUpdate, NewApiKey};
+pub use credential::CredentialKey;
 pub use dialect::Dialect;
 pub use error::StoreError;
 pub use groups::{GroupStore, GroupUpdate, NewGroup};

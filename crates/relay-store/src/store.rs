@@ -9,6 +9,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
 use tracing::info;
 
+use crate::credential::CredentialKey;
 use crate::dialect::Dialect;
 use crate::error::StoreError;
 use crate::location::{sqlite_driver_url, DatabaseLocation};
@@ -29,6 +30,8 @@ const SERVER_MAX_CONNECTIONS: u32 = 8;
 pub struct SqlStore {
     pool: AnyPool,
     dialect: Dialect,
+    /// Seals account secrets at rest when set (see `credential`).
+    credential_key: Option<CredentialKey>,
 }
 
 impl std::fmt::Debug for SqlStore {
@@ -89,9 +92,24 @@ impl SqlStore {
                 .execute(sqlx::raw_sql("PRAGMA journal_mode = WAL"))
                 .await?;
         }
-        let store = SqlStore { pool, dialect };
+        let store = SqlStore {
+            pool,
+            dialect,
+            credential_key: None,
+        };
         migrate_database(&store.pool, &driver_url, dialect, now_millis()).await?;
         Ok(store)
+    }
+
+    /// Seals account secrets written from now on with `key`, and opens sealed ones with it
+    /// (`None`: secrets are written in plain text; sealed ones cannot be read).
+    pub fn with_credential_key(mut self, key: Option<CredentialKey>) -> SqlStore {
+        self.credential_key = key;
+        self
+    }
+
+    pub(crate) fn credential_key(&self) -> Option<&CredentialKey> {
+        self.credential_key.as_ref()
     }
 
     /// The SQL dialect of the connected database.

@@ -677,6 +677,113 @@ async fn unreadable_stored_values_are_reported_as_corrupt(database: TestDatabase
     ));
 }
 
+/// The raw secret columns of every account, in id order.
+async fn stored_secrets(database: &TestDatabase) -> Vec<String> {
+    let mut raw = database.raw_connection().await;
+    let rows = sqlx::query(
+        "SELECT credential_api_key, oauth_access_token, oauth_refresh_token \
+         FROM relay_accounts ORDER BY id",
+    )
+    .fetch_all(&mut raw)
+    .await
+    .unwrap();
+    raw.close().await.unwrap();
+    rows.iter()
+        .flat_map(|row| {
+            (0..3).filter_map(move |column| {
+                // MySQL's TEXT comes back through the Any driver as bytes.
+                sqlx::Row::try_get::<Option<String>, _>(row, column)
+                    .or_else(|_| {
+                        sqlx::Row::try_get::<Option<Vec<u8>>, _>(row, column)
+                            .map(|bytes| bytes.map(|bytes| String::from_utf8(bytes).unwrap()))
+                    })
+                    .unwrap()
+            })
+        })
+        .collect()
+}
+
+const CREDENTIAL_KEY: &str = "8f3c1e0a9b7d6c5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e";
+
+on_every_backend!(credentials_are_sealed_at_rest_with_a_key);
+async fn credentials_are_sealed_at_rest_with_a_key(database: TestDatabase) {
+    let key = relay_store::CredentialKey::parse(CREDENTIAL_KEY).unwrap();
+    // An account written before the key was set, in plain text.
+    let plain_store = database.open_store().await;
+    let group = plain_store.create_group(new_group("pool")).await.unwrap();
+    let older = plain_store
+        .create_account(new_account(
+            group.id,
+            "older",
+            Credential::ApiKey("sk-older".into()),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(stored_secrets(&database).await, vec!["sk-older"]);
+
+    let store = database
+        .open_store()
+        .await
+        .with_credential_key(Some(key.clone()));
+    // A plain secret still reads, and is sealed once at start.
+    assert_eq!(
+        store.get_credential(older.id).await.unwrap(),
+        Some(Credential::ApiKey("sk-older".into()))
+    );
+    assert_eq!(store.seal_stored_credentials().await.unwrap(), 1);
+    assert_eq!(store.seal_stored_credentials().await.unwrap(), 0);
+    let subscription = store
+        .create_account(new_account(
+            group.id,
+            "subscription",
+            Credential::OAuth(oauth("access-1", "refresh-1", 1_000)),
+        ))
+        .await
+        .unwrap();
+    store
+        .save_oauth_tokens(subscription.id, &oauth("access-2", "refresh-2", 2_000))
+        .await
+        .unwrap();
+
+    // Nothing the database holds shows a secret.
+    let stored = stored_secrets(&database).await;
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    for value in &stored {
+        assert!(value.starts_with("enc:v1:"), "{value}");
+        for secret in ["sk-older", "access-2", "refresh-2"] {
+            assert!(!value.contains(secret), "{value}");
+        }
+    }
+    let with_credentials = store.list_accounts_with_credentials().await.unwrap();
+    assert_eq!(
+        with_credentials
+            .iter()
+            .map(|(_, credential)| credential.clone())
+            .collect::<Vec<_>>(),
+        vec![
+            Credential::ApiKey("sk-older".into()),
+            Credential::OAuth(oauth("access-2", "refresh-2", 2_000)),
+        ]
+    );
+
+    // Without the key, or with another one, the relay learns why it cannot read them.
+    let keyless = database.open_store().await;
+    assert!(matches!(
+        keyless.list_accounts_with_credentials().await,
+        Err(StoreError::Credentials(message)) if message.contains("RELAY_ENCRYPTION_KEY is not set")
+    ));
+    let other_key = relay_store::CredentialKey::parse(&CREDENTIAL_KEY.replace('8', "9")).unwrap();
+    let wrong = database
+        .open_store()
+        .await
+        .with_credential_key(Some(other_key));
+    assert!(matches!(
+        wrong.get_credential(older.id).await,
+        Err(StoreError::Credentials(message)) if message.contains("does not open")
+    ));
+    assert!(wrong.seal_stored_credentials().await.is_ok());
+}
+
 on_every_backend!(api_keys_can_be_created_found_by_hash_updated_and_deleted);
 async fn api_keys_can_be_created_found_by_hash_updated_and_deleted(database: TestDatabase) {
     let store = database.open_store().await;

@@ -3,9 +3,10 @@
 use std::process::Command;
 use std::time::Duration;
 
+use claude_code_relay::config::{Overrides, ServerConfig};
 use futures_util::StreamExt;
 use relay_mock::MockConfig;
-use relay_store::{SqlStore, UsageFilter, UsageRow, UsageStore};
+use relay_store::{AccountStore, SqlStore, UsageFilter, UsageRow, UsageStore};
 use reqwest::Method;
 use serde_json::json;
 
@@ -69,6 +70,71 @@ async fn restart_on_the_same_store_loses_nothing() {
     assert_eq!(h.mock.count_for("sk-a"), 2);
     let (_, totals) = h.admin(Method::GET, "/usage", None).await;
     assert_eq!(totals["requests"], 2);
+}
+
+/// With `RELAY_ENCRYPTION_KEY`, accounts already stored are sealed at start, new ones are
+/// written sealed, and the relay serves with them across restarts; a relay without the key,
+/// or with another, refuses to start and says why.
+#[tokio::test]
+async fn credentials_are_sealed_with_the_encryption_key_and_need_it_to_start() {
+    let mut h = Harness::start().await;
+    let (group, _, key) = h.simple_setup().await;
+    const KEY: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
+    h.env
+        .insert("RELAY_ENCRYPTION_KEY".to_owned(), KEY.to_owned());
+    h.restart().await;
+    h.console_account(group, "second", "sk-second", 2).await;
+    let store = SqlStore::connect(h.env.get("DATABASE_URL").map(String::as_str))
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    for account in store.list_accounts(None).await.unwrap() {
+        // Without the key the store can read an account but not its secret.
+        let error = store.get_credential(account.id).await.unwrap_err();
+        raw.push(error.to_string());
+    }
+    assert_eq!(raw.len(), 2);
+    assert!(
+        raw.iter()
+            .all(|e| e.contains("RELAY_ENCRYPTION_KEY is not set")),
+        "{raw:?}"
+    );
+    store.close().await;
+    assert_eq!(h.messages(&key, message_body(false)).await.status(), 200);
+    assert_eq!(h.mock.count_for("sk-a"), 1);
+
+    h.restart().await;
+    assert_eq!(h.messages(&key, message_body(false)).await.status(), 200);
+    assert_eq!(h.mock.count_for("sk-a"), 2);
+
+    let relay = h.relay.take().unwrap();
+    relay.shutdown().await;
+    for (value, expected) in [
+        (None, "RELAY_ENCRYPTION_KEY is not set"),
+        (
+            Some(KEY.replace('c', "d")),
+            "does not open with RELAY_ENCRYPTION_KEY",
+        ),
+    ] {
+        let mut env = h.env.clone();
+        match value {
+            Some(value) => env.insert("RELAY_ENCRYPTION_KEY".to_owned(), value),
+            None => env.remove("RELAY_ENCRYPTION_KEY"),
+        };
+        let config = ServerConfig::load(&env, &Overrides::default()).unwrap();
+        let Err(error) = claude_code_relay::app::start(config, None).await else {
+            panic!("the relay started with credentials it cannot read");
+        };
+        let message = format!("{error:#}");
+        assert!(message.contains(expected), "{message}");
+    }
+    let mut env = h.env.clone();
+    env.insert("RELAY_ENCRYPTION_KEY".to_owned(), "too-short".to_owned());
+    let error = ServerConfig::load(&env, &Overrides::default()).unwrap_err();
+    assert!(
+        error.to_string().contains("RELAY_ENCRYPTION_KEY"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
