@@ -109,7 +109,14 @@ fn main() -> ExitCode {
                     config
                         .database_url
                         .as_deref()
-                        .unwrap_or("sqlite (./data/relay.db)")
+                        .map_or_else(|| "sqlite (./data/relay.db)".to_owned(), without_password)
+                );
+                println!(
+                    "  account secrets: {}",
+                    match config.encryption_key {
+                        Some(_) => "sealed at rest (RELAY_ENCRYPTION_KEY)",
+                        None => "stored in plain text (set RELAY_ENCRYPTION_KEY to seal them)",
+                    }
                 );
                 println!(
                     "  fallback: {}",
@@ -265,5 +272,46 @@ async fn mock(
             eprintln!("mock upstream failed: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A database URL as it may be shown: its password, if any, replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((user_info, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match user_info.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn database_passwords_are_never_shown() {
+        assert_eq!(
+            without_password("postgres://relay:s3cr3t@db.internal:5432/relay?sslmode=require"),
+            "postgres://relay:***@db.internal:5432/relay?sslmode=require"
+        );
+        assert_eq!(
+            without_password("mysql://root:p@ss@localhost/test"),
+            "mysql://root:***@localhost/test"
+        );
+        assert_eq!(
+            without_password("mysql://root@localhost/test"),
+            "mysql://root@localhost/test"
+        );
+        assert_eq!(
+            without_password("sqlite://data/relay.db"),
+            "sqlite://data/relay.db"
+        );
     }
 }

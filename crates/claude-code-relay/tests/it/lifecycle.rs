@@ -210,6 +210,11 @@ fn check_config_refuses_invalid_values_naming_the_variable() {
         .env("RELAY_WORKERS", "3")
         .env("FALLBACK_STRATEGY", "weighted")
         .env("FALLBACK_HEALTH_CHECK_INTERVAL", "5m")
+        .env(
+            "DATABASE_URL",
+            "postgres://relay:pg-secret@db.internal/relay",
+        )
+        .env("RELAY_ENCRYPTION_KEY", "a".repeat(64))
         .output()
         .unwrap();
     assert_eq!(
@@ -218,6 +223,22 @@ fn check_config_refuses_invalid_values_naming_the_variable() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("postgres://relay:***@db.internal/relay"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pg-secret"), "{stdout}");
+    assert!(stdout.contains("sealed at rest"), "{stdout}");
+    assert!(!stdout.contains(&"a".repeat(64)), "{stdout}");
+
+    let output = binary()
+        .arg("check-config")
+        .env("RELAY_ENCRYPTION_KEY", "0123")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("RELAY_ENCRYPTION_KEY"));
 }
 
 #[tokio::test]
