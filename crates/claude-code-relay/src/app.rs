@@ -153,6 +153,8 @@ pub async fn start_serving(
     let strategies = StrategyRegistry::with_builtin();
     let fallback = startup_fallback_config(&store, &config.fallback, &strategies).await?;
 
+    let tls = relay_proxy::http_clients::tls_config(&config.relay.extra_root_certificates)
+        .context("the TLS settings of upstream connections (RELAY_CA_CERTS)")?;
     let (usage, usage_writer) = usage_channel(store.clone(), config.relay.usage_flush_interval);
     let state = RelayState::with_clock(
         store.clone(),
@@ -160,6 +162,7 @@ pub async fn start_serving(
         fallback,
         strategies,
         usage,
+        tls,
         clock,
     )
     .await

@@ -14,6 +14,8 @@ use relay_core::pricing::{ModelPrice, PriceTable};
 use relay_proxy::logs::LogLang;
 use relay_proxy::RelaySettings;
 use relay_store::CredentialKey;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,8 @@ pub struct RawConfigFile {
     pub default_rate_limit_cooldown: Option<String>,
     /// Model used by recovery probes and account tests (default "claude-haiku-4-5").
     pub probe_model: Option<String>,
+    /// A PEM file of certificate authorities trusted besides the webpki roots.
+    pub ca_certs: Option<String>,
     pub oauth: Option<RawOAuth>,
     /// The seed's fallback settings (the FALLBACK_* variables override them).
     pub fallback: Option<FallbackConfigPatch>,
@@ -105,6 +109,19 @@ pub struct ServerConfig {
 
 fn duration_setting(name: &str, raw: &str) -> Result<Duration, ConfigError> {
     parse_duration(raw).map_err(|e| ConfigError::Invalid(format!("{name}={raw}: {e}")))
+}
+
+/// The certificates of a PEM file, each checked to be usable as a trusted root.
+fn read_root_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read it: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not a PEM file of certificates: {e}"))?;
+    if certificates.is_empty() {
+        return Err("holds no PEM certificate".to_owned());
+    }
+    relay_proxy::http_clients::tls_config(&certificates).map_err(|e| e.to_string())?;
+    Ok(certificates)
 }
 
 fn read_file(path: &Path) -> Result<RawConfigFile, ConfigError> {
@@ -224,6 +241,10 @@ impl ServerConfig {
         }
         if let Some(model) = pick(&None, "RELAY_PROBE_MODEL", &file.probe_model) {
             relay.probe_model = model;
+        }
+        if let Some(path) = pick(&None, "RELAY_CA_CERTS", &file.ca_certs) {
+            relay.extra_root_certificates = read_root_certificates(Path::new(&path))
+                .map_err(|e| ConfigError::Invalid(format!("RELAY_CA_CERTS={path}: {e}")))?;
         }
         let oauth = file.oauth.unwrap_or_default();
         if let Some(url) = pick(&None, "RELAY_OAUTH_TOKEN_URL", &oauth.token_url) {

@@ -70,6 +70,7 @@ pub fn enter_worker(index: usize) {
 #[derive(Debug)]
 pub struct HttpClients {
     connect_timeout: Duration,
+    tls: Arc<rustls::ClientConfig>,
     direct: Mutex<Vec<Option<UpstreamClient>>>,
     by_proxy: Mutex<HashMap<String, Vec<Option<UpstreamClient>>>>,
 }
@@ -92,9 +93,12 @@ fn client_in(
 }
 
 impl HttpClients {
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// Clients that connect within `connect_timeout` and verify servers against `tls`'s
+    /// roots (see [`tls_config`]).
+    pub fn new(connect_timeout: Duration, tls: Arc<rustls::ClientConfig>) -> Self {
         HttpClients {
             connect_timeout,
+            tls,
             direct: Mutex::new(Vec::new()),
             by_proxy: Mutex::new(HashMap::new()),
         }
@@ -105,12 +109,12 @@ impl HttpClients {
         let slot = WORKER.with(|worker| worker.get());
         match proxy_url.filter(|p| !p.is_empty()) {
             None => client_in(&mut lock(&self.direct), slot, || {
-                UpstreamClient::build(Route::Direct, self.connect_timeout)
+                UpstreamClient::build(Route::Direct, self.connect_timeout, &self.tls)
             }),
             Some(proxy_url) => {
                 let build = || {
                     let proxy = ProxySpec::parse(proxy_url)?;
-                    UpstreamClient::build(Route::Proxy(proxy), self.connect_timeout)
+                    UpstreamClient::build(Route::Proxy(proxy), self.connect_timeout, &self.tls)
                 };
                 let mut by_proxy = lock(&self.by_proxy);
                 if let Some(slots) = by_proxy.get_mut(proxy_url) {
@@ -327,7 +331,11 @@ impl http_body::Body for UpstreamAnswer {
 }
 
 impl UpstreamClient {
-    fn build(route: Route, connect_timeout: Duration) -> Result<Self, ClientError> {
+    fn build(
+        route: Route,
+        connect_timeout: Duration,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Self, ClientError> {
         let forward_auth = match &route {
             Route::Proxy(ProxySpec {
                 kind: ProxyKind::Http,
@@ -343,9 +351,9 @@ impl UpstreamClient {
                 ..
             })
         );
-        let connector = RouteConnector::new(route, connect_timeout)?;
+        let connector = RouteConnector::new(route, connect_timeout, tls)?;
         Ok(UpstreamClient {
-            connector: with_tls(connector)?,
+            connector: with_tls(connector, tls),
             pool: Arc::default(),
             via_http_proxy,
             forward_auth,
@@ -503,15 +511,39 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// `connector` with TLS (rustls, the webpki roots, HTTP/1.1) for `https` targets; `http`
-/// targets pass through as they are.
-fn with_tls<C>(connector: C) -> Result<HttpsConnector<C>, ClientError> {
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-        .map_err(|error| ClientError::Build(error.to_string()))?
+/// The TLS settings of every upstream and proxy connection: rustls with ring, the webpki
+/// roots and `extra_roots` (the operator's own certificate authorities). An error names the
+/// certificate that cannot be a root.
+pub fn tls_config(
+    extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let mut roots: rustls::RootCertStore = webpki_roots::TLS_SERVER_ROOTS.iter().cloned().collect();
+    for (position, certificate) in extra_roots.iter().enumerate() {
+        roots.add(certificate.clone()).map_err(|error| {
+            ClientError::Build(format!(
+                "certificate {} cannot be a trusted root: {error}",
+                position + 1
+            ))
+        })?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|error| ClientError::Build(error.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// `connector` with TLS (`tls`, HTTP/1.1) for `https` targets; `http` targets pass through
+/// as they are.
+fn with_tls<C>(connector: C, tls: &Arc<rustls::ClientConfig>) -> HttpsConnector<C> {
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(rustls::ClientConfig::clone(tls))
         .https_or_http()
         .enable_http1()
-        .wrap_connector(connector))
+        .wrap_connector(connector)
 }
 
 fn basic_auth(user: &str, password: &str) -> Result<HeaderValue, ClientError> {
@@ -616,7 +648,11 @@ enum RouteConnector {
 }
 
 impl RouteConnector {
-    fn new(route: Route, connect_timeout: Duration) -> Result<Self, ClientError> {
+    fn new(
+        route: Route,
+        connect_timeout: Duration,
+        tls: &Arc<rustls::ClientConfig>,
+    ) -> Result<Self, ClientError> {
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
         tcp.enforce_http(false);
@@ -627,7 +663,7 @@ impl RouteConnector {
         };
         match proxy.kind {
             ProxyKind::Http => {
-                let to_proxy = with_tls(tcp)?;
+                let to_proxy = with_tls(tcp, tls);
                 let mut tunnel = Tunnel::new(proxy.address.clone(), to_proxy.clone());
                 if let Some((user, password)) = &proxy.credentials {
                     tunnel = tunnel.with_auth(basic_auth(user, password)?);

@@ -32,6 +32,9 @@ pub struct RelaySettings {
     pub usage_flush_interval: Duration,
     pub log_lang: LogLang,
     pub prices: PriceTable,
+    /// Certificate authorities trusted besides the webpki roots for upstreams and proxies
+    /// (`RELAY_CA_CERTS`: a private gateway's CA, a company's TLS inspection).
+    pub extra_root_certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Default for RelaySettings {
@@ -48,6 +51,7 @@ impl Default for RelaySettings {
             usage_flush_interval: Duration::from_millis(500),
             log_lang: LogLang::Zh,
             prices: PriceTable::default(),
+            extra_root_certificates: Vec::new(),
         }
     }
 }

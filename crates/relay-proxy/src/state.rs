@@ -12,7 +12,7 @@ use relay_core::strategy::StrategyRegistry;
 use relay_core::UnixMillis;
 use relay_store::{AccountStore, ApiKeyStore, GroupStore, SettingsStore, SqlStore, StoreError};
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::http_clients::HttpClients;
 use crate::registry::{lock, Registry, RegistrySource};
 use crate::settings::RelaySettings;
@@ -60,35 +60,19 @@ pub struct RelayState {
 }
 
 impl RelayState {
-    /// Builds the state and loads the registry from the store.
-    pub async fn new(
-        store: SqlStore,
-        settings: RelaySettings,
-        global_config: FallbackConfig,
-        strategies: StrategyRegistry,
-        usage: UsageRecorder,
-    ) -> Result<Arc<RelayState>, StoreError> {
-        RelayState::with_clock(
-            store,
-            settings,
-            global_config,
-            strategies,
-            usage,
-            Arc::new(SystemClock),
-        )
-        .await
-    }
-
-    /// Like `new`, with an injected clock (tests and simulations run in virtual time).
+    /// Builds the state and loads the registry from the store. Upstream connections verify
+    /// servers with `tls` (see [`crate::http_clients::tls_config`]); time is read from `clock`
+    /// (tests and simulations run in virtual time).
     pub async fn with_clock(
         store: SqlStore,
         settings: RelaySettings,
         global_config: FallbackConfig,
         strategies: StrategyRegistry,
         usage: UsageRecorder,
+        tls: Arc<rustls::ClientConfig>,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<RelayState>, StoreError> {
-        let clients = HttpClients::new(settings.connect_timeout);
+        let clients = HttpClients::new(settings.connect_timeout, tls);
         let base_config = global_config.clone();
         let (health_check_interval, _) =
             tokio::sync::watch::channel(global_config.health_check_interval);

@@ -18,4 +18,5 @@ mod logs;
 mod oauth;
 mod proxies;
 mod simulation;
+mod tls;
 mod usage;

@@ -1,0 +1,160 @@
+//! Upstreams over TLS: the relay verifies them against the webpki roots and the operator's
+//! own certificate authorities (`RELAY_CA_CERTS`), with a certificate issued by a test CA for
+//! `localhost`, served by a TLS front in front of the mock upstream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use claude_code_relay::config::{Overrides, ServerConfig};
+use relay_mock::MockConfig;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// A test certificate authority and a server certificate it issued for `localhost`.
+struct TestPki {
+    ca_pem: String,
+    server_certificate: CertificateDer<'static>,
+    server_key: PrivateKeyDer<'static>,
+}
+
+fn test_pki() -> TestPki {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "claude-code-relay test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_certificate = ca.self_signed(&ca_key).unwrap();
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_certificate = server
+        .signed_by(&server_key, &ca_certificate, &ca_key)
+        .unwrap();
+    TestPki {
+        ca_pem: ca_certificate.pem(),
+        server_certificate: server_certificate.der().clone(),
+        server_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
+    }
+}
+
+/// Terminates TLS with `pki`'s server certificate and passes the bytes to `target`.
+async fn tls_front(pki: &TestPki, target: SocketAddr) -> SocketAddr {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![pki.server_certificate.clone()],
+        pki.server_key.clone_key(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut upstream) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+            });
+        }
+    });
+    address
+}
+
+fn mock_address(h: &Harness) -> SocketAddr {
+    h.mock
+        .base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tls_upstreams_are_verified_against_the_webpki_roots_and_relay_ca_certs() {
+    let pki = test_pki();
+    let directory = temp_dir();
+    let ca_file = directory.join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+
+    // Trusting the test CA: requests and streams reach the upstream over TLS.
+    let h = Harness::start_with(MockConfig::default(), |env| {
+        env.insert("RELAY_CA_CERTS".to_owned(), ca_file.display().to_string());
+    })
+    .await;
+    let front = tls_front(&pki, mock_address(&h)).await;
+    let group = h.group("tls", None).await;
+    h.post_admin(
+        "/accounts",
+        serde_json::json!({
+            "name": "over-tls",
+            "platform": "claude_console",
+            "group_id": group,
+            "base_url": format!("https://localhost:{}", front.port()),
+            "api_key": "sk-tls",
+        }),
+    )
+    .await;
+    let key = h.key(group).await;
+    assert_eq!(h.messages(&key, message_body(false)).await.status(), 200);
+    let stream = h.messages(&key, message_body(true)).await;
+    assert_eq!(stream.status(), 200);
+    let body = stream.text().await.unwrap();
+    assert_eq!(event_names(&body), relay_mock::expected_event_names(4));
+    assert_eq!(h.mock.count_for("sk-tls"), 2);
+
+    // Without it, the same upstream's certificate is refused: a network failure, never a
+    // request sent to an unverified server.
+    let untrusting = Harness::start().await;
+    let front = tls_front(&pki, mock_address(&untrusting)).await;
+    let group = untrusting.group("tls", None).await;
+    untrusting
+        .post_admin(
+            "/accounts",
+            serde_json::json!({
+                "name": "over-tls",
+                "platform": "claude_console",
+                "group_id": group,
+                "base_url": format!("https://localhost:{}", front.port()),
+                "api_key": "sk-tls",
+            }),
+        )
+        .await;
+    let key = untrusting.key(group).await;
+    let response = untrusting.messages(&key, message_body(false)).await;
+    assert_ne!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["fallback_info"]["attempts"][0]["class"], "network",
+        "{body}"
+    );
+    assert_eq!(untrusting.mock.count_for("sk-tls"), 0);
+    let logs = untrusting.logs("").await;
+    assert!(
+        !logs.is_empty() && logs.iter().all(|row| row["class"] == "network"),
+        "{logs:?}"
+    );
+
+    // A file that is missing or holds no certificate stops the relay before it starts.
+    for contents in [None, Some("not a certificate\n")] {
+        let path = directory.join("broken.pem");
+        let _ = std::fs::remove_file(&path);
+        if let Some(contents) = contents {
+            std::fs::write(&path, contents).unwrap();
+        }
+        let mut env = h.env.clone();
+        env.insert("RELAY_CA_CERTS".to_owned(), path.display().to_string());
+        let error = ServerConfig::load(&env, &Overrides::default()).unwrap_err();
+        assert!(error.to_string().contains("RELAY_CA_CERTS"), "{error}");
+    }
+}
