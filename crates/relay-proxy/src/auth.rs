@@ -18,7 +18,6 @@ use crate::registry::{lock, GroupRuntime, KeyRuntime};
 use crate::state::RelayState;
 
 const DAY_MS: i64 = 86_400_000;
-const MINUTE_MS: i64 = 60_000;
 
 /// Hex SHA-256 of a plain key: what the store keeps.
 pub fn hash_key(plain: &str) -> String {
@@ -190,21 +189,13 @@ pub async fn check_limits(
 ) -> Result<(), RelayError> {
     let key = &identity.key;
     if let Some(rpm) = key.rpm_limit {
-        let mut limits = lock(&identity.limits.limits);
-        let minute = now.div_euclid(MINUTE_MS);
-        if limits.minute != minute {
-            limits.minute = minute;
-            limits.requests_this_minute = 0;
-        }
-        if limits.requests_this_minute >= rpm {
-            let wait_ms = (minute + 1) * MINUTE_MS - now;
+        let admitted = lock(&identity.limits.limits).admit_request(now, rpm);
+        if let Err(wait_ms) = admitted {
             return Err(RelayError::RateLimited {
                 message: format!("this API key's limit of {rpm} requests per minute is reached"),
                 retry_after_secs: Some(secs_ceil(wait_ms)),
             });
         }
-        limits.requests_this_minute += 1;
-        drop(limits);
         state.shared().key_used(key.id, 0.0, 1, now);
     }
     if let Some(limit) = key.daily_cost_limit_usd {

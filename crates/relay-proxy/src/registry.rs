@@ -298,9 +298,66 @@ pub struct KeyLimits {
     pub cost_day: i64,
     pub cost_seeded: bool,
     pub cost_today_usd: f64,
-    /// Fixed one-minute window for `rpm_limit`.
+    /// `rpm_limit`'s counts: the requests of the UTC `minute` (minutes since the epoch) and
+    /// of the minute before it (see [`KeyLimits::admit_request`]).
     pub minute: i64,
     pub requests_this_minute: u32,
+    pub requests_previous_minute: u32,
+}
+
+/// One minute in milliseconds: `rpm_limit`'s window.
+pub const MINUTE_MS: i64 = 60_000;
+
+impl KeyLimits {
+    /// Moves the request counts on to `minute` if it is later: the count of the minute just
+    /// before it is kept, an older one is forgotten.
+    pub fn roll_to_minute(&mut self, minute: i64) {
+        if minute <= self.minute {
+            return;
+        }
+        self.requests_previous_minute = if minute == self.minute + 1 {
+            self.requests_this_minute
+        } else {
+            0
+        };
+        self.minute = minute;
+        self.requests_this_minute = 0;
+    }
+
+    /// Counts a request at `now` against `rpm` requests per minute, over a sliding minute:
+    /// this minute's requests plus the previous minute's, weighted by the share of that
+    /// minute still within the last sixty seconds (the sliding-window counter, as in
+    /// Cloudflare's rate limiting). A fixed window would let a client send twice the limit
+    /// within a second across a minute's boundary. When the request may not go, the answer
+    /// is how long until it may (in ms), if no other request comes meanwhile.
+    pub fn admit_request(&mut self, now: UnixMillis, rpm: u32) -> Result<(), i64> {
+        self.roll_to_minute(now.div_euclid(MINUTE_MS));
+        // A clock behind the window (another instance's minute) counts as its start.
+        let elapsed = (now - self.minute * MINUTE_MS).clamp(0, MINUTE_MS);
+        let previous = f64::from(self.requests_previous_minute);
+        let current = f64::from(self.requests_this_minute);
+        let limit = f64::from(rpm);
+        let still_counted = (MINUTE_MS - elapsed) as f64 / MINUTE_MS as f64;
+        if previous * still_counted + current < limit {
+            self.requests_this_minute = self.requests_this_minute.saturating_add(1);
+            return Ok(());
+        }
+        // When the previous minute's weight has fallen far enough (this minute), or else
+        // when this minute's count, become the previous, has (the next one).
+        // The weight must fall below a share of the minute: strictly past that point.
+        let past = |share: f64| (MINUTE_MS as f64 * share).floor() as i64 + 1;
+        let wait_ms = if current < limit {
+            past(1.0 - (limit - current) / previous) - elapsed
+        } else {
+            let share = if current > 0.0 {
+                1.0 - limit / current
+            } else {
+                0.0
+            };
+            MINUTE_MS - elapsed + past(share)
+        };
+        Err(wait_ms.max(1))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -491,5 +548,60 @@ impl Registry {
             keys_by_hash,
             key_runtime,
         }));
+    }
+}
+
+#[cfg(test)]
+mod key_limit_tests {
+    use super::*;
+
+    const M: i64 = 1_000 * MINUTE_MS;
+
+    #[test]
+    fn a_quiet_key_gets_its_whole_limit_and_waits_for_the_next_minute_after() {
+        let mut limits = KeyLimits::default();
+        for _ in 0..3 {
+            assert_eq!(limits.admit_request(M + 10_000, 3), Ok(()));
+        }
+        // The fourth in the same minute: the next minute starts in 50 s, where this minute's
+        // three weigh 3 at its first instant and less right after.
+        assert_eq!(limits.admit_request(M + 10_000, 3), Err(50_001));
+        assert_eq!(limits.admit_request(M + MINUTE_MS, 3), Err(1));
+        assert_eq!(limits.admit_request(M + MINUTE_MS + 1, 3), Ok(()));
+        // Two minutes after the last request nothing is left of any.
+        assert_eq!(limits.admit_request(M + 3 * MINUTE_MS + 1, 3), Ok(()));
+        assert_eq!(limits.requests_previous_minute, 0);
+        assert_eq!(limits.requests_this_minute, 1);
+    }
+
+    #[test]
+    fn a_burst_across_a_minute_boundary_counts_against_one_limit() {
+        let mut limits = KeyLimits::default();
+        for _ in 0..10 {
+            assert_eq!(limits.admit_request(M + 59_000, 10), Ok(()));
+        }
+        // Half a second into the next minute the previous minute's ten still weigh 9.92:
+        // one more request fits, the next does not (a fixed window would take ten).
+        assert_eq!(limits.admit_request(M + MINUTE_MS + 500, 10), Ok(()));
+        // 10 · (1 − f) + 1 < 10 once f > 0.1, 6 s into the minute: 5.5 s from now.
+        assert_eq!(limits.admit_request(M + MINUTE_MS + 500, 10), Err(5_500));
+        assert_eq!(limits.admit_request(M + MINUTE_MS + 5_999, 10), Err(1));
+        assert_eq!(limits.admit_request(M + MINUTE_MS + 6_000, 10), Err(1));
+        assert_eq!(limits.admit_request(M + MINUTE_MS + 6_001, 10), Ok(()));
+        assert_eq!(limits.requests_this_minute, 2);
+        assert_eq!(limits.requests_previous_minute, 10);
+    }
+
+    #[test]
+    fn counts_never_move_back_to_an_earlier_minute() {
+        let mut limits = KeyLimits::default();
+        limits.roll_to_minute(M / MINUTE_MS + 1);
+        limits.requests_this_minute = 2;
+        // A clock a little behind the window counts as the window's start.
+        assert_eq!(limits.admit_request(M + 59_999, 3), Ok(()));
+        assert_eq!(limits.minute, M / MINUTE_MS + 1);
+        assert_eq!(limits.admit_request(M + 59_999, 3), Err(MINUTE_MS + 1));
+        // A limit of 0 admits nothing and never divides by zero.
+        assert!(KeyLimits::default().admit_request(M, 0).is_err());
     }
 }

@@ -143,8 +143,9 @@ impl RelayState {
         let _ = self.sticky.bind(session_key, account_id, self.now());
     }
 
-    /// Applies cluster-wide totals of a key's spending today (UTC `day`) and requests in the
-    /// current `minute`, as counted in the shared store. Local figures only ever go up.
+    /// Applies cluster-wide totals of a key's spending today (UTC `day`) and requests in
+    /// `minute` (this one or the one before), as counted in the shared store. Local figures
+    /// only ever go up.
     pub fn apply_shared_key_usage(
         &self,
         key_id: ApiKeyId,
@@ -165,11 +166,13 @@ impl RelayState {
             limits.cost_seeded = true;
             limits.cost_today_usd = cost_today_usd;
         }
+        limits.roll_to_minute(minute);
         if limits.minute == minute {
             limits.requests_this_minute = limits.requests_this_minute.max(requests_this_minute);
-        } else if limits.minute < minute {
-            limits.minute = minute;
-            limits.requests_this_minute = requests_this_minute;
+        } else if limits.minute == minute + 1 {
+            // The cluster's count of the minute this instance has just left.
+            limits.requests_previous_minute =
+                limits.requests_previous_minute.max(requests_this_minute);
         }
     }
 }
