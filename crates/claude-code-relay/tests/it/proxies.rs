@@ -4,7 +4,7 @@
 //! domain-name addresses) and RFC 1929 (username/password); `forward_proxy` is an HTTP
 //! forward proxy that checks `Proxy-Authorization` and passes the request on to its
 //! absolute-form target. The CONNECT tunnel of an `http://` proxy needs an HTTPS upstream
-//! and is not covered here.
+//! and is not covered here; an `https://` proxy is (in `tls`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -181,15 +181,15 @@ async fn read_string(stream: &mut TcpStream, len: u8) -> std::io::Result<String>
 
 /// The head of a request as the forward proxy received it.
 #[derive(Debug, Clone)]
-struct ProxiedRequest {
+pub(crate) struct ProxiedRequest {
     /// e.g. `POST http://127.0.0.1:41234/v1/messages HTTP/1.1`.
-    request_line: String,
+    pub(crate) request_line: String,
     /// Names in lower case, in arrival order.
     headers: Vec<(String, String)>,
 }
 
 impl ProxiedRequest {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(header_name, _)| header_name == name)
@@ -198,17 +198,17 @@ impl ProxiedRequest {
 }
 
 /// A running test HTTP forward proxy and the request heads it received.
-struct ForwardProxy {
-    addr: SocketAddr,
+pub(crate) struct ForwardProxy {
+    pub(crate) addr: SocketAddr,
     /// The first request of every connection (later ones on a kept-alive connection are
     /// passed through unread).
-    requests: Arc<Mutex<Vec<ProxiedRequest>>>,
+    pub(crate) requests: Arc<Mutex<Vec<ProxiedRequest>>>,
 }
 
 /// Starts an HTTP forward proxy on 127.0.0.1 that wants `Proxy-Authorization` to be exactly
 /// `authorization` (else it answers 407), removes that header and relays the request to the
 /// host and port of its absolute-form target.
-async fn forward_proxy(authorization: &'static str) -> ForwardProxy {
+pub(crate) async fn forward_proxy(authorization: &'static str) -> ForwardProxy {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = ForwardProxy {
         addr: listener.local_addr().unwrap(),
@@ -289,7 +289,7 @@ async fn forward_session(
 }
 
 /// A `claude_console` account with `api_key`, sending to `base_url` through `proxy_url`.
-async fn proxied_account(
+pub(crate) async fn proxied_account(
     h: &Harness,
     group: i64,
     name: &str,
@@ -333,7 +333,7 @@ fn closed_port() -> u16 {
 }
 
 /// Asserts a 200 Messages answer with the mock's text.
-async fn assert_relayed(response: reqwest::Response) {
+pub(crate) async fn assert_relayed(response: reqwest::Response) {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["content"][0]["text"], relay_mock::DEFAULT_MOCK_TEXT);

@@ -11,6 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::proxies::{assert_relayed, forward_proxy, proxied_account};
 use crate::support::*;
 
 /// A test certificate authority and a server certificate it issued for `localhost`.
@@ -157,4 +158,59 @@ async fn tls_upstreams_are_verified_against_the_webpki_roots_and_relay_ca_certs(
         let error = ServerConfig::load(&env, &Overrides::default()).unwrap_err();
         assert!(error.to_string().contains("RELAY_CA_CERTS"), "{error}");
     }
+}
+
+/// An `https://` proxy: the relay speaks TLS to the proxy itself (verified like an
+/// upstream), then sends it the absolute-form request for a plain-HTTP upstream.
+#[tokio::test]
+async fn an_https_proxy_is_reached_over_verified_tls() {
+    let pki = test_pki();
+    let directory = temp_dir();
+    let ca_file = directory.join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let h = Harness::start_with(MockConfig::default(), |env| {
+        env.insert("RELAY_CA_CERTS".to_owned(), ca_file.display().to_string());
+    })
+    .await;
+    // base64("u:pw")
+    let proxy = forward_proxy("Basic dTpwdw==").await;
+    let front = tls_front(&pki, proxy.addr).await;
+    let group = h.group("https-proxy", None).await;
+    let proxy_url = format!("https://u:pw@localhost:{}", front.port());
+    let base_url = h.mock.base_url();
+    proxied_account(&h, group, "via-https", "sk-https", &base_url, &proxy_url, 1).await;
+    let key = h.key(group).await;
+
+    assert_relayed(h.messages(&key, message_body(false)).await).await;
+    let requests = proxy.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].request_line,
+        format!("POST {base_url}/v1/messages HTTP/1.1")
+    );
+    assert_eq!(
+        requests[0].header("proxy-authorization"),
+        Some("Basic dTpwdw==")
+    );
+    assert_eq!(h.mock.count_for("sk-https"), 1);
+
+    // A relay that does not trust the proxy's certificate sends it nothing.
+    let untrusting = Harness::start().await;
+    let group = untrusting.group("https-proxy", None).await;
+    let base_url = untrusting.mock.base_url();
+    proxied_account(
+        &untrusting,
+        group,
+        "via-https",
+        "sk-https",
+        &base_url,
+        &proxy_url,
+        1,
+    )
+    .await;
+    let key = untrusting.key(group).await;
+    let response = untrusting.messages(&key, message_body(false)).await;
+    assert_ne!(response.status(), 200);
+    assert_eq!(proxy.requests.lock().unwrap().len(), 1);
+    assert_eq!(untrusting.mock.count_for("sk-https"), 0);
 }
