@@ -214,3 +214,49 @@ async fn an_https_proxy_is_reached_over_verified_tls() {
     assert_eq!(proxy.requests.lock().unwrap().len(), 1);
     assert_eq!(untrusting.mock.count_for("sk-https"), 0);
 }
+
+/// An HTTPS upstream behind an `http://` proxy: the relay asks the proxy for a CONNECT
+/// tunnel (with its credentials), then speaks TLS through it to the upstream, verified.
+#[tokio::test]
+async fn an_https_upstream_is_reached_through_a_connect_tunnel() {
+    let pki = test_pki();
+    let directory = temp_dir();
+    let ca_file = directory.join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let h = Harness::start_with(MockConfig::default(), |env| {
+        env.insert("RELAY_CA_CERTS".to_owned(), ca_file.display().to_string());
+    })
+    .await;
+    let upstream = tls_front(&pki, mock_address(&h)).await;
+    // base64("u:pw")
+    let proxy = forward_proxy("Basic dTpwdw==").await;
+    let group = h.group("tunnel", None).await;
+    let base_url = format!("https://localhost:{}", upstream.port());
+    let proxy_url = format!("http://u:pw@{}", proxy.addr);
+    proxied_account(
+        &h,
+        group,
+        "tunnelled",
+        "sk-tunnel",
+        &base_url,
+        &proxy_url,
+        1,
+    )
+    .await;
+    let key = h.key(group).await;
+
+    assert_relayed(h.messages(&key, message_body(false)).await).await;
+    let requests = proxy.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].request_line,
+        format!("CONNECT localhost:{} HTTP/1.1", upstream.port())
+    );
+    assert_eq!(
+        requests[0].header("proxy-authorization"),
+        Some("Basic dTpwdw==")
+    );
+    // The tunnel carries TLS: the proxy never sees the upstream credential.
+    assert_eq!(requests[0].header("x-api-key"), None);
+    assert_eq!(h.mock.count_for("sk-tunnel"), 1);
+}
