@@ -261,12 +261,12 @@ struct Lane {
     inbox: mpsc::UnboundedReceiver<std::net::TcpStream>,
 }
 
-/// The HTTP/1.1 server: accepts until `shutdown` is cancelled, lets the connections finish
-/// what they are doing (idle keep-alive connections close at once), and drops those still
-/// open when `abort` is cancelled.
 /// How far ahead the serving loop keeps a timer of its own (see `serve`).
 const TIMER_FLOOR_PERIOD: Duration = Duration::from_secs(1);
 
+/// The HTTP/1.1 server: accepts until `shutdown` is cancelled, lets the connections finish
+/// what they are doing (idle keep-alive connections close at once), and drops those still
+/// open when `abort` is cancelled.
 async fn serve(
     listener: TcpListener,
     app: Router,
