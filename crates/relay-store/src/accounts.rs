@@ -7,7 +7,7 @@ use relay_core::model::{Account, AccountId, Credential, GroupId, OAuthCredential
 use sqlx::any::AnyRow;
 
 use crate::credential::{
-    decode_credential, encode_credential, is_sealed, CREDENTIAL_COLUMNS, SECRET_COLUMNS,
+    decode_credential, encode_credential, holds_plain_secret, CREDENTIAL_COLUMNS,
 };
 use crate::error::{conflict_on_constraint, StoreError};
 use crate::store::{now_millis, SqlStore};
@@ -461,13 +461,7 @@ impl SqlStore {
         let rows = sqlx::query(&sql).fetch_all(&mut *transaction).await?;
         let mut sealed = 0;
         for row in &rows {
-            let mut plain = false;
-            for column in SECRET_COLUMNS {
-                if read_optional_text(row, column)?.is_some_and(|stored| !is_sealed(&stored)) {
-                    plain = true;
-                }
-            }
-            if !plain {
+            if !holds_plain_secret(row)? {
                 continue;
             }
             let credential = decode_credential(row, Some(key))?;

@@ -34,7 +34,7 @@ pub(crate) const CREDENTIAL_COLUMNS: [&str; 5] = [
 ];
 
 /// The columns that hold secrets (sealed when a key is set).
-pub(crate) const SECRET_COLUMNS: [&str; 3] = [
+const SECRET_COLUMNS: [&str; 3] = [
     "credential_api_key",
     "oauth_access_token",
     "oauth_refresh_token",
@@ -134,8 +134,18 @@ impl CredentialKey {
 }
 
 /// Whether a stored secret is sealed.
-pub(crate) fn is_sealed(stored: &str) -> bool {
+fn is_sealed(stored: &str) -> bool {
     stored.starts_with(SEALED_PREFIX)
+}
+
+/// Whether a row that selected `CREDENTIAL_COLUMNS` holds a secret in plain text.
+pub(crate) fn holds_plain_secret(row: &AnyRow) -> Result<bool, StoreError> {
+    for column in SECRET_COLUMNS {
+        if read_optional_text(row, column)?.is_some_and(|stored| !is_sealed(&stored)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A secret as stored: sealed when there is a key.
