@@ -225,6 +225,18 @@ async fn account_proxy_is_used_for_upstream_requests() {
     assert_eq!(h.mock.count_for("sk-proxied"), 1);
 }
 
+/// A streamed answer's body, and in how many chunks it arrived.
+async fn read_chunks(response: reqwest::Response) -> (usize, String) {
+    let mut stream = response.bytes_stream();
+    let mut chunks = 0;
+    let mut body = String::new();
+    while let Some(chunk) = stream.next().await {
+        chunks += 1;
+        body.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    (chunks, body)
+}
+
 #[tokio::test]
 async fn slow_chunks_are_not_held_back() {
     // With a delay between upstream events, every event still arrives as its own chunk
@@ -239,13 +251,7 @@ async fn slow_chunks_are_not_held_back() {
     .await;
     let (_, _, key) = h.simple_setup().await;
     let response = h.messages(&key, message_body(true)).await;
-    let mut stream = response.bytes_stream();
-    let mut chunks = 0;
-    let mut body = String::new();
-    while let Some(chunk) = stream.next().await {
-        chunks += 1;
-        body.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
-    }
+    let (chunks, body) = read_chunks(response).await;
     assert!(chunks >= 5, "events were merged into {chunks} chunks");
     assert_eq!(event_names(&body), relay_mock::expected_event_names(4));
 }
@@ -260,13 +266,7 @@ async fn a_burst_of_events_leaves_in_fewer_chunks_than_events() {
     let (_, _, key) = h.simple_setup().await;
     let response = h.messages(&key, message_body(true)).await;
     assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let mut chunks = 0;
-    let mut body = String::new();
-    while let Some(chunk) = stream.next().await {
-        chunks += 1;
-        body.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
-    }
+    let (chunks, body) = read_chunks(response).await;
     let events = relay_mock::expected_event_names(4);
     assert_eq!(event_names(&body), events);
     assert!(

@@ -3,6 +3,7 @@
 //! `localhost`, served by a TLS front in front of the mock upstream.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use claude_code_relay::config::{Overrides, ServerConfig};
@@ -73,6 +74,18 @@ async fn tls_front(pki: &TestPki, target: SocketAddr) -> SocketAddr {
     address
 }
 
+/// A relay whose `RELAY_CA_CERTS` names a file holding `pki`'s CA, and that file's folder.
+async fn harness_trusting(pki: &TestPki) -> (Harness, PathBuf) {
+    let directory = temp_dir();
+    let ca_file = directory.join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+    let h = Harness::start_with(MockConfig::default(), |env| {
+        env.insert("RELAY_CA_CERTS".to_owned(), ca_file.display().to_string());
+    })
+    .await;
+    (h, directory)
+}
+
 fn mock_address(h: &Harness) -> SocketAddr {
     h.mock
         .base_url()
@@ -84,15 +97,8 @@ fn mock_address(h: &Harness) -> SocketAddr {
 #[tokio::test]
 async fn tls_upstreams_are_verified_against_the_webpki_roots_and_relay_ca_certs() {
     let pki = test_pki();
-    let directory = temp_dir();
-    let ca_file = directory.join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
-
     // Trusting the test CA: requests and streams reach the upstream over TLS.
-    let h = Harness::start_with(MockConfig::default(), |env| {
-        env.insert("RELAY_CA_CERTS".to_owned(), ca_file.display().to_string());
-    })
-    .await;
+    let (h, directory) = harness_trusting(&pki).await;
     let front = tls_front(&pki, mock_address(&h)).await;
     let group = h.group("tls", None).await;
     h.post_admin(
@@ -165,13 +171,7 @@ async fn tls_upstreams_are_verified_against_the_webpki_roots_and_relay_ca_certs(
 #[tokio::test]
 async fn an_https_proxy_is_reached_over_verified_tls() {
     let pki = test_pki();
-    let directory = temp_dir();
-    let ca_file = directory.join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
-    let h = Harness::start_with(MockConfig::default(), |env| {
-        env.insert("RELAY_CA_CERTS".to_owned(), ca_file.display().to_string());
-    })
-    .await;
+    let (h, _) = harness_trusting(&pki).await;
     // base64("u:pw")
     let proxy = forward_proxy("Basic dTpwdw==").await;
     let front = tls_front(&pki, proxy.addr).await;
@@ -220,13 +220,7 @@ async fn an_https_proxy_is_reached_over_verified_tls() {
 #[tokio::test]
 async fn an_https_upstream_is_reached_through_a_connect_tunnel() {
     let pki = test_pki();
-    let directory = temp_dir();
-    let ca_file = directory.join("ca.pem");
-    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
-    let h = Harness::start_with(MockConfig::default(), |env| {
-        env.insert("RELAY_CA_CERTS".to_owned(), ca_file.display().to_string());
-    })
-    .await;
+    let (h, _) = harness_trusting(&pki).await;
     let upstream = tls_front(&pki, mock_address(&h)).await;
     // base64("u:pw")
     let proxy = forward_proxy("Basic dTpwdw==").await;
