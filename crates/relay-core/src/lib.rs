@@ -15,6 +15,7 @@ pub mod health;
 mod json_scan;
 pub mod metrics;
 pub mod model;
+pub mod openai;
 pub mod pricing;
 pub mod sse;
 pub mod state;

@@ -1,0 +1,1038 @@
+//! Translation between Anthropic Messages and OpenAI Chat Completions, for accounts of the
+//! `openai` platform (PRODUCT §4): a Messages request becomes a Chat Completions request, and
+//! a Chat Completions answer becomes a Messages answer, so a client of the relay never sees
+//! that the account speaks another protocol.
+//!
+//! What carries over: the system prompt, text, images (base64 or URL), tools and the choice
+//! among them, tool calls and their results, sampling settings, stop sequences, the end
+//! user's id, stop reasons and token usage. What the other side has no place for is left out
+//! where leaving it out changes nothing the model is asked (thinking blocks a client sends
+//! back, `top_k`, cache-control marks), and refused with [`TranslateError`] where it would
+//! (documents, server tools), so a request is never answered as if it were another.
+//!
+//! Streamed answers go through [`StreamTranslator`], which turns `chat.completion.chunk`
+//! events into Messages events as they arrive.
+//!
+//! Not yet wired into the data plane: the admin API still refuses `openai` accounts.
+
+use serde_json::{json, Map, Value};
+
+/// A request the other protocol cannot express, or an answer that is not what it claims.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TranslateError(pub String);
+
+fn refuse(message: impl Into<String>) -> TranslateError {
+    TranslateError(message.into())
+}
+
+/// The Chat Completions request for a Messages request `body`, sent to `model` (the
+/// account's model name, after any mapping).
+pub fn chat_request(body: &Value, model: &str) -> Result<Value, TranslateError> {
+    let request = body
+        .as_object()
+        .ok_or_else(|| refuse("the request body is not a JSON object"))?;
+    let mut chat = Map::new();
+    chat.insert("model".into(), Value::from(model));
+
+    let mut messages = Vec::new();
+    if let Some(system) = request.get("system") {
+        let text = system_text(system)?;
+        if !text.is_empty() {
+            messages.push(json!({ "role": "system", "content": text }));
+        }
+    }
+    let turns = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| refuse("messages: an array is required"))?;
+    for (index, turn) in turns.iter().enumerate() {
+        translate_turn(turn, &mut messages)
+            .map_err(|error| refuse(format!("messages.{index}: {}", error.0)))?;
+    }
+    chat.insert("messages".into(), Value::Array(messages));
+
+    if let Some(max_tokens) = request.get("max_tokens") {
+        chat.insert("max_tokens".into(), max_tokens.clone());
+    }
+    for name in ["temperature", "top_p"] {
+        if let Some(value) = request.get(name) {
+            chat.insert(name.into(), value.clone());
+        }
+    }
+    if let Some(stop) = request.get("stop_sequences") {
+        chat.insert("stop".into(), stop.clone());
+    }
+    if let Some(user) = request
+        .get("metadata")
+        .and_then(|metadata| metadata.get("user_id"))
+        .filter(|user| user.is_string())
+    {
+        chat.insert("user".into(), user.clone());
+    }
+    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
+        let tools = tools
+            .iter()
+            .enumerate()
+            .map(|(index, tool)| {
+                function_tool(tool).map_err(|error| refuse(format!("tools.{index}: {}", error.0)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !tools.is_empty() {
+            chat.insert("tools".into(), Value::Array(tools));
+        }
+    }
+    if let Some(choice) = request.get("tool_choice") {
+        let (choice, parallel) = tool_choice(choice)?;
+        if let Some(choice) = choice {
+            chat.insert("tool_choice".into(), choice);
+        }
+        if let Some(parallel) = parallel {
+            chat.insert("parallel_tool_calls".into(), Value::Bool(parallel));
+        }
+    }
+    if request.get("stream").and_then(Value::as_bool) == Some(true) {
+        chat.insert("stream".into(), Value::Bool(true));
+        // Without it a streamed answer carries no token counts.
+        chat.insert("stream_options".into(), json!({ "include_usage": true }));
+    }
+    Ok(Value::Object(chat))
+}
+
+/// The system prompt as one text: a string, or text blocks joined by blank lines.
+fn system_text(system: &Value) -> Result<String, TranslateError> {
+    match system {
+        Value::String(text) => Ok(text.clone()),
+        Value::Array(blocks) => {
+            let texts = blocks
+                .iter()
+                .map(|block| match block_type(block) {
+                    Some("text") => Ok(text_of(block)),
+                    other => Err(refuse(format!(
+                        "system: a {} block cannot be sent to an OpenAI-compatible account",
+                        other.unwrap_or("typeless")
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(texts.join("\n\n"))
+        }
+        Value::Null => Ok(String::new()),
+        _ => Err(refuse(
+            "system: a string or an array of text blocks is required",
+        )),
+    }
+}
+
+fn block_type(block: &Value) -> Option<&str> {
+    block.get("type").and_then(Value::as_str)
+}
+
+fn text_of(block: &Value) -> &str {
+    block.get("text").and_then(Value::as_str).unwrap_or("")
+}
+
+/// Appends the Chat Completions messages of one Messages turn.
+fn translate_turn(turn: &Value, messages: &mut Vec<Value>) -> Result<(), TranslateError> {
+    let role = turn
+        .get("role")
+        .and_then(Value::as_str)
+        .ok_or_else(|| refuse("role: user or assistant is required"))?;
+    let content = turn.get("content").unwrap_or(&Value::Null);
+    match (role, content) {
+        ("user" | "assistant", Value::String(text)) => {
+            messages.push(json!({ "role": role, "content": text }));
+            Ok(())
+        }
+        ("user", Value::Array(blocks)) => user_turn(blocks, messages),
+        ("assistant", Value::Array(blocks)) => assistant_turn(blocks, messages),
+        ("user" | "assistant", _) => Err(refuse("content: a string or an array is required")),
+        (other, _) => Err(refuse(format!(
+            "role: {other} is neither user nor assistant"
+        ))),
+    }
+}
+
+/// A user turn: its tool results become `tool` messages (which must directly follow the
+/// assistant's calls), the rest one user message.
+fn user_turn(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), TranslateError> {
+    let mut parts = Vec::new();
+    let mut has_image = false;
+    for block in blocks {
+        match block_type(block) {
+            Some("text") => parts.push(json!({ "type": "text", "text": text_of(block) })),
+            Some("image") => {
+                parts.push(image_part(block)?);
+                has_image = true;
+            }
+            Some("tool_result") => messages.push(tool_message(block)?),
+            other => {
+                return Err(refuse(format!(
+                    "a {} block cannot be sent to an OpenAI-compatible account",
+                    other.unwrap_or("typeless")
+                )))
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let content = if has_image {
+        Value::Array(parts)
+    } else {
+        // Text only: one string, which every OpenAI-compatible server accepts.
+        Value::from(
+            parts
+                .iter()
+                .map(text_of)
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        )
+    };
+    messages.push(json!({ "role": "user", "content": content }));
+    Ok(())
+}
+
+fn image_part(block: &Value) -> Result<Value, TranslateError> {
+    let source = block.get("source").unwrap_or(&Value::Null);
+    let url = match source.get("type").and_then(Value::as_str) {
+        Some("base64") => {
+            let media_type = source
+                .get("media_type")
+                .and_then(Value::as_str)
+                .ok_or_else(|| refuse("image.source.media_type is required"))?;
+            let data = source
+                .get("data")
+                .and_then(Value::as_str)
+                .ok_or_else(|| refuse("image.source.data is required"))?;
+            format!("data:{media_type};base64,{data}")
+        }
+        Some("url") => source
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| refuse("image.source.url is required"))?
+            .to_owned(),
+        _ => return Err(refuse("image.source: base64 or url is required")),
+    };
+    Ok(json!({ "type": "image_url", "image_url": { "url": url } }))
+}
+
+/// A tool result as a `tool` message; an error result says so in its text, which is all
+/// the other side has for it.
+fn tool_message(block: &Value) -> Result<Value, TranslateError> {
+    let id = block
+        .get("tool_use_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| refuse("tool_result.tool_use_id is required"))?;
+    let text = match block.get("content").unwrap_or(&Value::Null) {
+        Value::String(text) => text.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|part| match block_type(part) {
+                Some("text") => Ok(text_of(part)),
+                other => Err(refuse(format!(
+                    "tool_result: a {} block cannot be sent to an OpenAI-compatible account",
+                    other.unwrap_or("typeless")
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .join("\n\n"),
+        Value::Null => String::new(),
+        _ => {
+            return Err(refuse(
+                "tool_result.content: a string or an array is required",
+            ))
+        }
+    };
+    let text = if block.get("is_error").and_then(Value::as_bool) == Some(true) {
+        format!("Error: {text}")
+    } else {
+        text
+    };
+    Ok(json!({ "role": "tool", "tool_call_id": id, "content": text }))
+}
+
+/// An assistant turn: its text as the content, its tool uses as tool calls. Thinking blocks
+/// (sent back by clients that keep them) have no counterpart and are left out.
+fn assistant_turn(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), TranslateError> {
+    let mut texts = Vec::new();
+    let mut calls = Vec::new();
+    for block in blocks {
+        match block_type(block) {
+            Some("text") => texts.push(text_of(block)),
+            Some("tool_use") => {
+                let id = block.get("id").and_then(Value::as_str);
+                let name = block.get("name").and_then(Value::as_str);
+                let (Some(id), Some(name)) = (id, name) else {
+                    return Err(refuse("tool_use: id and name are required"));
+                };
+                let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
+                calls.push(json!({
+                    "id": id,
+                    "type": "function",
+                    "function": { "name": name, "arguments": input.to_string() },
+                }));
+            }
+            Some("thinking" | "redacted_thinking") => {}
+            other => {
+                return Err(refuse(format!(
+                    "a {} block cannot be sent to an OpenAI-compatible account",
+                    other.unwrap_or("typeless")
+                )))
+            }
+        }
+    }
+    let mut message = Map::new();
+    message.insert("role".into(), Value::from("assistant"));
+    message.insert(
+        "content".into(),
+        if texts.is_empty() {
+            Value::Null
+        } else {
+            Value::from(texts.join("\n\n"))
+        },
+    );
+    if !calls.is_empty() {
+        message.insert("tool_calls".into(), Value::Array(calls));
+    }
+    messages.push(Value::Object(message));
+    Ok(())
+}
+
+/// A client tool as a function; server tools (web search, code execution) run at Anthropic
+/// and have no counterpart.
+fn function_tool(tool: &Value) -> Result<Value, TranslateError> {
+    let name = tool
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| refuse("name is required"))?;
+    let Some(schema) = tool.get("input_schema") else {
+        return Err(refuse(format!(
+            "{name} is a server tool, which an OpenAI-compatible account cannot run"
+        )));
+    };
+    let mut function = Map::new();
+    function.insert("name".into(), Value::from(name));
+    if let Some(description) = tool.get("description").filter(|d| d.is_string()) {
+        function.insert("description".into(), description.clone());
+    }
+    function.insert("parameters".into(), schema.clone());
+    Ok(json!({ "type": "function", "function": function }))
+}
+
+/// `tool_choice` and whether calls may run in parallel.
+fn tool_choice(choice: &Value) -> Result<(Option<Value>, Option<bool>), TranslateError> {
+    let parallel = choice
+        .get("disable_parallel_tool_use")
+        .and_then(Value::as_bool)
+        .map(|disabled| !disabled);
+    let translated = match choice.get("type").and_then(Value::as_str) {
+        Some("auto") => Value::from("auto"),
+        Some("any") => Value::from("required"),
+        Some("none") => Value::from("none"),
+        Some("tool") => {
+            let name = choice
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| refuse("tool_choice.name is required"))?;
+            json!({ "type": "function", "function": { "name": name } })
+        }
+        _ => {
+            return Err(refuse(
+                "tool_choice.type: auto, any, tool or none is required",
+            ))
+        }
+    };
+    // `parallel_tool_calls` means nothing without tools to call.
+    let parallel = parallel.filter(|_| translated != "none");
+    Ok((Some(translated), parallel))
+}
+
+/// Anthropic's `stop_reason` for a Chat Completions `finish_reason`.
+pub fn stop_reason(finish_reason: Option<&str>) -> &'static str {
+    match finish_reason {
+        Some("length") => "max_tokens",
+        Some("tool_calls" | "function_call") => "tool_use",
+        Some("content_filter") => "refusal",
+        // "stop", and whatever a server says that Anthropic has no word for.
+        _ => "end_turn",
+    }
+}
+
+/// Anthropic's usage for Chat Completions `usage`: cached prompt tokens are counted apart,
+/// as Anthropic counts cache reads apart from `input_tokens`.
+pub fn usage(usage: &Value) -> Value {
+    let count = |value: Option<&Value>| value.and_then(Value::as_u64).unwrap_or(0);
+    let prompt = count(usage.get("prompt_tokens"));
+    let cached = count(
+        usage
+            .get("prompt_tokens_details")
+            .and_then(|details| details.get("cached_tokens")),
+    )
+    .min(prompt);
+    json!({
+        "input_tokens": prompt - cached,
+        "output_tokens": count(usage.get("completion_tokens")),
+        "cache_read_input_tokens": cached,
+        "cache_creation_input_tokens": 0,
+    })
+}
+
+/// The Messages answer for a Chat Completions answer `body`; `model` is the model the client
+/// asked for, which the answer names (as Anthropic's answers do).
+pub fn message(body: &Value, model: &str) -> Result<Value, TranslateError> {
+    let choice = body
+        .get("choices")
+        .and_then(Value::as_array)
+        .and_then(|choices| choices.first())
+        .ok_or_else(|| refuse("the upstream's answer has no choices"))?;
+    let answer = choice.get("message").unwrap_or(&Value::Null);
+    let mut content = Vec::new();
+    if let Some(text) = answer.get("content").and_then(Value::as_str) {
+        if !text.is_empty() {
+            content.push(json!({ "type": "text", "text": text }));
+        }
+    }
+    if let Some(refusal) = answer.get("refusal").and_then(Value::as_str) {
+        content.push(json!({ "type": "text", "text": refusal }));
+    }
+    for call in answer
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        content.push(tool_use(call)?);
+    }
+    let id = body.get("id").and_then(Value::as_str).unwrap_or("");
+    Ok(json!({
+        "id": format!("msg_{id}"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(choice.get("finish_reason").and_then(Value::as_str)),
+        "stop_sequence": null,
+        "usage": usage(body.get("usage").unwrap_or(&Value::Null)),
+    }))
+}
+
+/// A tool call as a `tool_use` block. Arguments that are not a JSON object (a model can write
+/// anything there) are passed on as `{"arguments": "<what it wrote>"}` rather than lost.
+fn tool_use(call: &Value) -> Result<Value, TranslateError> {
+    let function = call.get("function").unwrap_or(&Value::Null);
+    let id = call.get("id").and_then(Value::as_str);
+    let name = function.get("name").and_then(Value::as_str);
+    let (Some(id), Some(name)) = (id, name) else {
+        return Err(refuse(
+            "a tool call of the upstream's answer has no id or name",
+        ));
+    };
+    Ok(json!({
+        "type": "tool_use",
+        "id": id,
+        "name": name,
+        "input": tool_input(function.get("arguments").and_then(Value::as_str).unwrap_or("")),
+    }))
+}
+
+/// A tool call's arguments as the `input` object.
+pub fn tool_input(arguments: &str) -> Value {
+    if arguments.trim().is_empty() {
+        return json!({});
+    }
+    match serde_json::from_str::<Value>(arguments) {
+        Ok(input @ Value::Object(_)) => input,
+        _ => json!({ "arguments": arguments }),
+    }
+}
+
+/// Turns a streamed Chat Completions answer (`data: {chunk}` lines, then `data: [DONE]`)
+/// into the events of a streamed Messages answer, chunk by chunk: `message_start` with the
+/// first chunk, a content block per run of text and per tool call (opened, its deltas,
+/// closed), then `message_delta` with the stop reason and the usage, and `message_stop`.
+/// The usage comes last in a Chat Completions stream (`stream_options.include_usage`), so
+/// `message_delta` carries all of it, input tokens included.
+#[derive(Debug)]
+pub struct StreamTranslator {
+    model: String,
+    /// Bytes of a line not yet ended.
+    partial: Vec<u8>,
+    started: bool,
+    finished: bool,
+    /// The open content block: its index, and for a tool call the upstream's index of it.
+    open: Option<(usize, Open)>,
+    next_index: usize,
+    finish_reason: Option<String>,
+    usage: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Text,
+    Tool(u64),
+}
+
+impl StreamTranslator {
+    /// A translator for an answer to a request for `model` (the model the client asked for).
+    pub fn new(model: &str) -> Self {
+        StreamTranslator {
+            model: model.to_owned(),
+            partial: Vec::new(),
+            started: false,
+            finished: false,
+            open: None,
+            next_index: 0,
+            finish_reason: None,
+            usage: None,
+        }
+    }
+
+    /// Whether the answer is complete: `[DONE]` was read, or [`StreamTranslator::finish`]
+    /// was called.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Translates the complete lines of `bytes` (with what an earlier call left of a line)
+    /// and appends the events to `out`.
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        self.partial.extend_from_slice(bytes);
+        let mut consumed = 0;
+        while let Some(end) = self.partial[consumed..].iter().position(|b| *b == b'\n') {
+            let line = self.partial[consumed..consumed + end].to_vec();
+            consumed += end + 1;
+            self.line(&line, out);
+        }
+        self.partial.drain(..consumed);
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        let Some(data) = line.strip_prefix(b"data:") else {
+            // Blank lines, comments, `event:` and `id:` lines carry nothing here.
+            return;
+        };
+        let data = data.trim_ascii();
+        if data == b"[DONE]" {
+            self.finish(out);
+            return;
+        }
+        if self.finished {
+            return;
+        }
+        match serde_json::from_slice::<Value>(data) {
+            Ok(chunk) => self.chunk(&chunk, out),
+            Err(error) => self.error(
+                &format!("the upstream sent a malformed event: {error}"),
+                out,
+            ),
+        }
+    }
+
+    fn chunk(&mut self, chunk: &Value, out: &mut Vec<u8>) {
+        if let Some(error) = chunk.get("error") {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("the upstream failed during the answer");
+            self.error(message, out);
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            let id = chunk.get("id").and_then(Value::as_str).unwrap_or("");
+            event(
+                out,
+                "message_start",
+                &json!({
+                    "type": "message_start",
+                    "message": {
+                        "id": format!("msg_{id}"),
+                        "type": "message",
+                        "role": "assistant",
+                        "model": self.model,
+                        "content": [],
+                        "stop_reason": null,
+                        "stop_sequence": null,
+                        "usage": { "input_tokens": 0, "output_tokens": 0 },
+                    },
+                }),
+            );
+        }
+        if let Some(usage) = chunk.get("usage").filter(|usage| usage.is_object()) {
+            self.usage = Some(usage.clone());
+        }
+        let Some(choice) = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|choices| choices.first())
+        else {
+            return;
+        };
+        let delta = choice.get("delta").unwrap_or(&Value::Null);
+        for text in ["content", "refusal"] {
+            if let Some(text) = delta
+                .get(text)
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
+                let index =
+                    self.open_block(Open::Text, out, || json!({ "type": "text", "text": "" }));
+                event(
+                    out,
+                    "content_block_delta",
+                    &json!({
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": { "type": "text_delta", "text": text },
+                    }),
+                );
+            }
+        }
+        for call in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let tool = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let function = call.get("function").unwrap_or(&Value::Null);
+            let index = self.open_block(Open::Tool(tool), out, || {
+                json!({
+                    "type": "tool_use",
+                    "id": call.get("id").and_then(Value::as_str).unwrap_or(""),
+                    "name": function.get("name").and_then(Value::as_str).unwrap_or(""),
+                    "input": {},
+                })
+            });
+            if let Some(arguments) = function
+                .get("arguments")
+                .and_then(Value::as_str)
+                .filter(|arguments| !arguments.is_empty())
+            {
+                event(
+                    out,
+                    "content_block_delta",
+                    &json!({
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": { "type": "input_json_delta", "partial_json": arguments },
+                    }),
+                );
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.finish_reason = Some(reason.to_owned());
+        }
+    }
+
+    /// The index of the block `kind`, opened (after closing another) if it is not open.
+    fn open_block(
+        &mut self,
+        kind: Open,
+        out: &mut Vec<u8>,
+        block: impl FnOnce() -> Value,
+    ) -> usize {
+        if let Some((index, open)) = self.open {
+            if open == kind {
+                return index;
+            }
+        }
+        self.close_block(out);
+        let index = self.next_index;
+        self.next_index += 1;
+        self.open = Some((index, kind));
+        event(
+            out,
+            "content_block_start",
+            &json!({
+                "type": "content_block_start",
+                "index": index,
+                "content_block": block(),
+            }),
+        );
+        index
+    }
+
+    fn close_block(&mut self, out: &mut Vec<u8>) {
+        if let Some((index, _)) = self.open.take() {
+            event(
+                out,
+                "content_block_stop",
+                &json!({ "type": "content_block_stop", "index": index }),
+            );
+        }
+    }
+
+    /// Ends the answer: closes the open block and sends the stop reason, the usage and
+    /// `message_stop`. Does nothing once the answer ended, or if it never started (the caller
+    /// then has an empty answer to report as a failure).
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.finished || !self.started {
+            self.finished = true;
+            return;
+        }
+        self.finished = true;
+        self.close_block(out);
+        event(
+            out,
+            "message_delta",
+            &json!({
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": stop_reason(self.finish_reason.as_deref()),
+                    "stop_sequence": null,
+                },
+                "usage": usage(self.usage.as_ref().unwrap_or(&Value::Null)),
+            }),
+        );
+        event(out, "message_stop", &json!({ "type": "message_stop" }));
+    }
+
+    /// Ends the answer with an `error` event, as the relay ends a stream that broke.
+    fn error(&mut self, message: &str, out: &mut Vec<u8>) {
+        self.finished = true;
+        event(
+            out,
+            "error",
+            &json!({
+                "type": "error",
+                "error": { "type": "api_error", "message": message },
+            }),
+        );
+    }
+}
+
+fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claude_code_shaped_request_becomes_a_chat_request() {
+        let body = json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 1024,
+            "system": [{ "type": "text", "text": "You are terse." },
+                       { "type": "text", "text": "Answer in English.", "cache_control": { "type": "ephemeral" } }],
+            "messages": [
+                { "role": "user", "content": "List the files." },
+                { "role": "assistant", "content": [
+                    { "type": "thinking", "thinking": "…", "signature": "s" },
+                    { "type": "text", "text": "Let me look." },
+                    { "type": "tool_use", "id": "toolu_1", "name": "ls", "input": { "path": "." } }
+                ] },
+                { "role": "user", "content": [
+                    { "type": "tool_result", "tool_use_id": "toolu_1", "content": [{ "type": "text", "text": "a.rs" }] },
+                    { "type": "text", "text": "And now?" }
+                ] }
+            ],
+            "tools": [{ "name": "ls", "description": "Lists files", "input_schema": { "type": "object" } }],
+            "tool_choice": { "type": "auto", "disable_parallel_tool_use": true },
+            "temperature": 0.2,
+            "top_k": 5,
+            "stop_sequences": ["END"],
+            "metadata": { "user_id": "user-1" },
+            "stream": true
+        });
+        let chat = chat_request(&body, "gpt-4o").unwrap();
+        assert_eq!(
+            chat,
+            json!({
+                "model": "gpt-4o",
+                "messages": [
+                    { "role": "system", "content": "You are terse.\n\nAnswer in English." },
+                    { "role": "user", "content": "List the files." },
+                    { "role": "assistant", "content": "Let me look.", "tool_calls": [
+                        { "id": "toolu_1", "type": "function",
+                          "function": { "name": "ls", "arguments": "{\"path\":\".\"}" } }
+                    ] },
+                    { "role": "tool", "tool_call_id": "toolu_1", "content": "a.rs" },
+                    { "role": "user", "content": "And now?" }
+                ],
+                "max_tokens": 1024,
+                "temperature": 0.2,
+                "stop": ["END"],
+                "user": "user-1",
+                "tools": [{ "type": "function", "function": {
+                    "name": "ls", "description": "Lists files", "parameters": { "type": "object" } } }],
+                "tool_choice": "auto",
+                "parallel_tool_calls": false,
+                "stream": true,
+                "stream_options": { "include_usage": true }
+            })
+        );
+    }
+
+    #[test]
+    fn images_become_image_parts_and_error_results_say_so() {
+        let body = json!({
+            "max_tokens": 10,
+            "messages": [{ "role": "user", "content": [
+                { "type": "tool_result", "tool_use_id": "t", "content": "no such file", "is_error": true },
+                { "type": "text", "text": "What is this?" },
+                { "type": "image", "source": { "type": "base64", "media_type": "image/png", "data": "iVBO" } },
+                { "type": "image", "source": { "type": "url", "url": "https://example.com/a.png" } }
+            ] }]
+        });
+        let chat = chat_request(&body, "m").unwrap();
+        assert_eq!(
+            chat["messages"],
+            json!([
+                { "role": "tool", "tool_call_id": "t", "content": "Error: no such file" },
+                { "role": "user", "content": [
+                    { "type": "text", "text": "What is this?" },
+                    { "type": "image_url", "image_url": { "url": "data:image/png;base64,iVBO" } },
+                    { "type": "image_url", "image_url": { "url": "https://example.com/a.png" } }
+                ] }
+            ])
+        );
+        assert!(chat.get("stream").is_none());
+    }
+
+    #[test]
+    fn tool_choices_map_to_their_counterparts() {
+        let choice = |value: Value| tool_choice(&value).unwrap();
+        assert_eq!(
+            choice(json!({ "type": "any" })),
+            (Some(json!("required")), None)
+        );
+        assert_eq!(
+            choice(json!({ "type": "none" })),
+            (Some(json!("none")), None)
+        );
+        assert_eq!(
+            choice(json!({ "type": "tool", "name": "ls", "disable_parallel_tool_use": false })),
+            (
+                Some(json!({ "type": "function", "function": { "name": "ls" } })),
+                Some(true)
+            )
+        );
+        assert!(tool_choice(&json!({ "type": "sometimes" })).is_err());
+    }
+
+    #[test]
+    fn what_has_no_counterpart_is_refused_with_where_it_is() {
+        let refused = |body: Value| chat_request(&body, "m").unwrap_err().0;
+        assert_eq!(
+            refused(json!({ "messages": [{ "role": "user", "content": [
+                { "type": "document", "source": {} }] }] })),
+            "messages.0: a document block cannot be sent to an OpenAI-compatible account"
+        );
+        assert_eq!(
+            refused(
+                json!({ "messages": [], "tools": [{ "type": "web_search_20250305", "name": "web_search" }] })
+            ),
+            "tools.0: web_search is a server tool, which an OpenAI-compatible account cannot run"
+        );
+        assert_eq!(
+            refused(json!({ "max_tokens": 1 })),
+            "messages: an array is required"
+        );
+        assert_eq!(
+            refused(json!({ "messages": [{ "role": "system", "content": "x" }] })),
+            "messages.0: role: system is neither user nor assistant"
+        );
+        assert_eq!(refused(json!([])), "the request body is not a JSON object");
+    }
+
+    #[test]
+    fn a_chat_answer_becomes_a_message_with_usage_counted_the_anthropic_way() {
+        let answer = json!({
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "choices": [{ "index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant",
+                "content": "Looking.",
+                "tool_calls": [
+                    { "id": "call_1", "type": "function", "function": { "name": "ls", "arguments": "{\"path\":\".\"}" } },
+                    { "id": "call_2", "type": "function", "function": { "name": "cat", "arguments": "not json" } }
+                ]
+            } }],
+            "usage": { "prompt_tokens": 100, "completion_tokens": 7, "total_tokens": 107,
+                       "prompt_tokens_details": { "cached_tokens": 60 } }
+        });
+        assert_eq!(
+            message(&answer, "claude-sonnet-4-5").unwrap(),
+            json!({
+                "id": "msg_chatcmpl-1",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-sonnet-4-5",
+                "content": [
+                    { "type": "text", "text": "Looking." },
+                    { "type": "tool_use", "id": "call_1", "name": "ls", "input": { "path": "." } },
+                    { "type": "tool_use", "id": "call_2", "name": "cat", "input": { "arguments": "not json" } }
+                ],
+                "stop_reason": "tool_use",
+                "stop_sequence": null,
+                "usage": { "input_tokens": 40, "output_tokens": 7,
+                           "cache_read_input_tokens": 60, "cache_creation_input_tokens": 0 }
+            })
+        );
+    }
+
+    #[test]
+    fn finish_reasons_become_stop_reasons() {
+        assert_eq!(stop_reason(Some("stop")), "end_turn");
+        assert_eq!(stop_reason(Some("length")), "max_tokens");
+        assert_eq!(stop_reason(Some("tool_calls")), "tool_use");
+        assert_eq!(stop_reason(Some("content_filter")), "refusal");
+        assert_eq!(stop_reason(None), "end_turn");
+    }
+
+    #[test]
+    fn an_answer_without_choices_is_an_error_and_empty_usage_counts_zero() {
+        assert!(message(&json!({ "choices": [] }), "m").is_err());
+        let answer = json!({ "id": "x", "choices": [{ "finish_reason": "length",
+                              "message": { "content": null } }] });
+        let translated = message(&answer, "m").unwrap();
+        assert_eq!(translated["content"], json!([]));
+        assert_eq!(translated["stop_reason"], "max_tokens");
+        assert_eq!(translated["usage"]["input_tokens"], 0);
+    }
+
+    /// The events of a translated stream, as (name, data) pairs.
+    fn events(out: &[u8]) -> Vec<(String, Value)> {
+        std::str::from_utf8(out)
+            .unwrap()
+            .split("\n\n")
+            .filter(|event| !event.is_empty())
+            .map(|event| {
+                let (name, data) = event.split_once('\n').unwrap();
+                let name = name.strip_prefix("event: ").unwrap().to_owned();
+                let data = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+                (name, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_of_text_then_a_tool_call_becomes_messages_events_even_when_cut_anywhere() {
+        let chunks = [
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel"}}]}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"lo"}}]}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"ls","arguments":""}}]}}]}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"path\":"}}]}}]}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"\".\"}"}}]}}]}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":9,"prompt_tokens_details":{"cached_tokens":2}}}"#,
+        ];
+        let mut upstream = String::new();
+        for chunk in chunks {
+            upstream.push_str(&format!("data: {chunk}\n\n"));
+        }
+        upstream.push_str("data: [DONE]\n\n");
+
+        let whole = {
+            let mut translator = StreamTranslator::new("claude-sonnet-4-5");
+            let mut out = Vec::new();
+            translator.feed(upstream.as_bytes(), &mut out);
+            assert!(translator.is_finished());
+            out
+        };
+        // Fed in pieces of every size, the events are the same.
+        for size in [1, 7, 64] {
+            let mut translator = StreamTranslator::new("claude-sonnet-4-5");
+            let mut out = Vec::new();
+            for piece in upstream.as_bytes().chunks(size) {
+                translator.feed(piece, &mut out);
+            }
+            assert_eq!(out, whole, "pieces of {size} bytes");
+        }
+
+        let events = events(&whole);
+        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ]
+        );
+        assert_eq!(events[0].1["message"]["id"], "msg_c1");
+        assert_eq!(events[0].1["message"]["model"], "claude-sonnet-4-5");
+        assert_eq!(
+            events[2].1["delta"],
+            json!({ "type": "text_delta", "text": "Hel" })
+        );
+        assert_eq!(
+            events[5].1,
+            json!({ "type": "content_block_start", "index": 1, "content_block":
+                    { "type": "tool_use", "id": "call_1", "name": "ls", "input": {} } })
+        );
+        let arguments: String = events[6..8]
+            .iter()
+            .map(|(_, data)| data["delta"]["partial_json"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(arguments, r#"{"path":"."}"#);
+        assert_eq!(
+            events[9].1,
+            json!({ "type": "message_delta",
+                    "delta": { "stop_reason": "tool_use", "stop_sequence": null },
+                    "usage": { "input_tokens": 10, "output_tokens": 9,
+                               "cache_read_input_tokens": 2, "cache_creation_input_tokens": 0 } })
+        );
+    }
+
+    #[test]
+    fn an_error_in_the_stream_ends_it_with_an_error_event() {
+        let mut translator = StreamTranslator::new("m");
+        let mut out = Vec::new();
+        translator.feed(
+            b"data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"error\":{\"message\":\"overloaded\"}}\n\ndata: [DONE]\n\n",
+            &mut out,
+        );
+        let events = events(&out);
+        let (name, data) = events.last().unwrap();
+        assert_eq!(name, "error");
+        assert_eq!(
+            data["error"],
+            json!({ "type": "api_error", "message": "overloaded" })
+        );
+        assert!(translator.is_finished());
+    }
+
+    #[test]
+    fn a_stream_that_never_started_ends_with_nothing_and_one_cut_short_is_closed() {
+        let mut translator = StreamTranslator::new("m");
+        let mut out = Vec::new();
+        translator.finish(&mut out);
+        assert!(out.is_empty());
+
+        let mut translator = StreamTranslator::new("m");
+        translator.feed(
+            b"data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n",
+            &mut out,
+        );
+        translator.finish(&mut out);
+        let names: Vec<String> = events(&out).into_iter().map(|(name, _)| name).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+    }
+}
