@@ -275,14 +275,14 @@ const ACCOUNT_FIELDS: [&str; 14] = [
     "id",
 ];
 
+/// Where an `openai` account without a `base_url` goes (what `OPENAI_BASE_URL` defaults to).
+const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
 fn parse_platform(raw: &str) -> Result<Platform, AdminError> {
     match Platform::parse(raw) {
-        Some(Platform::Openai) => Err(AdminError::Invalid(
-            "platform: openai is not supported by this version of the relay yet; use claude or claude_console".to_owned(),
-        )),
         Some(platform) => Ok(platform),
         None => Err(AdminError::Invalid(
-            "platform: must be one of claude, claude_console".to_owned(),
+            "platform: must be one of claude, claude_console, openai".to_owned(),
         )),
     }
 }
@@ -380,12 +380,14 @@ async fn create_account(
 ) -> Result<Response, AdminError> {
     let payload = Payload::parse(&body, &ACCOUNT_FIELDS[..13])?;
     let name = check_name("name", &payload.required::<String>("name", "a string")?)?;
-    let platform =
-        parse_platform(&payload.required::<String>("platform", "claude or claude_console")?)?;
+    let platform = parse_platform(
+        &payload.required::<String>("platform", "claude, claude_console or openai")?,
+    )?;
     let group_id: i64 = payload.required("group_id", "a group id")?;
     require_group(&state, group_id).await?;
     let base_url = match payload.optional::<String>("base_url", "a URL")? {
         Some(url) => check_base_url(&url)?,
+        None if platform == Platform::Openai => OPENAI_DEFAULT_BASE_URL.to_owned(),
         None => DEFAULT_BASE_URL.to_owned(),
     };
     let api_key = payload.optional::<String>("api_key", "a string")?;
@@ -405,7 +407,14 @@ async fn create_account(
                 "oauth: {access_token, refresh_token, expires_at} is required for platform claude (and api_key is not accepted)".to_owned(),
             ))
         }
-        (Platform::Openai, _, _) => return Err(AdminError::Invalid("platform: openai is not supported yet".to_owned())),
+        (Platform::Openai, Some(key), None) if !key.trim().is_empty() => {
+            Credential::ApiKey(key.trim().to_owned())
+        }
+        (Platform::Openai, _, _) => {
+            return Err(AdminError::Invalid(
+                "api_key: is required for platform openai (and oauth is not accepted)".to_owned(),
+            ))
+        }
     };
     let new_account = NewAccount {
         name,
@@ -486,17 +495,21 @@ async fn update_account(
         .get_account(id)
         .await?
         .ok_or_else(|| AdminError::NotFound(format!("account {id} not found")))?;
-    let platform = match payload.optional::<String>("platform", "claude or claude_console")? {
-        Some(raw) => Some(parse_platform(&raw)?),
-        None => None,
-    };
+    let platform =
+        match payload.optional::<String>("platform", "claude, claude_console or openai")? {
+            Some(raw) => Some(parse_platform(&raw)?),
+            None => None,
+        };
     let effective_platform = platform.unwrap_or(existing.platform);
     let credential = match (
         payload.optional::<String>("api_key", "a string")?,
         parse_oauth(&payload)?,
     ) {
         (Some(key), None)
-            if effective_platform == Platform::ClaudeConsole && !key.trim().is_empty() =>
+            if matches!(
+                effective_platform,
+                Platform::ClaudeConsole | Platform::Openai
+            ) && !key.trim().is_empty() =>
         {
             Some(Credential::ApiKey(key.trim().to_owned()))
         }

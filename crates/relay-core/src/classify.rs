@@ -127,7 +127,8 @@ impl std::fmt::Display for OutcomeClass {
 
 /// Classifies an upstream answer from its status and (the start of) its body.
 ///
-/// Billing bodies are recognised under any 4xx except 429, because they mean the same thing
+/// Billing bodies are recognised under any 4xx except 429 (where only OpenAI's
+/// `insufficient_quota` is), because they mean the same thing
 /// whatever status a provider chose: this account cannot serve anyone until it is paid for.
 pub fn classify_response(status: u16, body_prefix: &[u8]) -> OutcomeClass {
     if (200..300).contains(&status) {
@@ -138,6 +139,10 @@ pub fn classify_response(status: u16, body_prefix: &[u8]) -> OutcomeClass {
     }
     match status {
         402 => OutcomeClass::Billing,
+        // OpenAI answers a spent quota with 429 `insufficient_quota`: no wait fixes that.
+        429 if memmem::find(body_prefix, b"\"insufficient_quota\"").is_some() => {
+            OutcomeClass::Billing
+        }
         429 => OutcomeClass::RateLimited,
         400..=499 if body_mentions_billing(body_prefix) => OutcomeClass::Billing,
         401 | 403 => OutcomeClass::Auth,
@@ -246,6 +251,14 @@ mod tests {
             OutcomeClass::Billing
         );
         assert_eq!(classify_response(402, b""), OutcomeClass::Billing);
+        // OpenAI's spent quota comes as a 429.
+        assert_eq!(
+            classify_response(
+                429,
+                br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#
+            ),
+            OutcomeClass::Billing
+        );
         // A billing word never turns a 429 or a 5xx into billing.
         assert_eq!(
             classify_response(429, CREDIT_BALANCE_BODY),

@@ -13,9 +13,11 @@
 //! Streamed answers go through [`StreamTranslator`], which turns `chat.completion.chunk`
 //! events into Messages events as they arrive.
 //!
-//! Not yet wired into the data plane: the admin API still refuses `openai` accounts.
+//! Errors and the model list are translated too ([`error_envelope`], [`models`]).
 
 use serde_json::{json, Map, Value};
+
+use crate::envelope::ErrorKind;
 
 /// A request the other protocol cannot express, or an answer that is not what it claims.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -180,13 +182,7 @@ fn user_turn(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), Translat
         Value::Array(parts)
     } else {
         // Text only: one string, which every OpenAI-compatible server accepts.
-        Value::from(
-            parts
-                .iter()
-                .map(text_of)
-                .collect::<Vec<_>>()
-                .join("\n\n"),
-        )
+        Value::from(parts.iter().map(text_of).collect::<Vec<_>>().join("\n\n"))
     };
     messages.push(json!({ "role": "user", "content": content }));
     Ok(())
@@ -446,6 +442,59 @@ pub fn tool_input(arguments: &str) -> Value {
     }
 }
 
+/// Anthropic's error envelope for an error answer of an OpenAI-compatible upstream: the
+/// type Anthropic gives that status, and the upstream's own message.
+pub fn error_envelope(status: u16, body: &[u8]) -> Vec<u8> {
+    let kind = match status {
+        400 | 422 => ErrorKind::InvalidRequest,
+        401 => ErrorKind::Authentication,
+        403 => ErrorKind::Permission,
+        404 => ErrorKind::NotFound,
+        413 => ErrorKind::RequestTooLarge,
+        429 => ErrorKind::RateLimit,
+        503 | 529 => ErrorKind::Overloaded,
+        _ => ErrorKind::Api,
+    };
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|body| {
+            let error = body.get("error")?;
+            error
+                .get("message")
+                .and_then(Value::as_str)
+                .or_else(|| error.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned());
+    crate::envelope::error_json::<()>(kind, &message, None)
+}
+
+/// Anthropic's model list for an OpenAI-compatible `GET /models` answer. OpenAI gives no
+/// display name, so the id stands in for it; `created` (Unix seconds) becomes `created_at`.
+pub fn models(body: &Value) -> Result<Value, TranslateError> {
+    let listed = body
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| refuse("the upstream's model list has no data"))?;
+    let data: Vec<Value> = listed
+        .iter()
+        .filter_map(|model| {
+            let id = model.get("id").and_then(Value::as_str)?;
+            let created = model.get("created").and_then(Value::as_i64).unwrap_or(0);
+            Some(json!({
+                "type": "model",
+                "id": id,
+                "display_name": id,
+                "created_at": crate::duration::format_rfc3339(created.saturating_mul(1000)),
+            }))
+        })
+        .collect();
+    let first_id = data.first().map(|model| model["id"].clone());
+    let last_id = data.last().map(|model| model["id"].clone());
+    Ok(json!({ "data": data, "has_more": false, "first_id": first_id, "last_id": last_id }))
+}
+
 /// Turns a streamed Chat Completions answer (`data: {chunk}` lines, then `data: [DONE]`)
 /// into the events of a streamed Messages answer, chunk by chunk: `message_start` with the
 /// first chunk, a content block per run of text and per tool call (opened, its deltas,
@@ -522,6 +571,7 @@ impl StreamTranslator {
         match serde_json::from_slice::<Value>(data) {
             Ok(chunk) => self.chunk(&chunk, out),
             Err(error) => self.error(
+                "api_error",
                 &format!("the upstream sent a malformed event: {error}"),
                 out,
             ),
@@ -534,7 +584,15 @@ impl StreamTranslator {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("the upstream failed during the answer");
-            self.error(message, out);
+            // Servers that speak both protocols may name Anthropic's type; keep it then.
+            let kind = error
+                .get("type")
+                .and_then(Value::as_str)
+                .filter(|kind| {
+                    matches!(*kind, "overloaded_error" | "rate_limit_error" | "api_error")
+                })
+                .unwrap_or("api_error");
+            self.error(kind, message, out);
             return;
         }
         if !self.started {
@@ -688,15 +746,26 @@ impl StreamTranslator {
         event(out, "message_stop", &json!({ "type": "message_stop" }));
     }
 
+    /// The upstream's body ended without `[DONE]`: a stream that said why it stopped is
+    /// complete and ends as usual; one that did not was cut short, and is left without
+    /// `message_stop` so that the relay reports it broken.
+    pub fn end_of_input(&mut self, out: &mut Vec<u8>) {
+        if self.finish_reason.is_some() {
+            self.finish(out);
+        } else {
+            self.finished = true;
+        }
+    }
+
     /// Ends the answer with an `error` event, as the relay ends a stream that broke.
-    fn error(&mut self, message: &str, out: &mut Vec<u8>) {
+    fn error(&mut self, kind: &str, message: &str, out: &mut Vec<u8>) {
         self.finished = true;
         event(
             out,
             "error",
             &json!({
                 "type": "error",
-                "error": { "type": "api_error", "message": message },
+                "error": { "type": kind, "message": message },
             }),
         );
     }
@@ -1034,5 +1103,69 @@ mod tests {
                 "message_stop"
             ]
         );
+    }
+
+    #[test]
+    fn openai_errors_become_anthropic_envelopes_with_the_statuss_type() {
+        let envelope = |status, body: &str| {
+            serde_json::from_slice::<Value>(&error_envelope(status, body.as_bytes())).unwrap()
+        };
+        assert_eq!(
+            envelope(
+                429,
+                r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#
+            ),
+            json!({ "type": "error", "error": { "type": "rate_limit_error", "message": "Rate limit reached" } })
+        );
+        assert_eq!(
+            envelope(400, r#"{"error":"bad model"}"#)["error"]["type"],
+            "invalid_request_error"
+        );
+        assert_eq!(
+            envelope(400, r#"{"error":"bad model"}"#)["error"]["message"],
+            "bad model"
+        );
+        assert_eq!(
+            envelope(502, "Bad Gateway")["error"],
+            json!({ "type": "api_error", "message": "Bad Gateway" })
+        );
+        assert_eq!(envelope(401, "{}")["error"]["type"], "authentication_error");
+    }
+
+    #[test]
+    fn an_openai_model_list_becomes_anthropics() {
+        let list = json!({ "object": "list", "data": [
+            { "id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system" },
+            { "id": "o3", "object": "model", "created": 0, "owned_by": "system" }
+        ] });
+        assert_eq!(
+            models(&list).unwrap(),
+            json!({
+                "data": [
+                    { "type": "model", "id": "gpt-4o", "display_name": "gpt-4o", "created_at": "2024-05-10T18:50:49Z" },
+                    { "type": "model", "id": "o3", "display_name": "o3", "created_at": "1970-01-01T00:00:00Z" }
+                ],
+                "has_more": false, "first_id": "gpt-4o", "last_id": "o3"
+            })
+        );
+        assert!(models(&json!({ "object": "list" })).is_err());
+    }
+
+    #[test]
+    fn a_stream_that_ends_without_done_is_complete_only_if_it_said_why_it_stopped() {
+        let said_why = b"data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"a\"},\"finish_reason\":\"stop\"}]}\n\n";
+        let mut translator = StreamTranslator::new("m");
+        let mut out = Vec::new();
+        translator.feed(said_why, &mut out);
+        translator.end_of_input(&mut out);
+        assert_eq!(events(&out).last().unwrap().0, "message_stop");
+
+        let cut = b"data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n";
+        let mut translator = StreamTranslator::new("m");
+        let mut out = Vec::new();
+        translator.feed(cut, &mut out);
+        translator.end_of_input(&mut out);
+        assert!(translator.is_finished());
+        assert_eq!(events(&out).last().unwrap().0, "content_block_delta");
     }
 }

@@ -31,6 +31,7 @@ mod answers;
 mod behavior;
 mod config;
 mod oauth;
+mod openai;
 mod recording;
 mod scripts;
 mod server;

@@ -168,7 +168,25 @@ pub(crate) fn mock_router(state: Arc<MockState>) -> Router {
             "/v1/models",
             get(
                 |State(state): State<Arc<MockState>>, request: Request| async move {
-                    answer_api_request(&state, request, ApiRoute::Models).await
+                    // OpenAI's clients send a bearer token and nothing of Anthropic's.
+                    let headers = request.headers();
+                    let openai = headers.contains_key("authorization")
+                        && !headers.contains_key("anthropic-version")
+                        && !headers.contains_key("x-api-key");
+                    let route = if openai {
+                        ApiRoute::OpenAiModels
+                    } else {
+                        ApiRoute::Models
+                    };
+                    answer_api_request(&state, request, route).await
+                },
+            ),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(
+                |State(state): State<Arc<MockState>>, request: Request| async move {
+                    answer_api_request(&state, request, ApiRoute::ChatCompletions).await
                 },
             ),
         )
@@ -190,12 +208,14 @@ pub(crate) fn mock_router(state: Arc<MockState>) -> Router {
         .with_state(state)
 }
 
-/// The scriptable Anthropic routes.
+/// The scriptable routes: Anthropic's, and the OpenAI-compatible ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ApiRoute {
     Messages,
     CountTokens,
     Models,
+    ChatCompletions,
+    OpenAiModels,
 }
 
 /// What a normal answer consists of, before a behaviour decides how (or whether) it is
@@ -389,6 +409,23 @@ fn build_successful_answer(
             )))
         }
         ApiRoute::Models => Ok(SuccessfulAnswer::Json(models_page())),
+        ApiRoute::ChatCompletions => {
+            let view: MessagesRequestView = serde_json::from_slice(body)?;
+            let model = view.model.as_deref().unwrap_or(DEFAULT_MOCK_MODEL);
+            let id = format!("chatcmpl-mock-{answer_number:016x}");
+            if view.stream.unwrap_or(false) {
+                Ok(SuccessfulAnswer::EventStream(
+                    crate::openai::chat_completion_chunks(&state.config, &id, model),
+                ))
+            } else {
+                Ok(SuccessfulAnswer::Json(crate::openai::chat_completion(
+                    &state.config,
+                    &id,
+                    model,
+                )))
+            }
+        }
+        ApiRoute::OpenAiModels => Ok(SuccessfulAnswer::Json(crate::openai::models_list())),
     }
 }
 

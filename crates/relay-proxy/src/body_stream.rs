@@ -385,6 +385,15 @@ impl http_body::Body for RelayBody {
         if this.ended || this.prefetched {
             // The attempt loop's prefetch goes out with the head; after the end, what is left.
             this.prefetched = false;
+            if !this.is_sse && matches!(this.early_end, Some(EarlyEnd::Ended)) {
+                // A JSON answer read whole (and translated): this is all of it, and hyper
+                // does not poll a body of known length past its end, so the attempt is
+                // finished now.
+                this.early_end = None;
+                let end = this.end_of_upstream();
+                this.finish(end);
+                this.ended = true;
+            }
             return this.release();
         }
         loop {
@@ -486,8 +495,16 @@ impl http_body::Body for RelayBody {
         if self.ended {
             return SizeHint::with_exact(0);
         }
-        // Only a stream is prefetched (up to its first event): here the upstream's body is all.
-        self.upstream.size_hint()
+        // What the attempt loop already holds (a translated answer, read whole), then what
+        // the upstream has still to send.
+        let upstream = self.upstream.size_hint();
+        let gathered = self.gathered_bytes as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(upstream.lower().saturating_add(gathered));
+        if let Some(upper) = upstream.upper() {
+            hint.set_upper(upper.saturating_add(gathered));
+        }
+        hint
     }
 }
 
@@ -536,7 +553,7 @@ pub fn relay_body(
         is_sse,
         ended: false,
     };
-    // Only SSE answers are prefetched (until their first event), and the attempt loop has
-    // already fed those chunks to the SSE parser.
+    // What the attempt loop prefetched (an SSE stream up to its first event, or a translated
+    // answer read whole) is already in `reader`.
     Body::new(relaying)
 }

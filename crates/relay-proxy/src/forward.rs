@@ -1277,7 +1277,30 @@ async fn send_once(
         Ok(client) => client,
         Err(error) => return AttemptOutcome::Failed(AttemptFailure::network(error.to_string())),
     };
+    let openai = account.platform == Platform::Openai;
+    let client_model = request.model.as_deref().unwrap_or_default();
+    let path = if openai {
+        match crate::openai::upstream_path(request.endpoint) {
+            Some(path) => path,
+            None => {
+                let (status, body) = crate::openai::unsupported_route();
+                return AttemptOutcome::PassThrough(json_response(status, body));
+            }
+        }
+    } else {
+        request.endpoint.path()
+    };
     let body = match (&request.model, request.endpoint) {
+        (Some(model), Endpoint::Messages) if openai => {
+            let upstream_model = account.model_mapping.get(model).unwrap_or(model);
+            match crate::openai::chat_request_body(&request.body, upstream_model) {
+                Ok(body) => body,
+                Err(message) => {
+                    let (status, body) = crate::openai::invalid_request(&message);
+                    return AttemptOutcome::PassThrough(json_response(status, body));
+                }
+            }
+        }
         (Some(model), Endpoint::Messages | Endpoint::CountTokens) => {
             match account.model_mapping.get(model) {
                 Some(mapped) => match relay_core::body::rewrite_model(&request.body, mapped) {
@@ -1295,11 +1318,13 @@ async fn send_once(
         UpstreamBody::default()
     });
     *upstream_request.method_mut() = request.endpoint.method();
-    *upstream_request.uri_mut() = match upstream_uri(
-        &account.base_url,
-        request.endpoint.path(),
-        request.query.as_deref(),
-    ) {
+    // Claude Code's `?beta=true` means nothing to an OpenAI-compatible server.
+    let query = if openai {
+        None
+    } else {
+        request.query.as_deref()
+    };
+    *upstream_request.uri_mut() = match upstream_uri(&account.base_url, path, query) {
         Ok(uri) => uri,
         Err(reason) => return AttemptOutcome::Failed(AttemptFailure::network(reason)),
     };
@@ -1333,6 +1358,10 @@ async fn send_once(
         let error_body = read_error_body(&mut response, state.settings.idle_timeout).await;
         let class = classify_response(status.as_u16(), &error_body);
         if class == OutcomeClass::ClientError || !class.fails_over() {
+            if openai {
+                let body = crate::openai::error_body(status, &error_body);
+                return AttemptOutcome::PassThrough(json_response(status, body));
+            }
             return AttemptOutcome::PassThrough(plain_response(
                 status,
                 &upstream_headers_map,
@@ -1354,7 +1383,36 @@ async fn send_once(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let mut prefetched = Vec::new();
     let mut early_end = None;
-    let reader = if is_sse {
+    if openai && is_sse {
+        response.transform_with(crate::openai::StreamTransform::new(client_model));
+    }
+    let reader = if openai && !is_sse {
+        let translated = crate::openai::translate_json_answer(
+            request.endpoint,
+            &mut response,
+            state.settings.idle_timeout,
+            client_model,
+        )
+        .await;
+        match translated {
+            Ok(body) => {
+                prefetched.push(body.clone());
+                early_end = Some(EarlyEnd::Ended);
+                match request.endpoint {
+                    Endpoint::Messages => UsageReader::Json(body.to_vec()),
+                    _ => UsageReader::None,
+                }
+            }
+            Err(reason) => {
+                return AttemptOutcome::Failed(AttemptFailure {
+                    class: OutcomeClass::ServerError,
+                    status: Some(status.as_u16()),
+                    reason,
+                    headers: None,
+                })
+            }
+        }
+    } else if is_sse {
         // Hold the stream until its first event: an `event: error` there can still fail over.
         let mut parser = SseUsageParser::new();
         let first_event_deadline =
@@ -1414,6 +1472,12 @@ async fn send_once(
     };
 
     let mut headers = client_headers(&upstream_headers_map);
+    if openai && !is_sse {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            crate::openai::json_content_type(),
+        );
+    }
     if let Ok(value) = HeaderValue::from_str(&request.request_id) {
         headers.insert("x-relay-request-id", value);
     }
@@ -1465,6 +1529,17 @@ fn error_summary(body: &[u8]) -> String {
             text
         }
     })
+}
+
+/// An answer of the relay's own making (an Anthropic envelope) for one attempt.
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        crate::openai::json_content_type(),
+    );
+    response
 }
 
 fn plain_response(status: StatusCode, upstream: &HeaderMap, body: Bytes) -> Response {

@@ -263,6 +263,18 @@ fn host_header(scheme: &Scheme, authority: &Authority) -> Result<HeaderValue, Se
 pub struct UpstreamAnswer {
     body: Incoming,
     release: Option<Release>,
+    /// Rewrites the body's bytes as they are read (see [`UpstreamAnswer::transform_with`]).
+    transform: Option<Box<dyn ChunkTransform>>,
+    /// The transform has given its last bytes: the body has ended.
+    transformed_to_end: bool,
+}
+
+/// Rewrites an answer's body as it is read: another protocol's events into Anthropic's.
+pub trait ChunkTransform: Send + Sync {
+    /// The bytes to hand on for `chunk` (possibly none yet).
+    fn chunk(&mut self, chunk: &[u8]) -> Vec<u8>;
+    /// The last bytes, once the body has ended.
+    fn end(&mut self) -> Vec<u8>;
 }
 
 struct Release {
@@ -282,10 +294,17 @@ impl UpstreamAnswer {
         let mut answer = UpstreamAnswer {
             body,
             release: Some(release),
+            transform: None,
+            transformed_to_end: false,
         };
         // No body at all (204, a zero length): whoever reads it may never poll.
         answer.release_at_end();
         answer
+    }
+
+    /// Hands the body on through `transform` from now on.
+    pub fn transform_with(&mut self, transform: Box<dyn ChunkTransform>) {
+        self.transform = Some(transform);
     }
 
     fn release_at_end(&mut self) {
@@ -310,23 +329,57 @@ impl http_body::Body for UpstreamAnswer {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
-        match &frame {
-            // The last frame of a body with a length: its reader may not poll again.
-            Some(Ok(_)) => this.release_at_end(),
-            None => this.release_now(),
-            // A broken answer: its connection is not reused.
-            Some(Err(_)) => this.release = None,
+        loop {
+            if this.transformed_to_end {
+                return Poll::Ready(None);
+            }
+            let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+            match &frame {
+                // The last frame of a body with a length: its reader may not poll again.
+                Some(Ok(_)) => this.release_at_end(),
+                None => this.release_now(),
+                // A broken answer: its connection is not reused.
+                Some(Err(_)) => this.release = None,
+            }
+            let Some(transform) = this.transform.as_mut() else {
+                return Poll::Ready(frame);
+            };
+            let bytes = match frame {
+                Some(Ok(frame)) => {
+                    let Ok(chunk) = frame.into_data() else {
+                        continue;
+                    };
+                    let mut bytes = transform.chunk(&chunk);
+                    if this.body.is_end_stream() {
+                        bytes.extend(transform.end());
+                        this.transformed_to_end = true;
+                    }
+                    bytes
+                }
+                None => {
+                    this.transformed_to_end = true;
+                    transform.end()
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+            };
+            if !bytes.is_empty() {
+                return Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(bytes)))));
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match self.transform {
+            None => self.body.is_end_stream(),
+            Some(_) => self.transformed_to_end,
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
+        match self.transform {
+            None => self.body.size_hint(),
+            Some(_) => http_body::SizeHint::default(),
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod handlers;
 pub mod http_clients;
 pub mod logs;
 pub mod oauth;
+pub mod openai;
 pub mod probe;
 pub mod registry;
 pub mod settings;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relay_core::classify::{classify_response, OutcomeClass};
+use relay_core::model::Platform;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -77,12 +78,20 @@ pub async fn send_probe(state: &RelayState, runtime: &Arc<AccountRuntime>) -> Pr
         Ok(client) => client,
         Err(error) => return outcome(false, None, OutcomeClass::Network, error.to_string()),
     };
-    let body = serde_json::json!({
+    let messages_body = serde_json::json!({
         "model": model,
         "max_tokens": 1,
         "messages": [{"role": "user", "content": "ping"}],
-    })
-    .to_string();
+    });
+    let (path, body) = if account.platform == Platform::Openai {
+        // The same question in the account's own protocol.
+        match relay_core::openai::chat_request(&messages_body, &model) {
+            Ok(chat) => ("/chat/completions", chat.to_string()),
+            Err(error) => return outcome(false, None, OutcomeClass::ClientError, error.0),
+        }
+    } else {
+        ("/v1/messages", messages_body.to_string())
+    };
     let mut headers = upstream_headers(&http::HeaderMap::new(), &account, &secret);
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -90,7 +99,7 @@ pub async fn send_probe(state: &RelayState, runtime: &Arc<AccountRuntime>) -> Pr
     );
     let mut request = http::Request::new(UpstreamBody::new(bytes::Bytes::from(body)));
     *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = match upstream_uri(&account.base_url, "/v1/messages", None) {
+    *request.uri_mut() = match upstream_uri(&account.base_url, path, None) {
         Ok(uri) => uri,
         Err(reason) => return outcome(false, None, OutcomeClass::Network, reason),
     };

@@ -71,9 +71,12 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account, secret: &str) -> 
     let mut headers = HeaderMap::with_capacity(client.len() + 2);
     // Looked up once: most requests name no header in `Connection`.
     let has_connection = client.contains_key(header::CONNECTION);
+    let openai = account.platform == Platform::Openai;
     for (name, value) in client {
         let lower = name.as_str();
         if REQUEST_HEADERS_NOT_FORWARDED.contains(&lower)
+            // Anthropic's own headers mean nothing to an OpenAI-compatible server.
+            || (openai && lower.starts_with("anthropic-"))
             // The relay reads usage from answers: ask for them uncompressed.
             || lower == "accept-encoding"
             || (has_connection && listed_in_connection(client, name))
@@ -82,17 +85,22 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account, secret: &str) -> 
         }
         headers.append(name.clone(), value.clone());
     }
-    if !headers.contains_key("anthropic-version") {
+    if !openai && !headers.contains_key("anthropic-version") {
         headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
     }
     match account.platform {
+        Platform::Openai => {
+            if let Ok(value) = HeaderValue::from_str(&format!("Bearer {secret}")) {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+        }
         Platform::Claude => {
             if let Ok(value) = HeaderValue::from_str(&format!("Bearer {secret}")) {
                 headers.insert(header::AUTHORIZATION, value);
             }
             merge_beta(&mut headers, OAUTH_BETA);
         }
-        Platform::ClaudeConsole | Platform::Openai => {
+        Platform::ClaudeConsole => {
             if let Ok(value) = HeaderValue::from_str(secret) {
                 headers.insert("x-api-key", value);
             }

@@ -16,6 +16,7 @@ mod failover;
 mod lifecycle;
 mod logs;
 mod oauth;
+mod openai;
 mod proxies;
 mod simulation;
 mod tls;

@@ -1,0 +1,414 @@
+//! Accounts of the `openai` platform: Anthropic's API in front, an OpenAI-compatible Chat
+//! Completions server behind (the mock's `/v1/chat/completions`).
+
+use relay_mock::{Behavior, MockConfig, MockUsage};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn mock_with_usage() -> MockConfig {
+    MockConfig {
+        usage: MockUsage {
+            input_tokens: 1000,
+            output_tokens: 500,
+            cache_read_input_tokens: 200,
+            cache_creation_input_tokens: 0,
+        },
+        ..MockConfig::default()
+    }
+}
+
+/// An `openai` account on the mock that serves `claude-sonnet-4-5` as `gpt-4o`.
+async fn openai_account(h: &Harness, group: i64, name: &str, api_key: &str, priority: i32) -> i64 {
+    h.post_admin(
+        "/accounts",
+        json!({
+            "name": name,
+            "platform": "openai",
+            "group_id": group,
+            "base_url": format!("{}/v1", h.mock.base_url()),
+            "api_key": api_key,
+            "priority": priority,
+            "model_mapping": { "claude-sonnet-4-5": "gpt-4o" },
+        }),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap()
+}
+
+async fn openai_setup(h: &Harness) -> (i64, i64, String) {
+    let group = h.group("openai", None).await;
+    let account = openai_account(h, group, "oa", "sk-oa", 1).await;
+    let key = h.key(group).await;
+    (group, account, key)
+}
+
+fn header<'a>(request: &'a relay_mock::RecordedRequest, name: &str) -> Option<&'a str> {
+    request
+        .headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn a_request_goes_out_as_chat_completions_and_comes_back_as_a_message() {
+    let h = Harness::start_with(mock_with_usage(), |_| {}).await;
+    let (_, account, key) = openai_setup(&h).await;
+    let response = h
+        .client
+        .post(h.url("/v1/messages?beta=true"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "interleaved-thinking-2025-05-14")
+        .json(&json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 64,
+            "system": "Be brief.",
+            "messages": [{ "role": "user", "content": "hello" }],
+            "tools": [{ "name": "ls", "input_schema": { "type": "object" } }],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let message: Value = response.json().await.unwrap();
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["role"], "assistant");
+    assert_eq!(message["model"], "claude-sonnet-4-5");
+    assert_eq!(message["stop_reason"], "end_turn");
+    assert_eq!(message["content"][0]["type"], "text");
+    assert_eq!(message["content"][0]["text"], MockConfig::default().text);
+    assert_eq!(
+        message["usage"],
+        json!({ "input_tokens": 1000, "output_tokens": 500,
+                "cache_read_input_tokens": 200, "cache_creation_input_tokens": 0 })
+    );
+
+    // What the upstream received: its own protocol, its own credential scheme, nothing of
+    // Anthropic's headers or Claude Code's query string.
+    let sent = h.mock.requests_for("sk-oa");
+    assert_eq!(sent.len(), 1);
+    let sent = &sent[0];
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(sent.query, None);
+    assert_eq!(header(sent, "authorization"), Some("Bearer sk-oa"));
+    assert_eq!(header(sent, "x-api-key"), None);
+    assert_eq!(header(sent, "anthropic-version"), None);
+    assert_eq!(header(sent, "anthropic-beta"), None);
+    let body: Value = serde_json::from_slice(&sent.body).unwrap();
+    assert_eq!(body["model"], "gpt-4o");
+    assert_eq!(
+        body["messages"],
+        json!([{ "role": "system", "content": "Be brief." }, { "role": "user", "content": "hello" }])
+    );
+    assert_eq!(body["tools"][0]["function"]["name"], "ls");
+
+    // Usage is accounted from the translated answer.
+    let logs = h.logs("").await;
+    assert_eq!(logs.len(), 1);
+    assert_eq!(logs[0]["account_id"], account);
+    assert_eq!(logs[0]["class"], "success");
+    assert_eq!(logs[0]["input_tokens"], 1000);
+    assert_eq!(logs[0]["output_tokens"], 500);
+    assert_eq!(logs[0]["cache_read_input_tokens"], 200);
+}
+
+#[tokio::test]
+async fn a_stream_comes_back_as_anthropics_events_with_its_usage() {
+    let h = Harness::start_with(mock_with_usage(), |_| {}).await;
+    let (_, _, key) = openai_setup(&h).await;
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let body = response.text().await.unwrap();
+    assert_eq!(
+        event_names(&body),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    let text: String = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter(|event| event["type"] == "content_block_delta")
+        .map(|event| event["delta"]["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(text, MockConfig::default().text);
+    let sent: Value = serde_json::from_slice(&h.mock.requests_for("sk-oa")[0].body).unwrap();
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"], json!({ "include_usage": true }));
+
+    let logs = h.logs("").await;
+    assert_eq!(logs[0]["class"], "success");
+    assert_eq!(logs[0]["stream"], true);
+    assert_eq!(logs[0]["input_tokens"], 1000);
+    assert_eq!(logs[0]["output_tokens"], 500);
+}
+
+#[tokio::test]
+async fn a_rate_limited_openai_account_fails_over_to_a_claude_one_and_back() {
+    let h = Harness::start().await;
+    let group = h.group("mixed", None).await;
+    let openai = openai_account(&h, group, "oa", "sk-oa", 1).await;
+    let console = h.console_account(group, "console", "sk-console", 2).await;
+    let key = h.key(group).await;
+
+    h.mock.push(
+        "sk-oa",
+        Behavior::Status {
+            status: 429,
+            headers: vec![("retry-after".to_owned(), "30".to_owned())],
+            body: json!({ "error": { "message": "Rate limit reached", "type": "requests",
+                                     "code": "rate_limit_exceeded" } })
+            .to_string(),
+        },
+    );
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        event_names(&response.text().await.unwrap()),
+        relay_mock::expected_event_names(4)
+    );
+    let attempts: Vec<(i64, String)> = h
+        .logs("")
+        .await
+        .iter()
+        .rev()
+        .map(|l| {
+            (
+                l["account_id"].as_i64().unwrap(),
+                l["class"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (openai, "rate_limited".to_owned()),
+            (console, "success".to_owned())
+        ]
+    );
+
+    // The other way round: the Claude account is overloaded, the OpenAI one serves.
+    let group = h.group("mixed-2", None).await;
+    h.console_account(group, "console-2", "sk-console-2", 1)
+        .await;
+    openai_account(&h, group, "oa-2", "sk-oa-2", 2).await;
+    let key = h.key(group).await;
+    h.mock.push("sk-console-2", Behavior::Overloaded);
+    let response = h.messages(&key, message_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let message: Value = response.json().await.unwrap();
+    assert_eq!(message["content"][0]["text"], MockConfig::default().text);
+    assert_eq!(h.counts(&["sk-console-2", "sk-oa-2"]), [1, 1]);
+}
+
+#[tokio::test]
+async fn upstream_errors_and_what_cannot_be_translated_come_back_in_anthropics_envelope() {
+    let h = Harness::start().await;
+    let (_, _, key) = openai_setup(&h).await;
+
+    // A client error goes back (no failover), in Anthropic's envelope.
+    h.mock.push(
+        "sk-oa",
+        Behavior::Status {
+            status: 400,
+            headers: vec![],
+            body: json!({ "error": { "message": "max_tokens is too large", "type": "invalid_request_error",
+                                     "param": "max_tokens", "code": null } })
+            .to_string(),
+        },
+    );
+    let response = h.messages(&key, message_body(false)).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error_type(&error), "invalid_request_error");
+    assert_eq!(error["error"]["message"], "max_tokens is too large");
+
+    // A document block has no counterpart: refused before anything is sent.
+    let before = h.mock.count_for("sk-oa");
+    let response = h
+        .messages(
+            &key,
+            json!({
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 8,
+                "messages": [{ "role": "user", "content": [
+                    { "type": "document", "source": { "type": "text", "media_type": "text/plain", "data": "x" } }
+                ] }],
+            }),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error_type(&error), "invalid_request_error");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("document block"));
+
+    // count_tokens has no counterpart either.
+    let response = h
+        .client
+        .post(h.url("/v1/messages/count_tokens"))
+        .header("x-api-key", &key)
+        .json(&json!({ "model": "claude-sonnet-4-5", "messages": [{ "role": "user", "content": "hi" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("count_tokens"));
+    assert_eq!(h.mock.count_for("sk-oa"), before);
+}
+
+#[tokio::test]
+async fn a_spent_quota_disables_the_account_and_a_probe_speaks_its_protocol() {
+    let h = Harness::start().await;
+    let group = h.group("quota", None).await;
+    let openai = openai_account(&h, group, "oa", "sk-oa", 1).await;
+    h.console_account(group, "console", "sk-console", 2).await;
+    let key = h.key(group).await;
+    h.mock.set_default(
+        "sk-oa",
+        Behavior::Status {
+            status: 429,
+            headers: vec![],
+            body: json!({ "error": { "message": "You exceeded your current quota",
+                                     "type": "insufficient_quota", "code": "insufficient_quota" } })
+            .to_string(),
+        },
+    );
+    assert_eq!(h.messages(&key, message_body(false)).await.status(), 200);
+    let logs = h.logs("").await;
+    assert_eq!(logs.last().unwrap()["class"], "billing");
+    let (_, health) = h
+        .admin(
+            Method::GET,
+            &format!("/fallback/account-health?account_id={openai}"),
+            None,
+        )
+        .await;
+    assert_eq!(health["disable_reason"], "billing", "{health}");
+
+    // Paid again: the recovery probe asks in Chat Completions and brings the account back.
+    h.mock.set_default("sk-oa", Behavior::Ok);
+    let results = relay_proxy::probe::probe_round(&h.relay.as_ref().unwrap().state).await;
+    assert!(
+        results.iter().any(|r| r.account_id == openai && r.success),
+        "{results:?}"
+    );
+    let probe = h.mock.requests_for("sk-oa").pop().unwrap();
+    assert_eq!(probe.path, "/v1/chat/completions");
+    let body: Value = serde_json::from_slice(&probe.body).unwrap();
+    assert_eq!(body["max_tokens"], 1);
+    let before = h.mock.count_for("sk-oa");
+    assert_eq!(h.messages(&key, message_body(false)).await.status(), 200);
+    assert_eq!(h.mock.count_for("sk-oa"), before + 1);
+}
+
+#[tokio::test]
+async fn models_are_listed_anthropics_way_and_accounts_default_to_openais_url() {
+    let h = Harness::start().await;
+    let (_, _, key) = openai_setup(&h).await;
+    let response = h
+        .client
+        .get(h.url("/v1/models"))
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let models: Value = response.json().await.unwrap();
+    assert_eq!(models["data"][0]["type"], "model");
+    assert_eq!(models["data"][0]["id"], "gpt-4o");
+    assert_eq!(models["first_id"], "gpt-4o");
+    assert_eq!(models["has_more"], false);
+
+    let group = h.group("defaults", None).await;
+    let account = h
+        .post_admin(
+            "/accounts",
+            json!({ "name": "default-url", "platform": "openai", "group_id": group, "api_key": "sk-x" }),
+        )
+        .await;
+    assert_eq!(account["base_url"], "https://api.openai.com/v1");
+    let (status, error) = h
+        .admin(
+            Method::POST,
+            "/accounts",
+            Some(json!({ "name": "no-key", "platform": "openai", "group_id": group })),
+        )
+        .await;
+    assert_eq!(status, 400, "{error}");
+    assert!(error.to_string().contains("api_key"), "{error}");
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_at_once_fails_over_and_one_cut_short_ends_with_an_error_event() {
+    let h = Harness::start().await;
+    let group = h.group("streams", None).await;
+    let openai = openai_account(&h, group, "oa", "sk-oa", 1).await;
+    let console = h.console_account(group, "console", "sk-console", 2).await;
+    let key = h.key(group).await;
+
+    // An error before anything reached the client: the next account serves.
+    h.mock.push(
+        "sk-oa",
+        Behavior::StreamErrorEvent {
+            error_type: "overloaded_error".to_owned(),
+        },
+    );
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        event_names(&response.text().await.unwrap()),
+        relay_mock::expected_event_names(4)
+    );
+    assert_eq!(h.counts(&["sk-oa", "sk-console"]), [1, 1]);
+    assert_eq!(h.logs("").await[1]["class"], "overloaded");
+
+    // Cut after the role and two text pieces: what came is relayed, then an error event.
+    // (A group of its own: the first account cools down after its overload.)
+    let group = h.group("cut", None).await;
+    let cut = openai_account(&h, group, "oa-cut", "sk-oa-cut", 1).await;
+    let key = h.key(group).await;
+    h.mock
+        .push("sk-oa-cut", Behavior::DropMidStream { after_events: 3 });
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    let names = event_names(&response.text().await.unwrap());
+    assert_eq!(names.first().map(String::as_str), Some("message_start"));
+    assert_eq!(names.last().map(String::as_str), Some("error"));
+    assert!(
+        !names.iter().any(|name| name == "message_stop"),
+        "{names:?}"
+    );
+    let logs = h.logs("").await;
+    assert_eq!(logs[0]["account_id"], cut);
+    assert_eq!(logs[0]["class"], "mid_stream");
+    assert_eq!(logs[1]["account_id"], console);
+    assert_eq!(logs[2]["account_id"], openai);
+}
