@@ -141,6 +141,12 @@ fn translate_turn(turn: &Value, messages: &mut Vec<Value>) -> Result<(), Transla
         .ok_or_else(|| refuse("role: user or assistant is required"))?;
     let content = turn.get("content").unwrap_or(&Value::Null);
     match (role, content) {
+        // Claude Code sends instructions mid-conversation as `system` turns; Chat Completions
+        // takes a system message anywhere.
+        ("system", content) => {
+            messages.push(json!({ "role": "system", "content": system_text(content)? }));
+            Ok(())
+        }
         ("user" | "assistant", Value::String(text)) => {
             messages.push(json!({ "role": role, "content": text }));
             Ok(())
@@ -149,7 +155,7 @@ fn translate_turn(turn: &Value, messages: &mut Vec<Value>) -> Result<(), Transla
         ("assistant", Value::Array(blocks)) => assistant_turn(blocks, messages),
         ("user" | "assistant", _) => Err(refuse("content: a string or an array is required")),
         (other, _) => Err(refuse(format!(
-            "role: {other} is neither user nor assistant"
+            "role: {other} is not one of user, assistant and system"
         ))),
     }
 }
@@ -792,6 +798,7 @@ mod tests {
                        { "type": "text", "text": "Answer in English.", "cache_control": { "type": "ephemeral" } }],
             "messages": [
                 { "role": "user", "content": "List the files." },
+                { "role": "system", "content": "Tools are available." },
                 { "role": "assistant", "content": [
                     { "type": "thinking", "thinking": "…", "signature": "s" },
                     { "type": "text", "text": "Let me look." },
@@ -818,6 +825,7 @@ mod tests {
                 "messages": [
                     { "role": "system", "content": "You are terse.\n\nAnswer in English." },
                     { "role": "user", "content": "List the files." },
+                    { "role": "system", "content": "Tools are available." },
                     { "role": "assistant", "content": "Let me look.", "tool_calls": [
                         { "id": "toolu_1", "type": "function",
                           "function": { "name": "ls", "arguments": "{\"path\":\".\"}" } }
@@ -905,8 +913,8 @@ mod tests {
             "messages: an array is required"
         );
         assert_eq!(
-            refused(json!({ "messages": [{ "role": "system", "content": "x" }] })),
-            "messages.0: role: system is neither user nor assistant"
+            refused(json!({ "messages": [{ "role": "tool", "content": "x" }] })),
+            "messages.0: role: tool is not one of user, assistant and system"
         );
         assert_eq!(refused(json!([])), "the request body is not a JSON object");
     }

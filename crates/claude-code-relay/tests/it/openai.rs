@@ -67,7 +67,12 @@ async fn a_request_goes_out_as_chat_completions_and_comes_back_as_a_message() {
             "model": "claude-sonnet-4-5",
             "max_tokens": 64,
             "system": "Be brief.",
-            "messages": [{ "role": "user", "content": "hello" }],
+            // What Claude Code 2.1 sends: a system turn among the messages, adaptive
+            // thinking, an effort setting.
+            "messages": [{ "role": "user", "content": "hello" },
+                         { "role": "system", "content": "Agents are available." }],
+            "thinking": { "type": "adaptive" },
+            "output_config": { "effort": "high" },
             "tools": [{ "name": "ls", "input_schema": { "type": "object" } }],
         }))
         .send()
@@ -106,9 +111,11 @@ async fn a_request_goes_out_as_chat_completions_and_comes_back_as_a_message() {
     assert_eq!(body["model"], "gpt-4o");
     assert_eq!(
         body["messages"],
-        json!([{ "role": "system", "content": "Be brief." }, { "role": "user", "content": "hello" }])
+        json!([{ "role": "system", "content": "Be brief." }, { "role": "user", "content": "hello" },
+               { "role": "system", "content": "Agents are available." }])
     );
     assert_eq!(body["tools"][0]["function"]["name"], "ls");
+    assert!(body.get("thinking").is_none() && body.get("output_config").is_none());
 
     // Usage is accounted from the translated answer.
     let logs = h.logs("").await;
