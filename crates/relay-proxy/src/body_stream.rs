@@ -41,6 +41,9 @@ pub struct AttemptRecord {
     pub group_id: i64,
     pub account_id: i64,
     pub model: String,
+    /// The model the account was asked for, when its `model_mapping` renamed `model`: what
+    /// the answer is priced as.
+    pub served_model: Option<String>,
     pub stream: bool,
     pub status: u16,
     pub started: Instant,
@@ -99,7 +102,12 @@ impl CommittedAttempt {
             }
             StreamEnd::ClientGone => "cancelled",
         };
-        let cost_usd = state.settings.prices.cost_usd(&self.record.model, &usage);
+        let priced_as = self
+            .record
+            .served_model
+            .as_deref()
+            .unwrap_or(&self.record.model);
+        let cost_usd = state.settings.prices.cost_usd(priced_as, &usage);
         add_cost(&self.key_limits, now, cost_usd);
         if cost_usd > 0.0 {
             state

@@ -1187,6 +1187,10 @@ fn finish_commit(
             group_id: request.identity.group.group.id,
             account_id: runtime.id,
             model: request.model.clone().unwrap_or_default(),
+            served_model: request
+                .model
+                .as_ref()
+                .and_then(|model| runtime.account().model_mapping.get(model).cloned()),
             stream: request.stream,
             status: committed.status.as_u16(),
             started: attempt_started,

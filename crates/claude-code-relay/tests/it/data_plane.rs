@@ -204,6 +204,40 @@ async fn model_mapping_rewrites_only_that_accounts_body() {
     assert_eq!(sent["messages"][0]["content"], "hello");
 }
 
+/// The answer of a mapped model is priced as the model that served it; the usage row keeps
+/// the model the client asked for.
+#[tokio::test]
+async fn a_mapped_model_is_priced_as_the_model_that_served() {
+    let h = Harness::start().await;
+    let group = h.group("mapped", None).await;
+    h.post_admin(
+        "/accounts",
+        json!({
+            "name": "cheap", "platform": "claude_console", "group_id": group,
+            "base_url": h.mock.base_url(), "api_key": "sk-cheap",
+            "model_mapping": {"claude-sonnet-4-5": "claude-haiku-4-5"}
+        }),
+    )
+    .await;
+    let key = h.key(group).await;
+    let response = h.messages(&key, message_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let _ = response.text().await.unwrap();
+    let row = &h.logs("").await[0];
+    assert_eq!(row["model"], "claude-sonnet-4-5");
+    let (input, output) = (
+        row["input_tokens"].as_f64().unwrap(),
+        row["output_tokens"].as_f64().unwrap(),
+    );
+    // Haiku 4.5: $1 in, $5 out per million tokens (Sonnet would be $3 and $15).
+    let expected = (input * 1.0 + output * 5.0) / 1e6;
+    let cost = row["cost_usd"].as_f64().unwrap();
+    assert!(
+        expected > 0.0 && (cost - expected).abs() < 1e-12,
+        "cost {cost}, expected {expected}"
+    );
+}
+
 /// An account's HTTP proxy is used: the account's base URL names a host that does not
 /// exist, and the mock, acting as the proxy, receives the request in absolute form.
 #[tokio::test]
