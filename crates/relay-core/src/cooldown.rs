@@ -17,8 +17,13 @@
 //! 1. among limits known to be exhausted (`-remaining: 0`, or a unified status `rejected`), the
 //!    latest future reset — the account is usable only when every exhausted limit is back;
 //! 2. else the earliest future reset among limits whose remaining count is unknown;
-//! 3. else `retry-after`;
+//! 3. else `retry-after` (or `retry-after-ms`);
 //! 4. else the caller's default.
+//!
+//! OpenAI-compatible servers (accounts of the `openai` platform) report
+//! `x-ratelimit-remaining-{requests,tokens}` and `x-ratelimit-reset-{requests,tokens}`, the
+//! reset as a duration from now (`1s`, `6m0s`, `20ms`); they are read like Anthropic's
+//! per-model limits.
 //!
 //! Limits known not to be exhausted are ignored: a 429 despite headroom comes from elsewhere
 //! and their reset times say nothing about it. The result is clamped to
@@ -113,6 +118,15 @@ const UNIFIED_LIMITS: [(&str, &str); 3] = [
     ),
 ];
 
+/// OpenAI's limits: (remaining, reset) header pairs, resets as durations from now.
+const OPENAI_LIMITS: [(&str, &str); 2] = [
+    (
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ),
+    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+];
+
 const REPRESENTATIVE_CLAIM: &str = "anthropic-ratelimit-unified-representative-claim";
 
 /// One reset time the headers announced.
@@ -132,7 +146,7 @@ pub fn rate_limit_cooldown(
     now: UnixMillis,
     default: Duration,
 ) -> Cooldown {
-    let candidates = reset_candidates(headers, model_family);
+    let candidates = reset_candidates(headers, model_family, now);
     let future = |candidate: &&ResetCandidate| candidate.at > now;
 
     let latest_exhausted = candidates
@@ -177,9 +191,18 @@ pub fn rate_limit_cooldown(
     }
 }
 
-/// The time `retry-after` points at: integer (or decimal) seconds from `now`, or an HTTP date.
+/// The time `retry-after` points at: integer (or decimal) seconds from `now`, or an HTTP date;
+/// or, without it, `retry-after-ms` (milliseconds, sent by OpenAI-compatible servers).
 pub fn retry_after(headers: &HeaderMap, now: UnixMillis) -> Option<UnixMillis> {
-    let text = header_text(headers, "retry-after")?;
+    let Some(text) = header_text(headers, "retry-after") else {
+        let millis = header_text(headers, "retry-after-ms")?
+            .parse::<f64>()
+            .ok()?;
+        if !(millis.is_finite() && millis >= 0.0) {
+            return None;
+        }
+        return Some(now.saturating_add(millis.min(i64::MAX as f64 / 2.0) as i64));
+    };
     if let Ok(seconds) = text.parse::<f64>() {
         if !(seconds.is_finite() && seconds >= 0.0) {
             return None;
@@ -195,8 +218,27 @@ fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     (!text.is_empty()).then_some(text)
 }
 
-fn reset_candidates(headers: &HeaderMap, model_family: ModelFamily) -> Vec<ResetCandidate> {
+fn reset_candidates(
+    headers: &HeaderMap,
+    model_family: ModelFamily,
+    now: UnixMillis,
+) -> Vec<ResetCandidate> {
     let mut candidates = Vec::new();
+    for (remaining_header, reset_header) in OPENAI_LIMITS {
+        let Some(after) = header_text(headers, reset_header).and_then(parse_go_duration_millis)
+        else {
+            continue;
+        };
+        let exhausted = header_text(headers, remaining_header)
+            .and_then(|text| text.parse::<f64>().ok())
+            .map(|remaining| remaining <= 0.0);
+        candidates.push(ResetCandidate {
+            header: reset_header,
+            at: now.saturating_add(after),
+            exhausted,
+            scope: CooldownScope::Family(model_family),
+        });
+    }
     for (remaining_header, reset_header) in FAMILY_LIMITS {
         let Some(at) = header_text(headers, reset_header).and_then(parse_reset_time) else {
             continue;
@@ -236,6 +278,39 @@ fn unified_scope(headers: &HeaderMap) -> CooldownScope {
         ModelFamily::Other => CooldownScope::Account,
         family => CooldownScope::Family(family),
     }
+}
+
+/// A duration as OpenAI writes its resets (Go's notation): numbers with units `h`, `m`, `s`,
+/// `ms`, `us`/`µs` or `ns`, one after another (`1h2m3.5s`), in milliseconds rounded up.
+fn parse_go_duration_millis(text: &str) -> Option<i64> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total_ms = 0.0_f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let (unit_ms, unit_len) = [
+            ("ms", 1.0, 2),
+            ("us", 0.001, 2),
+            ("µs", 0.001, "µs".len()),
+            ("ns", 0.000_001, 2),
+            ("h", 3_600_000.0, 1),
+            ("m", 60_000.0, 1),
+            ("s", 1000.0, 1),
+        ]
+        .into_iter()
+        .find(|(unit, _, _)| rest.starts_with(unit))
+        .map(|(_, ms, len)| (ms, len))?;
+        total_ms += number * unit_ms;
+        rest = &rest[unit_len..];
+    }
+    (total_ms.is_finite() && total_ms <= MAX_COOLDOWN_MILLIS as f64 * 2.0)
+        .then(|| total_ms.ceil() as i64)
 }
 
 /// Reset headers are RFC 3339 on the API and unix seconds on the unified limits; accept
@@ -449,5 +524,40 @@ mod tests {
             ("anthropic-ratelimit-tokens-remaining", "none".to_string()),
         ]);
         assert_eq!(c.source, CooldownSource::Default);
+    }
+
+    #[test]
+    fn openai_reset_durations_cool_down_until_the_exhausted_limit_is_back() {
+        let h = headers(&[
+            ("x-ratelimit-remaining-requests", "0".to_owned()),
+            ("x-ratelimit-reset-requests", "6m0s".to_owned()),
+            ("x-ratelimit-remaining-tokens", "1000".to_owned()),
+            ("x-ratelimit-reset-tokens", "20ms".to_owned()),
+        ]);
+        let cooldown = rate_limit_cooldown(&h, ModelFamily::Sonnet, NOW, DEFAULT);
+        assert_eq!(cooldown.until, NOW + 360_000);
+        assert_eq!(cooldown.scope, CooldownScope::Family(ModelFamily::Sonnet));
+        assert_eq!(
+            cooldown.source,
+            CooldownSource::Reset("x-ratelimit-reset-requests")
+        );
+        let h = headers(&[("retry-after-ms", "2500".to_owned())]);
+        assert_eq!(
+            rate_limit_cooldown(&h, ModelFamily::Sonnet, NOW, DEFAULT).until,
+            NOW + 2_500
+        );
+    }
+
+    #[test]
+    fn go_durations_parse_to_milliseconds_rounded_up() {
+        assert_eq!(parse_go_duration_millis("1s"), Some(1_000));
+        assert_eq!(parse_go_duration_millis("1h2m3.5s"), Some(3_723_500));
+        assert_eq!(parse_go_duration_millis("20ms"), Some(20));
+        assert_eq!(parse_go_duration_millis("1.5us"), Some(1));
+        assert_eq!(parse_go_duration_millis("7m"), Some(420_000));
+        assert_eq!(parse_go_duration_millis(""), None);
+        assert_eq!(parse_go_duration_millis("5"), None);
+        assert_eq!(parse_go_duration_millis("5x"), None);
+        assert_eq!(parse_go_duration_millis("s"), None);
     }
 }
