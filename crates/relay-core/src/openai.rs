@@ -161,7 +161,8 @@ fn translate_turn(turn: &Value, messages: &mut Vec<Value>) -> Result<(), Transla
 }
 
 /// A user turn: its tool results become `tool` messages (which must directly follow the
-/// assistant's calls), the rest one user message.
+/// assistant's calls), the rest one user message. A `tool` message holds text only, so the
+/// images of a tool result (Claude Code's Read of a picture) go in that user message.
 fn user_turn(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), TranslateError> {
     let mut parts = Vec::new();
     let mut has_image = false;
@@ -172,7 +173,12 @@ fn user_turn(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), Translat
                 parts.push(image_part(block)?);
                 has_image = true;
             }
-            Some("tool_result") => messages.push(tool_message(block)?),
+            Some("tool_result") => {
+                let (message, images) = tool_message(block)?;
+                messages.push(message);
+                has_image |= !images.is_empty();
+                parts.extend(images);
+            }
             other => {
                 return Err(refuse(format!(
                     "a {} block cannot be sent to an OpenAI-compatible account",
@@ -220,24 +226,31 @@ fn image_part(block: &Value) -> Result<Value, TranslateError> {
 
 /// A tool result as a `tool` message; an error result says so in its text, which is all
 /// the other side has for it.
-fn tool_message(block: &Value) -> Result<Value, TranslateError> {
+fn tool_message(block: &Value) -> Result<(Value, Vec<Value>), TranslateError> {
     let id = block
         .get("tool_use_id")
         .and_then(Value::as_str)
         .ok_or_else(|| refuse("tool_result.tool_use_id is required"))?;
+    let mut images = Vec::new();
     let text = match block.get("content").unwrap_or(&Value::Null) {
         Value::String(text) => text.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|part| match block_type(part) {
-                Some("text") => Ok(text_of(part)),
-                other => Err(refuse(format!(
-                    "tool_result: a {} block cannot be sent to an OpenAI-compatible account",
-                    other.unwrap_or("typeless")
-                ))),
-            })
-            .collect::<Result<Vec<_>, _>>()?
-            .join("\n\n"),
+        Value::Array(parts) => {
+            let mut texts = Vec::new();
+            for part in parts {
+                match block_type(part) {
+                    Some("text") => texts.push(text_of(part)),
+                    Some("image") => images.push(image_part(part)?),
+                    other => return Err(refuse(format!(
+                        "tool_result: a {} block cannot be sent to an OpenAI-compatible account",
+                        other.unwrap_or("typeless")
+                    ))),
+                }
+            }
+            if texts.is_empty() && !images.is_empty() {
+                texts.push("(the result is the image that follows)");
+            }
+            texts.join("\n\n")
+        }
         Value::Null => String::new(),
         _ => {
             return Err(refuse(
@@ -250,7 +263,10 @@ fn tool_message(block: &Value) -> Result<Value, TranslateError> {
     } else {
         text
     };
-    Ok(json!({ "role": "tool", "tool_call_id": id, "content": text }))
+    Ok((
+        json!({ "role": "tool", "tool_call_id": id, "content": text }),
+        images,
+    ))
 }
 
 /// An assistant turn: its text as the content, its tool uses as tool calls. Thinking blocks
@@ -282,6 +298,11 @@ fn assistant_turn(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), Tra
                 )))
             }
         }
+    }
+    if texts.is_empty() && calls.is_empty() {
+        // Only thinking: nothing the other side can be shown (and an assistant message
+        // without content or calls is refused there).
+        return Ok(());
     }
     let mut message = Map::new();
     message.insert("role".into(), Value::from("assistant"));
@@ -1175,5 +1196,29 @@ mod tests {
         translator.end_of_input(&mut out);
         assert!(translator.is_finished());
         assert_eq!(events(&out).last().unwrap().0, "content_block_delta");
+    }
+
+    #[test]
+    fn a_tool_results_images_follow_the_tool_messages_and_thinking_alone_is_left_out() {
+        let body = json!({ "messages": [
+            { "role": "assistant", "content": [{ "type": "thinking", "thinking": "hm", "signature": "s" }] },
+            { "role": "user", "content": [
+                { "type": "tool_result", "tool_use_id": "t1", "content": [
+                    { "type": "image", "source": { "type": "base64", "media_type": "image/png", "data": "AAAA" } }
+                ] },
+                { "type": "text", "text": "What is in it?" }
+            ] }
+        ] });
+        let chat = chat_request(&body, "m").unwrap();
+        assert_eq!(
+            chat["messages"],
+            json!([
+                { "role": "tool", "tool_call_id": "t1", "content": "(the result is the image that follows)" },
+                { "role": "user", "content": [
+                    { "type": "image_url", "image_url": { "url": "data:image/png;base64,AAAA" } },
+                    { "type": "text", "text": "What is in it?" }
+                ] }
+            ])
+        );
     }
 }
