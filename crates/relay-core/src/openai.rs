@@ -240,10 +240,12 @@ fn tool_message(block: &Value) -> Result<(Value, Vec<Value>), TranslateError> {
                 match block_type(part) {
                     Some("text") => texts.push(text_of(part)),
                     Some("image") => images.push(image_part(part)?),
-                    other => return Err(refuse(format!(
+                    other => {
+                        return Err(refuse(format!(
                         "tool_result: a {} block cannot be sent to an OpenAI-compatible account",
                         other.unwrap_or("typeless")
-                    ))),
+                    )))
+                    }
                 }
             }
             if texts.is_empty() && !images.is_empty() {

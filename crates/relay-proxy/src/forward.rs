@@ -777,6 +777,8 @@ pub async fn forward(
     // Every account taken so far, tried or skipped, then those still to take.
     let mut queue = std::mem::take(&mut first.ordered);
     let mut taken = 0;
+    // An account that cannot serve this route at all was passed over (see below).
+    let mut unsupported_route = false;
     loop {
         if attempts.len() >= max_attempts || tokio::time::Instant::now() >= deadline {
             break;
@@ -803,6 +805,14 @@ pub async fn forward(
         };
         taken += 1;
         let runtime = &member.runtime;
+        if request.endpoint == Endpoint::CountTokens
+            && runtime.account().platform == Platform::Openai
+        {
+            // Chat Completions cannot count tokens: another account of the group may, and
+            // this one did nothing wrong.
+            unsupported_route = true;
+            continue;
+        }
         let now = state.now();
         let admission = runtime.try_admit(now, family);
         let mut trial_slot = match admission {
@@ -983,6 +993,12 @@ pub async fn forward(
                 }
             }
         }
+    }
+
+    if attempts.is_empty() && unsupported_route {
+        let (status, body) = crate::openai::unsupported_route();
+        record_request_metrics(state, &request, 0, false);
+        return Ok(json_response(status, body));
     }
 
     // Every allowed attempt failed (or the deadline passed).

@@ -273,7 +273,8 @@ async fn upstream_errors_and_what_cannot_be_translated_come_back_in_anthropics_e
         .unwrap()
         .contains("document block"));
 
-    // count_tokens has no counterpart either.
+    // count_tokens has no counterpart either: the account is passed over, and with no other
+    // account in the group the client is told why.
     let response = h
         .client
         .post(h.url("/v1/messages/count_tokens"))
@@ -418,4 +419,32 @@ async fn a_stream_that_fails_at_once_fails_over_and_one_cut_short_ends_with_an_e
     assert_eq!(logs[0]["class"], "mid_stream");
     assert_eq!(logs[1]["account_id"], console);
     assert_eq!(logs[2]["account_id"], openai);
+}
+
+#[tokio::test]
+async fn count_tokens_in_a_mixed_group_goes_to_an_account_that_can_count() {
+    let h = Harness::start().await;
+    let group = h.group("mixed", None).await;
+    openai_account(&h, group, "oa", "sk-oa", 1).await;
+    h.console_account(group, "console", "sk-console", 2).await;
+    let key = h.key(group).await;
+    let response = h
+        .client
+        .post(h.url("/v1/messages/count_tokens"))
+        .header("x-api-key", &key)
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({ "model": "claude-sonnet-4-5", "messages": [{ "role": "user", "content": "hi" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let counted: Value = response.json().await.unwrap();
+    assert!(counted["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(h.counts(&["sk-oa", "sk-console"]), [0, 1]);
+    // Passing the openai account over cost it nothing.
+    let (_, health) = h
+        .admin(Method::GET, "/fallback/account-health?account_id=1", None)
+        .await;
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert_eq!(health["failure_count"], 0, "{health}");
 }
