@@ -448,3 +448,114 @@ async fn count_tokens_in_a_mixed_group_goes_to_an_account_that_can_count() {
     assert_eq!(health["status"], "healthy", "{health}");
     assert_eq!(health["failure_count"], 0, "{health}");
 }
+
+#[tokio::test]
+async fn tool_calls_come_back_as_tool_use_blocks_whole_and_streamed() {
+    let h = Harness::start().await;
+    let (_, _, key) = openai_setup(&h).await;
+    let tools_request = |stream: bool| {
+        json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 256,
+            "stream": stream,
+            "messages": [{ "role": "user", "content": "What is in this folder?" }],
+            "tools": [{ "name": "ls", "description": "Lists a folder",
+                        "input_schema": { "type": "object", "properties": { "path": { "type": "string" } } } }],
+        })
+    };
+
+    h.mock.push(
+        "sk-oa",
+        Behavior::Status {
+            status: 200,
+            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            body: json!({
+                "id": "chatcmpl-tools", "object": "chat.completion",
+                "choices": [{ "index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": null,
+                    "tool_calls": [{ "id": "call_ls", "type": "function",
+                                     "function": { "name": "ls", "arguments": "{\"path\":\".\"}" } }] } }],
+                "usage": { "prompt_tokens": 30, "completion_tokens": 9 }
+            })
+            .to_string(),
+        },
+    );
+    let response = h.messages(&key, tools_request(false)).await;
+    assert_eq!(response.status(), 200);
+    let message: Value = response.json().await.unwrap();
+    assert_eq!(message["stop_reason"], "tool_use");
+    assert_eq!(
+        message["content"],
+        json!([{ "type": "tool_use", "id": "call_ls", "name": "ls", "input": { "path": "." } }])
+    );
+
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({ "id": "chatcmpl-s", "object": "chat.completion.chunk",
+                    "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
+        )
+    };
+    let stream = [
+        chunk(json!({ "role": "assistant", "content": null }), Value::Null),
+        chunk(
+            json!({ "tool_calls": [{ "index": 0, "id": "call_ls", "type": "function",
+                                     "function": { "name": "ls", "arguments": "" } }] }),
+            Value::Null,
+        ),
+        chunk(
+            json!({ "tool_calls": [{ "index": 0, "function": { "arguments": "{\"path\":" } }] }),
+            Value::Null,
+        ),
+        chunk(
+            json!({ "tool_calls": [{ "index": 0, "function": { "arguments": "\".\"}" } }] }),
+            Value::Null,
+        ),
+        chunk(json!({}), json!("tool_calls")),
+        "data: [DONE]\n\n".to_owned(),
+    ]
+    .concat();
+    h.mock.push(
+        "sk-oa",
+        Behavior::Status {
+            status: 200,
+            headers: vec![("content-type".to_owned(), "text/event-stream".to_owned())],
+            body: stream,
+        },
+    );
+    let response = h.messages(&key, tools_request(true)).await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert_eq!(
+        event_names(&body),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    let events: Vec<Value> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    assert_eq!(
+        events[1]["content_block"],
+        json!({ "type": "tool_use", "id": "call_ls", "name": "ls", "input": {} })
+    );
+    let arguments: String = events[2..4]
+        .iter()
+        .map(|event| event["delta"]["partial_json"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({ "path": "." })
+    );
+    assert_eq!(events[5]["delta"]["stop_reason"], "tool_use");
+    let logs = h.logs("").await;
+    assert!(logs.iter().all(|row| row["class"] == "success"), "{logs:?}");
+}
