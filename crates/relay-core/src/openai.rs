@@ -499,6 +499,37 @@ pub fn error_envelope(status: u16, body: &[u8]) -> Vec<u8> {
     crate::envelope::error_json::<()>(kind, &message, None)
 }
 
+/// The most output tokens an OpenAI-compatible server says it accepts, from its 400 for a
+/// `max_tokens` over its limit: OpenAI's "supports at most 16384 completion tokens", or a
+/// "valid range of max_tokens is [1, 8192]". Claude Code asks for 32,000 or 64,000, more
+/// than most such models give; the relay then asks again within the limit.
+pub fn max_tokens_limit(error_body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(error_body).ok()?;
+    if !text.contains("max_tokens") && !text.contains("completion tokens") {
+        return None;
+    }
+    let number_after = |marker: &str| {
+        let start = text.find(marker)? + marker.len();
+        let digits: String = text[start..]
+            .chars()
+            .skip_while(|c| *c == ' ')
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse::<u64>().ok().filter(|limit| *limit > 0)
+    };
+    number_after("supports at most").or_else(|| {
+        let range = text.find("range of max_tokens is")?;
+        let rest = &text[range..];
+        let comma = rest.find(',')?;
+        let digits: String = rest[comma + 1..]
+            .chars()
+            .skip_while(|c| *c == ' ')
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse::<u64>().ok().filter(|limit| *limit > 0)
+    })
+}
+
 /// Anthropic's model list for an OpenAI-compatible `GET /models` answer. OpenAI gives no
 /// display name, so the id stands in for it; `created` (Unix seconds) becomes `created_at`.
 pub fn models(body: &Value) -> Result<Value, TranslateError> {
@@ -1222,5 +1253,18 @@ mod tests {
                 ] }
             ])
         );
+    }
+
+    #[test]
+    fn the_servers_output_limit_is_read_from_its_refusal() {
+        let openai = br#"{"error":{"message":"max_tokens is too large: 64000. This model supports at most 16384 completion tokens, whereas you provided 64000.","type":"invalid_request_error","param":"max_tokens","code":"invalid_value"}}"#;
+        assert_eq!(max_tokens_limit(openai), Some(16384));
+        let deepseek = br#"{"error":{"message":"Invalid max_tokens value, the valid range of max_tokens is [1, 8192]","type":"invalid_request_error"}}"#;
+        assert_eq!(max_tokens_limit(deepseek), Some(8192));
+        assert_eq!(
+            max_tokens_limit(br#"{"error":{"message":"bad model"}}"#),
+            None
+        );
+        assert_eq!(max_tokens_limit(b"max_tokens: supports at most lots"), None);
     }
 }

@@ -120,6 +120,12 @@ enum AttemptOutcome {
     /// A client error: the upstream's answer goes back unchanged.
     PassThrough(Response),
     Failed(AttemptFailure),
+    /// An `openai` account refused the request's `max_tokens` and named its limit: asked
+    /// again within it, else its refusal goes back.
+    OverOutputLimit {
+        limit: u64,
+        refusal: Response,
+    },
 }
 
 struct AttemptFailure {
@@ -901,7 +907,10 @@ pub async fn forward(
                     in_flight,
                 ));
             }
-            AttemptOutcome::PassThrough(response) => {
+            AttemptOutcome::PassThrough(response)
+            | AttemptOutcome::OverOutputLimit {
+                refusal: response, ..
+            } => {
                 let events = runtime.update_state(now, |account_state| {
                     account_state.record_outcome(
                         now,
@@ -1253,7 +1262,24 @@ async fn attempt_once(
         Ok(secret) => secret,
         Err(error) => return oauth_failure(error),
     };
-    let outcome = send_once(state, runtime, request, config, deadline, &secret).await;
+    let mut outcome = send_once(state, runtime, request, config, deadline, &secret, None).await;
+    if let AttemptOutcome::OverOutputLimit { limit, .. } = outcome {
+        outcome = match send_once(
+            state,
+            runtime,
+            request,
+            config,
+            deadline,
+            &secret,
+            Some(limit),
+        )
+        .await
+        {
+            // Refused again: that refusal is the answer.
+            AttemptOutcome::OverOutputLimit { refusal, .. } => AttemptOutcome::PassThrough(refusal),
+            other => other,
+        };
+    }
     if account.platform == Platform::Claude {
         if let AttemptOutcome::Failed(AttemptFailure {
             class: OutcomeClass::Auth,
@@ -1263,7 +1289,9 @@ async fn attempt_once(
         {
             // The token may have been revoked early: refresh once and retry the same account.
             return match oauth::refresh(state, runtime, Some(&secret)).await {
-                Ok(fresh) => send_once(state, runtime, request, config, deadline, &fresh).await,
+                Ok(fresh) => {
+                    send_once(state, runtime, request, config, deadline, &fresh, None).await
+                }
                 Err(error) => oauth_failure(error),
             };
         }
@@ -1291,6 +1319,7 @@ async fn send_once(
     config: &FallbackConfig,
     deadline: tokio::time::Instant,
     secret: &str,
+    max_tokens_cap: Option<u64>,
 ) -> AttemptOutcome {
     let account = runtime.account();
     let client = match state.clients.client_for(account.proxy_url.as_deref()) {
@@ -1313,7 +1342,7 @@ async fn send_once(
     let body = match (&request.model, request.endpoint) {
         (Some(model), Endpoint::Messages) if openai => {
             let upstream_model = account.model_mapping.get(model).unwrap_or(model);
-            match crate::openai::chat_request_body(&request.body, upstream_model) {
+            match crate::openai::chat_request_body(&request.body, upstream_model, max_tokens_cap) {
                 Ok(body) => body,
                 Err(message) => {
                     let (status, body) = crate::openai::invalid_request(&message);
@@ -1379,8 +1408,16 @@ async fn send_once(
         let class = classify_response(status.as_u16(), &error_body);
         if class == OutcomeClass::ClientError || !class.fails_over() {
             if openai {
-                let body = crate::openai::error_body(status, &error_body);
-                return AttemptOutcome::PassThrough(json_response(status, body));
+                let refusal = json_response(status, crate::openai::error_body(status, &error_body));
+                let limit = (status == StatusCode::BAD_REQUEST
+                    && request.endpoint == Endpoint::Messages
+                    && max_tokens_cap.is_none())
+                .then(|| relay_core::openai::max_tokens_limit(&error_body))
+                .flatten();
+                return match limit {
+                    Some(limit) => AttemptOutcome::OverOutputLimit { limit, refusal },
+                    None => AttemptOutcome::PassThrough(refusal),
+                };
             }
             return AttemptOutcome::PassThrough(plain_response(
                 status,

@@ -42,11 +42,20 @@ pub fn invalid_request(message: &str) -> (StatusCode, Bytes) {
 }
 
 /// The Chat Completions request for a Messages request `body`, for `model` (the account's
-/// name for it); the message says what cannot be translated.
-pub fn chat_request_body(body: &[u8], model: &str) -> Result<Bytes, String> {
+/// name for it), its `max_tokens` at most `max_tokens_cap` when given (the limit the server
+/// named); the message says what cannot be translated.
+pub fn chat_request_body(
+    body: &[u8],
+    model: &str,
+    max_tokens_cap: Option<u64>,
+) -> Result<Bytes, String> {
     let request: serde_json::Value = serde_json::from_slice(body)
         .map_err(|error| format!("the request body is not valid JSON: {error}"))?;
-    let chat = openai::chat_request(&request, model).map_err(|error| error.0)?;
+    let mut chat = openai::chat_request(&request, model).map_err(|error| error.0)?;
+    if let Some(cap) = max_tokens_cap {
+        let asked = chat.get("max_tokens").and_then(serde_json::Value::as_u64);
+        chat["max_tokens"] = serde_json::Value::from(asked.map_or(cap, |asked| asked.min(cap)));
+    }
     Ok(Bytes::from(chat.to_string()))
 }
 

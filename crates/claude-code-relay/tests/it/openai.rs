@@ -559,3 +559,50 @@ async fn tool_calls_come_back_as_tool_use_blocks_whole_and_streamed() {
     let logs = h.logs("").await;
     assert!(logs.iter().all(|row| row["class"] == "success"), "{logs:?}");
 }
+
+#[tokio::test]
+async fn a_max_tokens_over_the_servers_limit_is_asked_again_within_it() {
+    let h = Harness::start().await;
+    let (_, account, key) = openai_setup(&h).await;
+    let refusal = |limit: u64| {
+        Behavior::Status {
+        status: 400,
+        headers: vec![],
+        body: json!({ "error": {
+            "message": format!("max_tokens is too large: 64000. This model supports at most {limit} completion tokens, whereas you provided 64000."),
+            "type": "invalid_request_error", "param": "max_tokens", "code": "invalid_value" } })
+        .to_string(),
+    }
+    };
+    h.mock.push("sk-oa", refusal(16384));
+    let mut body = message_body(false);
+    body["max_tokens"] = json!(64000);
+    let response = h.messages(&key, body.clone()).await;
+    assert_eq!(response.status(), 200);
+    let message: Value = response.json().await.unwrap();
+    assert_eq!(message["type"], "message");
+    let sent = h.mock.requests_for("sk-oa");
+    assert_eq!(sent.len(), 2);
+    let asked = |index: usize| {
+        serde_json::from_slice::<Value>(&sent[index].body).unwrap()["max_tokens"].clone()
+    };
+    assert_eq!((asked(0), asked(1)), (json!(64000), json!(16384)));
+    // One attempt, recorded as the success it became.
+    let logs = h.logs("").await;
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0]["account_id"], account);
+    assert_eq!(logs[0]["class"], "success");
+
+    // A server that refuses the lower figure too: its refusal goes back, asked only twice.
+    h.mock.push("sk-oa", refusal(16384));
+    h.mock.push("sk-oa", refusal(8192));
+    let response = h.messages(&key, body).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error_type(&error), "invalid_request_error");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("at most 8192"));
+    assert_eq!(h.mock.count_for("sk-oa"), 4);
+}
