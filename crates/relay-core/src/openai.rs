@@ -441,6 +441,64 @@ pub fn message(body: &Value, model: &str) -> Result<Value, TranslateError> {
     }))
 }
 
+/// A whole Messages answer as the events of a streamed one, for a server that answered a
+/// stream request with one JSON answer: each block opened, given in one delta, and closed.
+pub fn message_events(message: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut start = message.clone();
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    event(
+        &mut out,
+        "message_start",
+        &json!({ "type": "message_start", "message": start }),
+    );
+    let blocks = message.get("content").and_then(Value::as_array);
+    for (index, block) in blocks.into_iter().flatten().enumerate() {
+        let (opened, delta) = match block_type(block) {
+            Some("tool_use") => {
+                let mut opened = block.clone();
+                opened["input"] = json!({});
+                let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
+                (
+                    opened,
+                    json!({ "type": "input_json_delta", "partial_json": input.to_string() }),
+                )
+            }
+            _ => (
+                json!({ "type": "text", "text": "" }),
+                json!({ "type": "text_delta", "text": text_of(block) }),
+            ),
+        };
+        event(
+            &mut out,
+            "content_block_start",
+            &json!({ "type": "content_block_start", "index": index, "content_block": opened }),
+        );
+        event(
+            &mut out,
+            "content_block_delta",
+            &json!({ "type": "content_block_delta", "index": index, "delta": delta }),
+        );
+        event(
+            &mut out,
+            "content_block_stop",
+            &json!({ "type": "content_block_stop", "index": index }),
+        );
+    }
+    event(
+        &mut out,
+        "message_delta",
+        &json!({
+            "type": "message_delta",
+            "delta": { "stop_reason": message.get("stop_reason"), "stop_sequence": null },
+            "usage": message.get("usage"),
+        }),
+    );
+    event(&mut out, "message_stop", &json!({ "type": "message_stop" }));
+    out
+}
+
 /// A tool call as a `tool_use` block. Arguments that are not a JSON object (a model can write
 /// anything there) are passed on as `{"arguments": "<what it wrote>"}` rather than lost.
 fn tool_use(call: &Value) -> Result<Value, TranslateError> {
@@ -1266,5 +1324,42 @@ mod tests {
             None
         );
         assert_eq!(max_tokens_limit(b"max_tokens: supports at most lots"), None);
+    }
+
+    #[test]
+    fn a_whole_answer_becomes_the_events_of_a_stream() {
+        let message = json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+            "content": [{ "type": "text", "text": "Hi" },
+                        { "type": "tool_use", "id": "t", "name": "ls", "input": { "path": "." } }],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": { "input_tokens": 3, "output_tokens": 4,
+                       "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0 }
+        });
+        let events = events(&message_events(&message));
+        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(events[0].1["message"]["content"], json!([]));
+        assert_eq!(
+            events[2].1["delta"],
+            json!({ "type": "text_delta", "text": "Hi" })
+        );
+        assert_eq!(events[4].1["content_block"]["input"], json!({}));
+        assert_eq!(events[5].1["delta"]["partial_json"], r#"{"path":"."}"#);
+        assert_eq!(events[7].1["delta"]["stop_reason"], "tool_use");
+        assert_eq!(events[7].1["usage"]["output_tokens"], 4);
     }
 }

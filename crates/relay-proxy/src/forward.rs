@@ -1443,12 +1443,17 @@ async fn send_once(
     if openai && is_sse {
         response.transform_with(crate::openai::StreamTransform::new(client_model));
     }
+    // A server that answered a stream request with one JSON answer: the client still gets
+    // a stream.
+    let events_from_json =
+        openai && !is_sse && request.stream && request.endpoint == Endpoint::Messages;
     let reader = if openai && !is_sse {
         let translated = crate::openai::translate_json_answer(
             request.endpoint,
             &mut response,
             state.settings.idle_timeout,
             client_model,
+            events_from_json,
         )
         .await;
         match translated {
@@ -1456,6 +1461,11 @@ async fn send_once(
                 prefetched.push(body.clone());
                 early_end = Some(EarlyEnd::Ended);
                 match request.endpoint {
+                    Endpoint::Messages if events_from_json => {
+                        let mut parser = SseUsageParser::new();
+                        parser.feed(&body);
+                        UsageReader::Sse(parser)
+                    }
                     Endpoint::Messages => UsageReader::Json(body.to_vec()),
                     _ => UsageReader::None,
                 }
@@ -1529,7 +1539,12 @@ async fn send_once(
     };
 
     let mut headers = client_headers(&upstream_headers_map);
-    if openai && !is_sse {
+    if events_from_json {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            crate::openai::event_stream_content_type(),
+        );
+    } else if openai && !is_sse {
         headers.insert(
             http::header::CONTENT_TYPE,
             crate::openai::json_content_type(),

@@ -69,13 +69,15 @@ pub fn json_content_type() -> HeaderValue {
     HeaderValue::from_static("application/json")
 }
 
-/// Reads a JSON answer whole and translates it: a Messages answer naming `client_model`, or
-/// the model list. The message says why it could not be.
+/// Reads a JSON answer whole and translates it: a Messages answer naming `client_model`
+/// (as the events of a stream when `as_events`: a server answered a stream request whole),
+/// or the model list. The message says why it could not be.
 pub async fn translate_json_answer(
     endpoint: Endpoint,
     answer: &mut UpstreamAnswer,
     idle: Duration,
     client_model: &str,
+    as_events: bool,
 ) -> Result<Bytes, String> {
     let mut body = Vec::new();
     loop {
@@ -96,7 +98,15 @@ pub async fn translate_json_answer(
         Endpoint::Messages | Endpoint::CountTokens => openai::message(&answer, client_model),
     }
     .map_err(|error| error.0)?;
+    if as_events {
+        return Ok(Bytes::from(openai::message_events(&translated)));
+    }
     Ok(Bytes::from(translated.to_string()))
+}
+
+/// The content type of a translated stream.
+pub fn event_stream_content_type() -> HeaderValue {
+    HeaderValue::from_static("text/event-stream; charset=utf-8")
 }
 
 async fn next_data(answer: &mut UpstreamAnswer) -> Result<Option<Bytes>, hyper::Error> {

@@ -606,3 +606,46 @@ async fn a_max_tokens_over_the_servers_limit_is_asked_again_within_it() {
         .contains("at most 8192"));
     assert_eq!(h.mock.count_for("sk-oa"), 4);
 }
+
+#[tokio::test]
+async fn a_whole_answer_to_a_stream_request_still_reaches_the_client_as_a_stream() {
+    let h = Harness::start().await;
+    let (_, _, key) = openai_setup(&h).await;
+    h.mock.push(
+        "sk-oa",
+        Behavior::Status {
+            status: 200,
+            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            body: json!({
+                "id": "chatcmpl-whole", "object": "chat.completion",
+                "choices": [{ "index": 0, "finish_reason": "stop",
+                              "message": { "role": "assistant", "content": "All at once." } }],
+                "usage": { "prompt_tokens": 21, "completion_tokens": 4 }
+            })
+            .to_string(),
+        },
+    );
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let body = response.text().await.unwrap();
+    assert_eq!(
+        event_names(&body),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    assert!(body.contains(r#""text":"All at once.""#), "{body}");
+    let logs = h.logs("").await;
+    assert_eq!(logs[0]["class"], "success");
+    assert_eq!(logs[0]["input_tokens"], 21);
+    assert_eq!(logs[0]["output_tokens"], 4);
+}
