@@ -811,7 +811,7 @@ pub async fn forward(
         };
         taken += 1;
         let runtime = &member.runtime;
-        if request.endpoint == Endpoint::CountTokens
+        if crate::openai::upstream_path(request.endpoint).is_none()
             && runtime.account().platform == Platform::Openai
         {
             // Chat Completions cannot count tokens: another account of the group may, and
@@ -1212,10 +1212,7 @@ fn finish_commit(
             group_id: request.identity.group.group.id,
             account_id: runtime.id,
             model: request.model.clone().unwrap_or_default(),
-            served_model: request
-                .model
-                .as_ref()
-                .and_then(|model| runtime.account().model_mapping.get(model).cloned()),
+            served_model: committed.served_model,
             stream: request.stream,
             status: committed.status.as_u16(),
             started: attempt_started,
@@ -1242,6 +1239,8 @@ fn finish_commit(
 /// A 2xx upstream answer whose head has been read (and, for a stream, its first event).
 struct CommittedAnswer {
     status: StatusCode,
+    /// What the answer is priced as (see `AttemptRecord::served_model`).
+    served_model: Option<String>,
     headers: HeaderMap,
     prefetched: Vec<Bytes>,
     early_end: Option<EarlyEnd>,
@@ -1339,9 +1338,14 @@ async fn send_once(
     } else {
         request.endpoint.path()
     };
+    // The account's name for the model, when its `model_mapping` renames it.
+    let mapped_model = request
+        .model
+        .as_ref()
+        .and_then(|model| account.model_mapping.get(model));
     let body = match (&request.model, request.endpoint) {
         (Some(model), Endpoint::Messages) if openai => {
-            let upstream_model = account.model_mapping.get(model).unwrap_or(model);
+            let upstream_model = mapped_model.unwrap_or(model);
             match crate::openai::chat_request_body(&request.body, upstream_model, max_tokens_cap) {
                 Ok(body) => body,
                 Err(message) => {
@@ -1350,15 +1354,13 @@ async fn send_once(
                 }
             }
         }
-        (Some(model), Endpoint::Messages | Endpoint::CountTokens) => {
-            match account.model_mapping.get(model) {
-                Some(mapped) => match relay_core::body::rewrite_model(&request.body, mapped) {
-                    Ok(body) => body,
-                    Err(_) => request.body.clone(),
-                },
-                None => request.body.clone(),
-            }
-        }
+        (Some(_), Endpoint::Messages | Endpoint::CountTokens) => match mapped_model {
+            Some(mapped) => match relay_core::body::rewrite_model(&request.body, mapped) {
+                Ok(body) => body,
+                Err(_) => request.body.clone(),
+            },
+            None => request.body.clone(),
+        },
         _ => request.body.clone(),
     };
     let mut upstream_request = http::Request::new(if request.endpoint.method() == Method::POST {
@@ -1555,6 +1557,7 @@ async fn send_once(
     }
     AttemptOutcome::Committed(Box::new(CommittedAnswer {
         status,
+        served_model: mapped_model.cloned(),
         headers,
         prefetched,
         early_end,
@@ -1564,7 +1567,7 @@ async fn send_once(
 }
 
 /// The next data chunk of an upstream body (trailers skipped); `None` at its end.
-async fn next_chunk(body: &mut UpstreamAnswer) -> Result<Option<Bytes>, hyper::Error> {
+pub(crate) async fn next_chunk(body: &mut UpstreamAnswer) -> Result<Option<Bytes>, hyper::Error> {
     use http_body_util::BodyExt;
     while let Some(frame) = body.frame().await {
         if let Ok(chunk) = frame?.into_data() {

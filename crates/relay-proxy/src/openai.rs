@@ -81,7 +81,7 @@ pub async fn translate_json_answer(
 ) -> Result<Bytes, String> {
     let mut body = Vec::new();
     loop {
-        let chunk = tokio::time::timeout(idle, next_data(answer))
+        let chunk = tokio::time::timeout(idle, crate::forward::next_chunk(answer))
             .await
             .map_err(|_| "the upstream's answer stalled".to_owned())?
             .map_err(|error| format!("the upstream's answer broke off: {error}"))?;
@@ -107,16 +107,6 @@ pub async fn translate_json_answer(
 /// The content type of a translated stream.
 pub fn event_stream_content_type() -> HeaderValue {
     HeaderValue::from_static("text/event-stream; charset=utf-8")
-}
-
-async fn next_data(answer: &mut UpstreamAnswer) -> Result<Option<Bytes>, hyper::Error> {
-    use http_body_util::BodyExt;
-    while let Some(frame) = answer.frame().await {
-        if let Ok(chunk) = frame?.into_data() {
-            return Ok(Some(chunk));
-        }
-    }
-    Ok(None)
 }
 
 /// A streamed Chat Completions answer, handed on as Anthropic's events.
