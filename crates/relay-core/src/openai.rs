@@ -28,6 +28,15 @@ fn refuse(message: impl Into<String>) -> TranslateError {
     TranslateError(message.into())
 }
 
+/// The refusal of a block of type `kind` that Chat Completions has no place for, where
+/// `context` says.
+fn no_counterpart(context: &str, kind: Option<&str>) -> TranslateError {
+    refuse(format!(
+        "{context}a {} block cannot be sent to an OpenAI-compatible account",
+        kind.unwrap_or("typeless")
+    ))
+}
+
 /// The Chat Completions request for a Messages request `body`, sent to `model` (the
 /// account's model name, after any mapping).
 pub fn chat_request(body: &Value, model: &str) -> Result<Value, TranslateError> {
@@ -110,10 +119,7 @@ fn system_text(system: &Value) -> Result<String, TranslateError> {
                 .iter()
                 .map(|block| match block_type(block) {
                     Some("text") => Ok(text_of(block)),
-                    other => Err(refuse(format!(
-                        "system: a {} block cannot be sent to an OpenAI-compatible account",
-                        other.unwrap_or("typeless")
-                    ))),
+                    other => Err(no_counterpart("system: ", other)),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(texts.join("\n\n"))
@@ -179,12 +185,7 @@ fn user_turn(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), Translat
                 has_image |= !images.is_empty();
                 parts.extend(images);
             }
-            other => {
-                return Err(refuse(format!(
-                    "a {} block cannot be sent to an OpenAI-compatible account",
-                    other.unwrap_or("typeless")
-                )))
-            }
+            other => return Err(no_counterpart("", other)),
         }
     }
     if parts.is_empty() {
@@ -240,12 +241,7 @@ fn tool_message(block: &Value) -> Result<(Value, Vec<Value>), TranslateError> {
                 match block_type(part) {
                     Some("text") => texts.push(text_of(part)),
                     Some("image") => images.push(image_part(part)?),
-                    other => {
-                        return Err(refuse(format!(
-                        "tool_result: a {} block cannot be sent to an OpenAI-compatible account",
-                        other.unwrap_or("typeless")
-                    )))
-                    }
+                    other => return Err(no_counterpart("tool_result: ", other)),
                 }
             }
             if texts.is_empty() && !images.is_empty() {
@@ -293,12 +289,7 @@ fn assistant_turn(blocks: &[Value], messages: &mut Vec<Value>) -> Result<(), Tra
                 }));
             }
             Some("thinking" | "redacted_thinking") => {}
-            other => {
-                return Err(refuse(format!(
-                    "a {} block cannot be sent to an OpenAI-compatible account",
-                    other.unwrap_or("typeless")
-                )))
-            }
+            other => return Err(no_counterpart("", other)),
         }
     }
     if texts.is_empty() && calls.is_empty() {
@@ -566,26 +557,17 @@ pub fn max_tokens_limit(error_body: &[u8]) -> Option<u64> {
     if !text.contains("max_tokens") && !text.contains("completion tokens") {
         return None;
     }
-    let number_after = |marker: &str| {
-        let start = text.find(marker)? + marker.len();
-        let digits: String = text[start..]
-            .chars()
-            .skip_while(|c| *c == ' ')
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse::<u64>().ok().filter(|limit| *limit > 0)
+    // The number that follows `marker` (after blanks), found after `anchor`.
+    let number_after = |anchor: &str, marker: &str| {
+        let rest = &text[text.find(anchor)?..];
+        let rest = rest[rest.find(marker)? + marker.len()..].trim_start();
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        rest[..end].parse::<u64>().ok().filter(|limit| *limit > 0)
     };
-    number_after("supports at most").or_else(|| {
-        let range = text.find("range of max_tokens is")?;
-        let rest = &text[range..];
-        let comma = rest.find(',')?;
-        let digits: String = rest[comma + 1..]
-            .chars()
-            .skip_while(|c| *c == ' ')
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse::<u64>().ok().filter(|limit| *limit > 0)
-    })
+    number_after("supports at most", "at most")
+        .or_else(|| number_after("range of max_tokens is", ","))
 }
 
 /// Anthropic's model list for an OpenAI-compatible `GET /models` answer. OpenAI gives no
