@@ -71,13 +71,7 @@ async fn bearer_authorization_is_accepted_like_x_api_key() {
 async fn stream_passes_the_exact_event_sequence_through() {
     let h = Harness::start().await;
     let (_, _, key) = h.simple_setup().await;
-    let response = h.messages(&key, message_body(true)).await;
-    assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let body = response.text().await.unwrap();
+    let body = sse_body(h.messages(&key, message_body(true)).await).await;
     assert_eq!(event_names(&body), relay_mock::expected_event_names(4));
     let text: String = body
         .lines()

@@ -25,18 +25,8 @@ async fn assert_fails_over(behavior: Behavior, stream: bool) {
     }
     assert_eq!(h.mock.count_for("sk-first"), 1);
     assert_eq!(h.mock.count_for("sk-second"), 1);
-    let logs = h.logs("").await;
-    let attempts: Vec<(i64, String)> = logs
-        .iter()
-        .rev()
-        .map(|l| {
-            (
-                l["account_id"].as_i64().unwrap(),
-                l["class"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    assert_eq!(attempts.len(), 2, "{logs:?}");
+    let attempts = h.attempts().await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert_eq!(attempts[0].0, first);
     assert_ne!(attempts[0].1, "success");
     assert_eq!(attempts[1], (second, "success".to_owned()));

@@ -131,13 +131,7 @@ async fn a_request_goes_out_as_chat_completions_and_comes_back_as_a_message() {
 async fn a_stream_comes_back_as_anthropics_events_with_its_usage() {
     let h = Harness::start_with(mock_with_usage(), |_| {}).await;
     let (_, _, key) = openai_setup(&h).await;
-    let response = h.messages(&key, message_body(true)).await;
-    assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let body = response.text().await.unwrap();
+    let body = sse_body(h.messages(&key, message_body(true)).await).await;
     assert_eq!(
         event_names(&body),
         [
@@ -195,20 +189,8 @@ async fn a_rate_limited_openai_account_fails_over_to_a_claude_one_and_back() {
         event_names(&response.text().await.unwrap()),
         relay_mock::expected_event_names(4)
     );
-    let attempts: Vec<(i64, String)> = h
-        .logs("")
-        .await
-        .iter()
-        .rev()
-        .map(|l| {
-            (
-                l["account_id"].as_i64().unwrap(),
-                l["class"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
     assert_eq!(
-        attempts,
+        h.attempts().await,
         [
             (openai, "rate_limited".to_owned()),
             (console, "success".to_owned())
@@ -625,13 +607,7 @@ async fn a_whole_answer_to_a_stream_request_still_reaches_the_client_as_a_stream
             .to_string(),
         },
     );
-    let response = h.messages(&key, message_body(true)).await;
-    assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let body = response.text().await.unwrap();
+    let body = sse_body(h.messages(&key, message_body(true)).await).await;
     assert_eq!(
         event_names(&body),
         [

@@ -253,13 +253,26 @@ impl Harness {
         api_key: &str,
         priority: i32,
     ) -> i64 {
+        self.console_account_at(group, name, api_key, priority, &self.mock.base_url())
+            .await
+    }
+
+    /// A `claude_console` account pointed at `base_url`.
+    pub async fn console_account_at(
+        &self,
+        group: i64,
+        name: &str,
+        api_key: &str,
+        priority: i32,
+        base_url: &str,
+    ) -> i64 {
         self.post_admin(
             "/accounts",
             json!({
                 "name": name,
                 "platform": "claude_console",
                 "group_id": group,
-                "base_url": self.mock.base_url(),
+                "base_url": base_url,
                 "api_key": api_key,
                 "priority": priority,
             }),
@@ -305,6 +318,21 @@ impl Harness {
         credentials.iter().map(|c| self.mock.count_for(c)).collect()
     }
 
+    /// Every attempt recorded, oldest first: (account id, outcome class).
+    pub async fn attempts(&self) -> Vec<(i64, String)> {
+        self.logs("")
+            .await
+            .iter()
+            .rev()
+            .map(|row| {
+                (
+                    row["account_id"].as_i64().unwrap(),
+                    row["class"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
     pub async fn logs(&self, query: &str) -> Vec<Value> {
         let (status, value) = self
             .admin(reqwest::Method::GET, &format!("/logs?{query}"), None)
@@ -329,6 +357,16 @@ pub fn event_names(body: &str) -> Vec<String> {
         .filter_map(|line| line.strip_prefix("event: "))
         .map(str::to_owned)
         .collect()
+}
+
+/// Asserts that `response` is an SSE stream and returns its body.
+pub async fn sse_body(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    response.text().await.unwrap()
 }
 
 /// Asserts an Anthropic error envelope and returns its error type.

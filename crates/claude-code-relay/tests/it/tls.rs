@@ -101,17 +101,9 @@ async fn tls_upstreams_are_verified_against_the_webpki_roots_and_relay_ca_certs(
     let (h, directory) = harness_trusting(&pki).await;
     let front = tls_front(&pki, mock_address(&h)).await;
     let group = h.group("tls", None).await;
-    h.post_admin(
-        "/accounts",
-        serde_json::json!({
-            "name": "over-tls",
-            "platform": "claude_console",
-            "group_id": group,
-            "base_url": format!("https://localhost:{}", front.port()),
-            "api_key": "sk-tls",
-        }),
-    )
-    .await;
+    let base_url = format!("https://localhost:{}", front.port());
+    h.console_account_at(group, "over-tls", "sk-tls", 1, &base_url)
+        .await;
     let key = h.key(group).await;
     assert_eq!(h.messages(&key, message_body(false)).await.status(), 200);
     let stream = h.messages(&key, message_body(true)).await;
@@ -125,17 +117,9 @@ async fn tls_upstreams_are_verified_against_the_webpki_roots_and_relay_ca_certs(
     let untrusting = Harness::start().await;
     let front = tls_front(&pki, mock_address(&untrusting)).await;
     let group = untrusting.group("tls", None).await;
+    let base_url = format!("https://localhost:{}", front.port());
     untrusting
-        .post_admin(
-            "/accounts",
-            serde_json::json!({
-                "name": "over-tls",
-                "platform": "claude_console",
-                "group_id": group,
-                "base_url": format!("https://localhost:{}", front.port()),
-                "api_key": "sk-tls",
-            }),
-        )
+        .console_account_at(group, "over-tls", "sk-tls", 1, &base_url)
         .await;
     let key = untrusting.key(group).await;
     let response = untrusting.messages(&key, message_body(false)).await;
