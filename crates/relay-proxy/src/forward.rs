@@ -48,7 +48,7 @@ use crate::oauth::{self, OAuthError};
 use crate::registry::{lock, AccountRuntime, GroupRuntime, Member};
 use crate::state::RelayState;
 use crate::upstream::{client_headers, upstream_headers, upstream_uri};
-use crate::view::{EligibleFigures, FamilyBit, PublishedView};
+use crate::view::{EligibleFigures, FamilyBit, ReadTime, Slot};
 
 /// How much of an error answer is read to classify it.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -275,9 +275,9 @@ impl Skipped {
     }
 }
 
-/// A candidate's figures that `plan` reads from the member itself: its running count and
-/// its concurrency limit.
-type MemberFigures = (EligibleFigures, u32, Option<u32>);
+/// A candidate's figures: those of its view, its priority, its running count and its
+/// concurrency limit.
+type MemberFigures = (EligibleFigures, i32, u32, Option<u32>);
 
 /// Reads the long way a member that the fast path in `plan` could not take: one whose
 /// settings say the member must be read (disabled, limited to some models or to some
@@ -286,7 +286,7 @@ type MemberFigures = (EligibleFigures, u32, Option<u32>);
 #[cold]
 #[inline(never)]
 fn read_member_the_long_way(
-    published: &PublishedView,
+    published: Slot<'_>,
     member: &Member,
     request: (Option<&str>, ModelFamily, UnixMillis),
     reads_in_flight: bool,
@@ -329,7 +329,7 @@ fn read_member_the_long_way(
         success_ewma: view.success_ewma,
         latency_ewma_ms: view.latency_ewma_ms,
     };
-    Some((figures, in_flight, member.max_concurrency))
+    Some((figures, member.priority, in_flight, member.max_concurrency))
 }
 
 /// Where `read_candidates` puts the members that may take the request.
@@ -392,14 +392,15 @@ fn read_candidates<const READS_IN_FLIGHT: bool>(
         all_rate_limited: true,
     };
     let family_bit = FamilyBit::of(family);
-    for (index, published) in group.views.iter().enumerate() {
-        // Read only once the member is taken: most of the loop's work is its loads.
-        let candidate = |(figures, in_flight, max_concurrency): MemberFigures| {
-            let (account_id, priority, weight) = published.identity();
+    let at = ReadTime::at(now);
+    let table = &*group.views;
+    let members = table.views().iter().zip(table.account_ids());
+    for (index, (published, &account_id)) in members.enumerate() {
+        let candidate = |(figures, priority, in_flight, max_concurrency): MemberFigures| {
             Candidate {
                 account_id,
                 priority,
-                weight,
+                weight: published.weight(),
                 // Eligible, so not disabled: the health tracker alone says the status.
                 health: figures.health,
                 requests_in_window: figures.requests_in_window,
@@ -411,21 +412,20 @@ fn read_candidates<const READS_IN_FLIGHT: bool>(
         };
         // Nearly every member: its settings need nothing of the member itself, and its
         // published view says it may take the request.
-        if let Some(figures) = published.eligible(now, family_bit) {
+        if let Some((figures, priority)) = published.eligible(at, family_bit) {
             let in_flight = match READS_IN_FLIGHT {
                 true => published.running(),
                 false => 0,
             };
-            if !sink.take(index, candidate((figures, in_flight, None))) {
+            if !sink.take(index, candidate((figures, priority, in_flight, None))) {
                 break;
             }
             continue;
         }
-        let Some(member) = group.members.get(index) else {
+        let (Some(member), Some(slot)) = (group.members.get(index), table.slot(index)) else {
             continue;
         };
-        let read =
-            read_member_the_long_way(published, member, request, READS_IN_FLIGHT, &mut skipped);
+        let read = read_member_the_long_way(slot, member, request, READS_IN_FLIGHT, &mut skipped);
         if let Some(read) = read {
             if !sink.take(index, candidate(read)) {
                 break;
@@ -1806,7 +1806,12 @@ mod tests {
             group.members[ranked[2]].id
         };
         let counts = |group: &GroupRuntime| -> Vec<u32> {
-            group.views.iter().map(|view| view.running()).collect()
+            group
+                .views
+                .views()
+                .iter()
+                .map(|view| view.running())
+                .collect()
         };
         assert_eq!(counts(&group), [9, 0, 3]);
         for _ in 0..20 {

@@ -1,23 +1,26 @@
 //! An account's [`SelectionView`], published for readers that do not take the account's lock,
-//! beside the settings selection reads of the account: one cache line per member.
+//! in its group's table: 32 bytes per member that selection reads, the rest beside them.
 //!
 //! Selection reads every account of a group on every request. Taking each account's mutex and
 //! asking its state machine cost more than the strategies themselves, so whoever changes an
 //! account's state (always under its lock) publishes what selection needs as of that moment,
 //! and selection reads it back without a lock while it holds. For a group of thousands of
-//! accounts the loop is bound by memory traffic, so a member's settings and its view share one
-//! 64-byte line and nothing else of the member is read in the common case.
+//! accounts the loop is bound by how much it reads per member, so what it reads of a member
+//! (until when the view holds, a status word with the priority, the two learned figures, the
+//! running count and the weight) fills half a cache line, and the member's id and the reasons
+//! of its blocked families lie in a second array that only the slow path reads.
 //!
-//! The view is several words, published as a sequence lock: the writer makes the sequence odd,
-//! stores the words, and makes it even again; a reader that saw the same even sequence before
-//! and after reading the words has one consistent view, and any other reader gets nothing and
-//! asks the state under its lock instead. Writers are serialised by the account's lock, never
-//! by this type.
+//! The view is several words, published as a sequence lock whose sequence word is also the
+//! time the view holds until: the writer stores a word that holds at no time, stores the other
+//! words, and stores the time it holds until with a sequence number of its own in the low bits.
+//! A reader that saw the same word before and after reading the others, and a time after its
+//! own, has one consistent view; any other reader gets nothing and asks the state under its
+//! lock instead. Writers are serialised by the account's lock, never by this type.
 
 use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 use relay_core::health::HealthStatus;
-use relay_core::model::ModelFamily;
+use relay_core::model::{AccountId, ModelFamily};
 use relay_core::state::{family_index, DisableReason, Eligibility, FamilyView, SelectionView};
 use relay_core::UnixMillis;
 
@@ -33,31 +36,50 @@ pub struct MemberSettings {
     pub read_member: bool,
 }
 
+/// What selection reads of one member: half a cache line.
 #[derive(Debug)]
-#[repr(C, align(64))]
+#[repr(C, align(32))]
 pub struct PublishedView {
-    sequence: AtomicU32,
+    /// The sequence lock's word: until when the view holds, shifted up, with the number of
+    /// the write in the low bits (see [`Until`]); negative while the words are rewritten and
+    /// for a view that holds at no time.
+    until: AtomicI64,
+    /// See [`Status`]: health, which families are eligible, the window's request count, and
+    /// the member's priority.
+    status: AtomicU64,
+    /// The success rate and the latency, as `f32` bits (low and high half): figures that rank,
+    /// where the seventh significant digit never matters.
+    figures: AtomicU64,
     /// Requests running on the account, changed under the account's lock (not part of the
     /// sequence lock: a live count that selection reads as it is).
     running: AtomicU32,
-    account_id: i64,
-    priority: i32,
     weight: u32,
-    valid_from: AtomicI64,
-    /// See [`Status`]: health, which families are eligible, the window's request count and
-    /// how long after `valid_from` the view holds.
-    status: AtomicU64,
-    /// The eligibility of every family not marked eligible in the status, packed, when they
-    /// all share one (else the status says the view must be read under the lock).
-    blocked: AtomicU64,
-    success_ewma: AtomicU64,
-    latency_ewma_ms: AtomicU64,
+}
+
+/// A group's table: a [`PublishedView`] per member, in the members' order, and beside them
+/// the members' account ids and what only the slow path reads.
+#[derive(Debug)]
+pub struct ViewTable {
+    views: Box<[PublishedView]>,
+    account_ids: Box<[AccountId]>,
+    /// Per member, the eligibility of every family not marked eligible in the status, packed,
+    /// when they all share one (else the status says the view must be read under the lock).
+    /// Written under the member's sequence lock.
+    blocked: Box<[AtomicU64]>,
+}
+
+/// One member's place in a [`ViewTable`].
+#[derive(Debug, Clone, Copy)]
+pub struct Slot<'a> {
+    view: &'a PublishedView,
+    account_id: AccountId,
+    blocked: &'a AtomicU64,
 }
 
 /// The status word: the health status in bits 0..2, one bit per eligible family in bits 2..6,
 /// bit 6 set when the ineligible families differ in why, bit 7 set for good when the member's
-/// settings say it must be read itself, the window's request count (capped) in bits 8..39, and in bits 39..64 for how many milliseconds from `valid_from` the view
-/// holds (capped at about nine hours: a shorter span only makes the view hold for less).
+/// settings say it must be read itself, the window's request count (capped) in bits 8..32, and
+/// the member's priority in bits 32..64 (fixed with the table; the writer keeps it).
 struct Status;
 
 impl Status {
@@ -65,9 +87,45 @@ impl Status {
     const MIXED: u64 = 1 << 6;
     const READ_MEMBER: u64 = 1 << 7;
     const REQUESTS_SHIFT: u32 = 8;
-    const REQUESTS_MAX: u64 = (1 << 31) - 1;
-    const SPAN_SHIFT: u32 = 39;
-    const SPAN_MAX: u64 = (1 << (64 - Self::SPAN_SHIFT)) - 1;
+    const REQUESTS_MAX: u64 = (1 << 24) - 1;
+    const PRIORITY_SHIFT: u32 = 32;
+    /// What a write keeps of the word: the priority and the read-member flag.
+    const SETTINGS: u64 = !((1 << Self::PRIORITY_SHIFT) - 1) | Self::READ_MEMBER;
+}
+
+/// The sequence word: the time a view holds until, in milliseconds, in bits 21..63 (capped at
+/// 2⁴² − 1, the year 2109: a view only holds for less), and the number of the write in bits
+/// 0..21. Negative for a view that holds at no time, and while the words are rewritten.
+struct Until;
+
+impl Until {
+    const SEQUENCE_BITS: u32 = 21;
+    const SEQUENCE: i64 = (1 << Self::SEQUENCE_BITS) - 1;
+    const TIME_MAX: i64 = (1 << (63 - Self::SEQUENCE_BITS)) - 1;
+    const NEVER: i64 = i64::MIN;
+
+    fn word(until: UnixMillis, sequence: i64) -> i64 {
+        match until {
+            ..=0 => Self::NEVER | sequence,
+            _ => until.min(Self::TIME_MAX) << Self::SEQUENCE_BITS | sequence,
+        }
+    }
+}
+
+/// The time a reader reads at, in the form it is compared with the sequence word: `now` holds
+/// in a view exactly when this is below the view's word (whatever the word's sequence bits).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadTime(i64);
+
+impl ReadTime {
+    pub fn at(now: UnixMillis) -> Self {
+        ReadTime(now.clamp(0, Until::TIME_MAX) << Until::SEQUENCE_BITS | Until::SEQUENCE)
+    }
+
+    #[inline(always)]
+    fn within(self, word: i64) -> bool {
+        self.0 < word
+    }
 }
 
 /// What selection reads of an account that may take a request.
@@ -89,72 +147,157 @@ impl FamilyBit {
     }
 }
 
-impl PublishedView {
-    pub fn new(settings: MemberSettings) -> Self {
-        let view = PublishedView {
-            sequence: AtomicU32::new(0),
-            running: AtomicU32::new(0),
-            account_id: settings.account_id,
-            priority: settings.priority,
-            weight: settings.weight,
-            valid_from: AtomicI64::new(0),
-            status: AtomicU64::new(if settings.read_member {
-                Status::READ_MEMBER
-            } else {
-                0
-            }),
-            blocked: AtomicU64::new(0),
-            success_ewma: AtomicU64::new(0),
-            latency_ewma_ms: AtomicU64::new(0),
-        };
-        view.store(&SelectionView::STALE);
-        view
-    }
-
-    /// The account's id, priority and weight, as the table was built with (what
-    /// [`PublishedView::settings`] gives, without the status word's flag).
-    #[inline(always)]
-    pub fn identity(&self) -> (i64, i32, u32) {
-        (self.account_id, self.priority, self.weight)
-    }
-
-    /// The member's settings, as the table was built with.
-    #[inline]
-    pub fn settings(&self) -> MemberSettings {
-        MemberSettings {
-            account_id: self.account_id,
-            priority: self.priority,
-            weight: self.weight,
-            read_member: self.status.load(Ordering::Relaxed) & Status::READ_MEMBER != 0,
+impl ViewTable {
+    /// A table for members with these settings, in this order; no view holds yet.
+    pub fn new(settings: impl IntoIterator<Item = MemberSettings>) -> Self {
+        let (views, account_ids): (Vec<_>, Vec<_>) = settings
+            .into_iter()
+            .map(|settings| {
+                let view = PublishedView {
+                    until: AtomicI64::new(Until::NEVER),
+                    status: AtomicU64::new(
+                        u64::from(settings.priority as u32) << Status::PRIORITY_SHIFT
+                            | if settings.read_member {
+                                Status::READ_MEMBER
+                            } else {
+                                0
+                            },
+                    ),
+                    figures: AtomicU64::new(0),
+                    running: AtomicU32::new(0),
+                    weight: settings.weight,
+                };
+                (view, settings.account_id)
+            })
+            .unzip();
+        ViewTable {
+            blocked: views.iter().map(|_| AtomicU64::new(ELIGIBLE)).collect(),
+            views: views.into_boxed_slice(),
+            account_ids: account_ids.into_boxed_slice(),
         }
     }
 
+    /// What selection reads of every member, in order.
+    #[inline(always)]
+    pub fn views(&self) -> &[PublishedView] {
+        &self.views
+    }
+
+    pub fn len(&self) -> usize {
+        self.views.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+
+    /// The members' account ids, in order.
+    #[inline(always)]
+    pub fn account_ids(&self) -> &[AccountId] {
+        &self.account_ids
+    }
+
+    pub fn slot(&self, index: usize) -> Option<Slot<'_>> {
+        Some(Slot {
+            view: self.views.get(index)?,
+            account_id: *self.account_ids.get(index)?,
+            blocked: self.blocked.get(index)?,
+        })
+    }
+}
+
+impl PublishedView {
+    /// The member's weight, as the table was built with.
+    #[inline(always)]
+    pub fn weight(&self) -> u32 {
+        self.weight
+    }
+
     /// Requests running on the account, as counted in this table.
-    #[inline]
+    #[inline(always)]
     pub fn running(&self) -> u32 {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// The view's words, when it holds at `at` and was not being rewritten meanwhile (the
+    /// reader's side of the sequence lock). The word of blocked families is read only with
+    /// `blocked`: the fast path never needs it.
+    #[inline(always)]
+    fn read(&self, at: ReadTime, blocked: Option<&AtomicU64>) -> Option<Words> {
+        let before = self.until.load(Ordering::Acquire);
+        if !at.within(before) {
+            return None;
+        }
+        let status = self.status.load(Ordering::Relaxed);
+        let figures = self.figures.load(Ordering::Relaxed);
+        let blocked = blocked.map_or(ELIGIBLE, |word| word.load(Ordering::Relaxed));
+        fence(Ordering::Acquire);
+        let unchanged = self.until.load(Ordering::Relaxed) == before;
+        unchanged.then_some(Words {
+            status,
+            figures,
+            blocked,
+        })
+    }
+
+    /// The figures and the priority of an account that may take a request for `family` at
+    /// `at`, when the published view says so, holds at `at` and was not being rewritten
+    /// meanwhile, and the member's settings need nothing of the member itself; `None` for
+    /// anything else, which [`Slot::load_for`] then tells apart. The one read selection makes
+    /// of nearly every member, so it decides with as few steps as it can.
+    #[inline(always)]
+    pub fn eligible(&self, at: ReadTime, family: FamilyBit) -> Option<(EligibleFigures, i32)> {
+        let words = self.read(at, None)?;
+        // Eligible for the family, and no need to read the member itself.
+        let plain = words.status & (family.0 | Status::READ_MEMBER) == family.0;
+        plain.then(|| (words.figures(), words.priority()))
+    }
+}
+
+impl Slot<'_> {
+    /// The member's settings, as the table was built with.
+    pub fn settings(&self) -> MemberSettings {
+        let status = self.view.status.load(Ordering::Relaxed);
+        MemberSettings {
+            account_id: self.account_id,
+            priority: (status >> Status::PRIORITY_SHIFT) as u32 as i32,
+            weight: self.view.weight,
+            read_member: status & Status::READ_MEMBER != 0,
+        }
+    }
+
+    /// What selection reads of the member.
+    pub fn view(&self) -> &PublishedView {
+        self.view
+    }
+
+    /// Requests running on the account, as counted in this table.
+    pub fn running(&self) -> u32 {
+        self.view.running()
     }
 
     /// Counts a request as started (`true`) or ended on the account. The caller holds the
     /// account's lock, so that moving the count to a new table loses nothing.
     pub fn count_running(&self, started: bool) {
+        let running = &self.view.running;
         if started {
-            self.running.fetch_add(1, Ordering::Relaxed);
+            running.fetch_add(1, Ordering::Relaxed);
         } else {
             // Never below zero, whatever a caller gets wrong.
-            let _ = self
-                .running
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            let _ =
+                running.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         }
     }
 
     /// Carries the running count over from the table the account leaves (under its lock).
-    pub fn take_running_from(&self, old: &PublishedView) {
-        self.running.store(old.running(), Ordering::Relaxed);
+    pub fn take_running_from(&self, old: &Slot<'_>) {
+        self.view.running.store(old.running(), Ordering::Relaxed);
     }
 
     /// Publishes `view`. The caller holds the lock of the state it was taken from, so there is
-    /// one writer at a time.
+    /// one writer at a time. The view holds from now until `view.valid_until`: selection reads
+    /// it with its own clock, which may lag the writer's by a moment, and the newer state is
+    /// what it should see then too.
     pub fn store(&self, view: &SelectionView) {
         let mut eligible = 0u64;
         let mut blocked: Option<Eligibility> = None;
@@ -168,35 +311,31 @@ impl PublishedView {
                 blocked = Some(*eligibility);
             }
         }
-        // A view that holds at no time keeps an empty span.
-        let span = u64::try_from(view.valid_until.saturating_sub(view.valid_from))
-            .unwrap_or(0)
-            .min(Status::SPAN_MAX);
-        // Only the writer changes the status, and never this bit.
-        let read_member = self.status.load(Ordering::Relaxed) & Status::READ_MEMBER;
-        let status = read_member
+        let published = self.view;
+        // Only the writer changes the status, and never its settings.
+        let settings = published.status.load(Ordering::Relaxed) & Status::SETTINGS;
+        let status = settings
             | health_code(view.health)
             | eligible << Status::ELIGIBLE_SHIFT
             | if mixed { Status::MIXED } else { 0 }
-            | view.requests_in_window.min(Status::REQUESTS_MAX) << Status::REQUESTS_SHIFT
-            | span << Status::SPAN_SHIFT;
+            | view.requests_in_window.min(Status::REQUESTS_MAX) << Status::REQUESTS_SHIFT;
+        let figures = u64::from((view.success_ewma as f32).to_bits())
+            | u64::from((view.latency_ewma_ms as f32).to_bits()) << 32;
 
-        let sequence = self.sequence.load(Ordering::Relaxed);
-        self.sequence
-            .store(sequence.wrapping_add(1), Ordering::Relaxed);
+        let sequence = published.until.load(Ordering::Relaxed).wrapping_add(1) & Until::SEQUENCE;
+        published
+            .until
+            .store(Until::NEVER | sequence, Ordering::Relaxed);
         fence(Ordering::Release);
-        self.valid_from.store(view.valid_from, Ordering::Relaxed);
-        self.status.store(status, Ordering::Relaxed);
+        published.status.store(status, Ordering::Relaxed);
+        published.figures.store(figures, Ordering::Relaxed);
         self.blocked.store(
             blocked.map_or(ELIGIBLE, pack_eligibility),
             Ordering::Relaxed,
         );
-        self.success_ewma
-            .store(view.success_ewma.to_bits(), Ordering::Relaxed);
-        self.latency_ewma_ms
-            .store(view.latency_ewma_ms.to_bits(), Ordering::Relaxed);
-        self.sequence
-            .store(sequence.wrapping_add(2), Ordering::Release);
+        published
+            .until
+            .store(Until::word(view.valid_until, sequence), Ordering::Release);
     }
 
     /// Makes the published view hold at no time, for a change made without a clock at hand.
@@ -204,50 +343,10 @@ impl PublishedView {
         self.store(&SelectionView::STALE);
     }
 
-    /// The view's words, when it holds at `now` and was not being rewritten meanwhile (the
-    /// reader's side of the sequence lock). The word of blocked families is read only with
-    /// `BLOCKED`: the fast path never needs it.
-    #[inline(always)]
-    fn read<const BLOCKED: bool>(&self, now: UnixMillis) -> Option<Words> {
-        let before = self.sequence.load(Ordering::Acquire);
-        let valid_from = self.valid_from.load(Ordering::Relaxed);
-        let status = self.status.load(Ordering::Relaxed);
-        let blocked = match BLOCKED {
-            true => self.blocked.load(Ordering::Relaxed),
-            false => ELIGIBLE,
-        };
-        let success_ewma = self.success_ewma.load(Ordering::Relaxed);
-        let latency_ewma_ms = self.latency_ewma_ms.load(Ordering::Relaxed);
-        fence(Ordering::Acquire);
-        let unchanged = self.sequence.load(Ordering::Relaxed) == before && before & 1 == 0;
-        // `now - valid_from` below the span: both ends in one unsigned comparison.
-        let span = status >> Status::SPAN_SHIFT;
-        let holds = (now.wrapping_sub(valid_from) as u64) < span;
-        (unchanged & holds).then_some(Words {
-            status,
-            blocked,
-            success_ewma,
-            latency_ewma_ms,
-        })
-    }
-
-    /// The figures of an account that may take a request for `family` at `now`, when the
-    /// published view says so, holds at `now` and was not being rewritten meanwhile, and the
-    /// member's settings need nothing of the member itself; `None` for anything else, which
-    /// [`PublishedView::load_for`] then tells apart. The one read selection makes of nearly
-    /// every member, so it decides with as few steps as it can.
-    #[inline(always)]
-    pub fn eligible(&self, now: UnixMillis, family: FamilyBit) -> Option<EligibleFigures> {
-        let words = self.read::<false>(now)?;
-        // Eligible for the family, and no need to read the member itself.
-        let plain = words.status & (family.0 | Status::READ_MEMBER) == family.0;
-        plain.then(|| words.figures())
-    }
-
     /// What a request for `family` reads of the published view, when it holds at `now` and was
     /// not being rewritten meanwhile, and tells the eligibility of `family` on its own.
     pub fn load_for(&self, now: UnixMillis, family: ModelFamily) -> Option<FamilyView> {
-        let words = self.read::<true>(now)?;
+        let words = self.view.read(ReadTime::at(now), Some(self.blocked))?;
         let eligibility = if words.status & FamilyBit::of(family).0 != 0 {
             Eligibility::Eligible
         } else if words.status & Status::MIXED != 0 {
@@ -269,9 +368,8 @@ impl PublishedView {
 /// A view's words as one consistent read gave them.
 struct Words {
     status: u64,
+    figures: u64,
     blocked: u64,
-    success_ewma: u64,
-    latency_ewma_ms: u64,
 }
 
 impl Words {
@@ -280,9 +378,14 @@ impl Words {
         EligibleFigures {
             health: health_of(self.status & 3),
             requests_in_window: (self.status >> Status::REQUESTS_SHIFT) & Status::REQUESTS_MAX,
-            success_ewma: f64::from_bits(self.success_ewma),
-            latency_ewma_ms: f64::from_bits(self.latency_ewma_ms),
+            success_ewma: f64::from(f32::from_bits(self.figures as u32)),
+            latency_ewma_ms: f64::from(f32::from_bits((self.figures >> 32) as u32)),
         }
+    }
+
+    #[inline(always)]
+    fn priority(&self) -> i32 {
+        (self.status >> Status::PRIORITY_SHIFT) as u32 as i32
     }
 }
 
@@ -431,8 +534,12 @@ mod tests {
         read_member: true,
     };
 
-    fn published() -> PublishedView {
-        PublishedView::new(SETTINGS)
+    fn table(settings: MemberSettings) -> ViewTable {
+        ViewTable::new([settings])
+    }
+
+    fn slot(table: &ViewTable) -> Slot<'_> {
+        table.slot(0).expect("one member")
     }
 
     const ALL_FAMILIES: [ModelFamily; FAMILIES] = [
@@ -443,10 +550,10 @@ mod tests {
     ];
 
     /// What requests of every family read at `now`, or `None` if any of them reads nothing.
-    fn read_back(published: &PublishedView, now: i64) -> Option<Vec<FamilyView>> {
+    fn read_back(slot: Slot<'_>, now: i64) -> Option<Vec<FamilyView>> {
         ALL_FAMILIES
             .iter()
-            .map(|family| published.load_for(now, *family))
+            .map(|family| slot.load_for(now, *family))
             .collect()
     }
 
@@ -458,97 +565,112 @@ mod tests {
     }
 
     #[test]
-    fn a_member_and_its_view_share_one_cache_line() {
-        assert_eq!(std::mem::size_of::<PublishedView>(), 64);
-        assert_eq!(std::mem::align_of::<PublishedView>(), 64);
-        let published = published();
-        assert_eq!(published.settings(), SETTINGS);
-        published.store(&view(T0, T0 + 40));
+    fn what_selection_reads_of_a_member_is_half_a_cache_line() {
+        assert_eq!(std::mem::size_of::<PublishedView>(), 32);
+        assert_eq!(std::mem::align_of::<PublishedView>(), 32);
+        let table = table(SETTINGS);
+        assert_eq!(slot(&table).settings(), SETTINGS);
+        assert_eq!(table.account_ids(), [42]);
+        slot(&table).store(&view(T0, T0 + 40));
         assert_eq!(
-            published.settings(),
+            slot(&table).settings(),
             SETTINGS,
             "publishing leaves the settings"
         );
     }
 
     #[test]
-    fn a_view_reads_back_only_while_it_holds() {
-        let published = published();
-        assert_eq!(read_back(&published, T0), None, "nothing published yet");
+    fn a_view_reads_back_until_it_lapses() {
+        let table = table(SETTINGS);
+        let slot = slot(&table);
+        assert_eq!(read_back(slot, T0), None, "nothing published yet");
         let taken = view(T0, T0 + 40);
-        published.store(&taken);
-        assert_eq!(read_back(&published, T0), Some(families_of(&taken)));
-        assert_eq!(read_back(&published, T0 + 39), Some(families_of(&taken)));
-        assert_eq!(read_back(&published, T0 + 40), None);
-        assert_eq!(read_back(&published, T0 - 1), None, "the clock went back");
-        published.invalidate();
-        assert_eq!(read_back(&published, T0), None);
+        slot.store(&taken);
+        assert_eq!(read_back(slot, T0), Some(families_of(&taken)));
+        assert_eq!(read_back(slot, T0 + 39), Some(families_of(&taken)));
+        assert_eq!(read_back(slot, T0 + 40), None);
+        // A reader whose clock lags the writer's sees the newest state too.
+        assert_eq!(read_back(slot, T0 - 1), Some(families_of(&taken)));
+        slot.invalidate();
+        assert_eq!(read_back(slot, T0), None);
+        // Written again with the same time, it holds again.
+        slot.store(&taken);
+        assert_eq!(read_back(slot, T0), Some(families_of(&taken)));
     }
 
     #[test]
-    fn a_long_span_is_cut_short_and_huge_figures_are_capped() {
-        let published = published();
+    fn a_far_end_is_cut_short_and_huge_figures_are_capped() {
+        let table = table(SETTINGS);
+        let slot = slot(&table);
         let forever = SelectionView {
             requests_in_window: u64::MAX,
             ..view(T0, UnixMillis::MAX)
         };
-        published.store(&forever);
-        let read = published.load_for(T0 + 1_000, ModelFamily::Opus);
+        slot.store(&forever);
+        let read = slot.load_for(T0 + 1_000, ModelFamily::Opus);
         assert_eq!(
             read.map(|view| view.requests_in_window),
-            Some((1 << 31) - 1)
+            Some((1 << 24) - 1)
         );
-        // The span is capped, so the view holds for less than it could, never for longer.
-        let after_the_cap = T0 + Status::SPAN_MAX as i64;
-        assert_eq!(
-            published.load_for(after_the_cap - 1, ModelFamily::Opus),
-            read
-        );
-        assert_eq!(published.load_for(after_the_cap, ModelFamily::Opus), None);
+        // The end is capped, so the view holds for less than it could, never for longer.
+        let cap = Until::TIME_MAX;
+        assert_eq!(slot.load_for(cap - 1, ModelFamily::Opus), read);
+        assert_eq!(slot.load_for(cap, ModelFamily::Opus), None);
+        assert_eq!(slot.load_for(UnixMillis::MAX, ModelFamily::Opus), None);
+        // A view ending at or before 1970 holds at no time.
+        slot.store(&view(-10, 0));
+        assert_eq!(slot.load_for(-20, ModelFamily::Opus), None);
     }
 
     #[test]
     fn the_fast_read_takes_only_plain_eligible_members() {
-        let plain = PublishedView::new(MemberSettings {
+        let plain = table(MemberSettings {
             read_member: false,
             ..SETTINGS
         });
-        let limited = published();
+        let limited = table(SETTINGS);
         let taken = view(T0, T0 + 40);
-        for published in [&plain, &limited] {
-            published.store(&taken);
+        for table in [&plain, &limited] {
+            slot(table).store(&taken);
         }
         let opus = FamilyBit::of(ModelFamily::Opus);
         let sonnet = FamilyBit::of(ModelFamily::Sonnet);
-        let figures = plain.eligible(T0, opus);
+        let read =
+            |table: &ViewTable, now, family| table.views()[0].eligible(ReadTime::at(now), family);
         assert_eq!(
-            figures,
-            Some(EligibleFigures {
-                health: HealthStatus::Degraded,
-                requests_in_window: 123_456,
-                success_ewma: 0.625,
-                latency_ewma_ms: 812.25,
-            })
+            read(&plain, T0, opus),
+            Some((
+                EligibleFigures {
+                    health: HealthStatus::Degraded,
+                    requests_in_window: 123_456,
+                    success_ewma: 0.625,
+                    latency_ewma_ms: 812.25,
+                },
+                -3
+            ))
         );
-        assert_eq!(plain.eligible(T0, sonnet), None, "cooling down for sonnet");
-        assert_eq!(plain.eligible(T0 + 40, opus), None, "lapsed");
-        assert_eq!(limited.eligible(T0, opus), None, "the member must be read");
+        assert_eq!(read(&plain, T0, sonnet), None, "cooling down for sonnet");
+        assert_eq!(read(&plain, T0 + 40, opus), None, "lapsed");
+        assert_eq!(read(&limited, T0, opus), None, "the member must be read");
         assert!(
-            limited.settings().read_member,
+            slot(&limited).settings().read_member,
             "publishing keeps the setting"
         );
-        assert!(!plain.settings().read_member);
+        assert!(!slot(&plain).settings().read_member);
+        assert_eq!(plain.views()[0].weight(), 250);
     }
 
     #[test]
     fn the_running_count_moves_with_the_account_and_never_goes_below_zero() {
-        let old = published();
+        let old_table = table(SETTINGS);
+        let old = slot(&old_table);
         old.count_running(true);
         old.count_running(true);
         old.count_running(false);
         old.store(&view(T0, T0 + 40));
         assert_eq!(old.running(), 1, "publishing leaves the count");
-        let new = published();
+        let new_table = table(SETTINGS);
+        let new = slot(&new_table);
         new.take_running_from(&old);
         assert_eq!(new.running(), 1);
         new.count_running(false);
@@ -558,7 +680,8 @@ mod tests {
 
     #[test]
     fn families_blocked_for_different_reasons_are_read_under_the_lock() {
-        let published = published();
+        let table = table(SETTINGS);
+        let slot = slot(&table);
         let mixed = SelectionView {
             eligibility: [
                 Eligibility::Eligible,
@@ -571,8 +694,8 @@ mod tests {
             ],
             ..view(T0, T0 + 40)
         };
-        published.store(&mixed);
-        let read = |family| published.load_for(T0, family);
+        slot.store(&mixed);
+        let read = |family| slot.load_for(T0, family);
         assert_eq!(
             read(ModelFamily::Opus),
             Some(mixed.for_family(ModelFamily::Opus))
@@ -588,14 +711,14 @@ mod tests {
             }; FAMILIES],
             ..mixed
         };
-        published.store(&blocked);
-        assert_eq!(read_back(&published, T0), Some(families_of(&blocked)));
+        slot.store(&blocked);
+        assert_eq!(read_back(slot, T0), Some(families_of(&blocked)));
     }
 
     #[test]
     fn readers_never_see_half_a_view() {
-        // Two views whose every word differs; a reader racing the writer gets one of them
-        // whole, or nothing.
+        // Two views whose every word but the time they hold until differs: a reader racing
+        // the writer gets one of them whole, or nothing.
         let first = view(T0, T0 + 1_000);
         let second = SelectionView {
             eligibility: [Eligibility::BreakerOpen { until: T0 + 7 }; FAMILIES],
@@ -603,20 +726,21 @@ mod tests {
             requests_in_window: 7,
             success_ewma: 0.125,
             latency_ewma_ms: 3.5,
-            ..view(T0 - 10, T0 + 2_000)
+            ..view(T0 - 10, T0 + 1_000)
         };
-        let published = published();
-        published.store(&first);
+        let table = table(SETTINGS);
+        let slot = slot(&table);
+        slot.store(&first);
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 for round in 0..200_000 {
-                    published.store(if round % 2 == 0 { &second } else { &first });
+                    slot.store(if round % 2 == 0 { &second } else { &first });
                 }
             });
             let mut seen = 0;
             for round in 0..200_000 {
                 let family = ALL_FAMILIES[round % FAMILIES];
-                if let Some(read) = published.load_for(T0, family) {
+                if let Some(read) = slot.load_for(T0, family) {
                     let whole = [first.for_family(family), second.for_family(family)];
                     assert!(whole.contains(&read), "torn read: {read:?}");
                     seen += 1;
