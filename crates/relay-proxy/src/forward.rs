@@ -32,7 +32,7 @@ use relay_core::model::{Account, Usage};
 use relay_core::model::{ModelFamily, Platform};
 use relay_core::sse::{FirstEvent, SseUsageParser};
 use relay_core::state::{Eligibility, StateEvent};
-use relay_core::strategy::{Candidate, Screen, SelectionContext};
+use relay_core::strategy::{Candidate, CandidateFeed, ScreenStep, SelectionContext, Survey};
 use relay_core::UnixMillis;
 use relay_store::UsageRow;
 use serde::Serialize;
@@ -357,15 +357,15 @@ impl CandidateSink for Written<'_> {
     }
 }
 
-/// The candidates offered to a strategy's screen as they are read; only their members are
-/// kept, to map the screen's picks back.
-struct Screened<'a> {
-    screen: Screen,
+/// The candidates offered to a strategy's screen (its `step`) as they are read; only their
+/// members are kept, to map the screen's picks back.
+struct Screened<'a, S> {
+    step: &'a mut S,
     members: &'a mut [u32],
     filled: usize,
 }
 
-impl CandidateSink for Screened<'_> {
+impl<S: ScreenStep> CandidateSink for Screened<'_, S> {
     #[inline(always)]
     fn take(&mut self, member: usize, candidate: Candidate) -> bool {
         let Some(slot) = self.members.get_mut(self.filled) else {
@@ -374,7 +374,39 @@ impl CandidateSink for Screened<'_> {
         // A group never holds 2³² members.
         *slot = member as u32;
         self.filled += 1;
-        self.screen.offer(&candidate);
+        self.step.offer(&candidate);
+        true
+    }
+}
+
+/// A group's read loop as a screen's feed: the screen runs it once with its own step.
+struct ScreenFeed<'a, 'g> {
+    group: &'g GroupRuntime,
+    request: (Option<&'g str>, ModelFamily, UnixMillis),
+    members: &'a mut [u32],
+    filled: usize,
+    skipped: Option<Skipped>,
+}
+
+impl CandidateFeed for ScreenFeed<'_, '_> {
+    fn feed(&mut self, step: &mut impl ScreenStep) {
+        let mut sink = Screened {
+            step,
+            members: &mut *self.members,
+            filled: 0,
+        };
+        self.skipped = Some(read_candidates_for(self.group, self.request, &mut sink));
+        self.filled = sink.filled;
+    }
+}
+
+/// The candidates surveyed for a screen that ranks by figures of the whole group.
+struct SurveySink(Survey);
+
+impl CandidateSink for SurveySink {
+    #[inline(always)]
+    fn take(&mut self, _member: usize, candidate: Candidate) -> bool {
+        self.0.offer(&candidate);
         true
     }
 }
@@ -506,18 +538,49 @@ fn plan_with(
     let screen = (count >= SCREENED_FROM).then(|| group.strategy.screen(limit));
     match screen.flatten() {
         // The strategy ranks candidates as they are read: none is written out.
-        Some(screen) => with_slots(&MEMBERS, count, 0, |members| {
-            let mut sink = Screened {
-                screen,
+        Some(mut screen) => with_slots(&MEMBERS, count, 0, |members| {
+            let mut cursor = cursor;
+            if screen.needs_survey() {
+                // A first read of the table for the group's figures (the members are read
+                // twice: still less than writing every candidate out and reading it back).
+                let mut survey = SurveySink(Survey::default());
+                read_candidates_for(group, request, &mut survey);
+                let taken = match survey.0.count() {
+                    0 => cursor.unwrap_or(0),
+                    _ => cursor.unwrap_or_else(|| {
+                        group
+                            .cursor
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    }),
+                };
+                cursor = Some(taken);
+                let mut rng = rand::thread_rng();
+                let mut context = SelectionContext {
+                    now: request.2,
+                    rng: &mut rng,
+                    cursor: taken,
+                };
+                screen.begin(&survey.0, &mut context);
+            }
+            let mut feed = ScreenFeed {
+                group,
+                request,
                 members,
                 filled: 0,
+                skipped: None,
             };
-            let skipped = read_candidates_for(group, request, &mut sink);
-            let Screened {
-                screen,
+            screen.offer_all(&mut feed);
+            let ScreenFeed {
                 members,
                 filled,
-            } = sink;
+                skipped,
+                ..
+            } = feed;
+            // Every screen runs its feed once.
+            let skipped = skipped.unwrap_or(Skipped {
+                earliest_return: None,
+                all_rate_limited: true,
+            });
             let members = &members[..filled];
             let rank = |context: &mut SelectionContext<'_>| screen.finish(context);
             let ranked = Ranked {
@@ -1710,7 +1773,7 @@ mod tests {
 
     #[test]
     fn a_screened_plan_names_the_accounts_a_written_out_one_names() {
-        for name in ["priority_first", "least_used"] {
+        for name in ["priority_first", "least_used", "round_robin", "hybrid"] {
             let builtin = StrategyRegistry::with_builtin();
             let mut strategies = StrategyRegistry::with_builtin();
             strategies.register(Arc::new(WholeList(builtin.get(name).unwrap())));
@@ -1771,6 +1834,45 @@ mod tests {
     }
 
     /// A priority_first group (see [`source`]) whose accounts in `cooling` had a 429.
+    #[test]
+    fn a_surveyed_plan_ranks_a_large_group_by_its_cost() {
+        // smart_load_balance over a group large enough to be screened: one account answers
+        // far faster than the others, some are disabled, one has no latency yet (it borrows
+        // the group's mean). The cheapest account is the first or the spare of every plan,
+        // whichever two accounts the random picks compare.
+        const COUNT: i64 = SCREENED_FROM as i64 + 40;
+        let group = rebuild(
+            &Registry::default(),
+            source("smart_load_balance", COUNT, &[2, 7, 300]),
+        );
+        for member in &group.members {
+            let latency_ms = match member.id {
+                77 => 5.0,
+                _ => 500.0 + member.id as f64,
+            };
+            if member.id != 9 {
+                member.runtime.update_state(NOW, |state| {
+                    state.record_outcome(
+                        NOW,
+                        OutcomeClass::Success,
+                        latency_ms,
+                        ModelFamily::Sonnet,
+                        None,
+                    )
+                });
+            }
+        }
+        for _ in 0..50 {
+            let plan = plan(&group, None, ModelFamily::Sonnet, None, NOW + 10, 2);
+            let ids: Vec<i64> = plan.ordered.iter().map(|m| group.members[*m].id).collect();
+            assert_eq!(plan.eligible, COUNT as usize - 3);
+            assert_eq!(ids.len(), 2);
+            assert_ne!(ids[0], ids[1]);
+            assert!(ids.contains(&77), "{ids:?}");
+            assert!(ids.iter().all(|id| ![2, 7, 300].contains(id)), "{ids:?}");
+        }
+    }
+
     fn group_with_gaps(count: i64, disabled: &[i64], cooling: &[i64]) -> Arc<GroupRuntime> {
         let registry = Registry::default();
         let group = rebuild(&registry, source("priority_first", count, disabled));
