@@ -457,6 +457,13 @@ impl<O: CandidateOrder> StreamingRank<O> {
     fn offer(&mut self, candidate: &Candidate) {
         let index = self.offered;
         self.offered += 1;
+        self.offer_at(candidate, index);
+    }
+
+    /// Offers the candidate at `index`, counted among the offered already. Out of order, a
+    /// key equal to a kept one would not go after the smaller index: keys must be distinct.
+    #[inline(always)]
+    fn offer_at(&mut self, candidate: &Candidate, index: usize) {
         match self.bar {
             // Until `take` candidates are kept, every one is kept.
             None => {
@@ -485,13 +492,14 @@ impl<O: CandidateOrder> StreamingRank<O> {
 /// ([`SelectionStrategy::screen`]): a candidate that cannot beat the worst one kept costs its
 /// screening figure and one comparison, and nothing is kept of it.
 ///
-/// A strategy whose order depends on figures of the whole group (hybrid's largest weight and
-/// usage, smart_load_balance's count and mean latency) asks for a [`Survey`] first
-/// ([`Screen::needs_survey`]): the same candidates offered once before, in the same order,
-/// then given to [`Screen::begin`].
+/// hybrid, whose order depends on the group's largest weight and usage, asks for a
+/// [`Survey`] first ([`Screen::needs_survey`]): the same candidates offered once before, in
+/// the same order, then given to [`Screen::begin`]. smart_load_balance screens the candidates
+/// with a known latency as they come and the others once the group's mean latency is known,
+/// and reads its two random picks again when it finishes.
 ///
-/// Candidates are offered in increasing account id order, as a group's table holds them:
-/// round_robin's screen takes that order as its ring.
+/// Candidates are offered in increasing account id order, as a group's table holds them
+/// (round_robin's screen takes that order as its ring), and no two share an account id.
 pub struct Screen {
     kind: ScreenKind,
     limit: usize,
@@ -508,13 +516,79 @@ enum ScreenKind {
     },
     /// Ranks once the survey gave the group's largest weight and usage.
     Hybrid(Surveyed<HybridNormaliser>),
-    /// Ranks by cost once the survey gave the group's mean latency; the two random picks are
-    /// drawn at the survey and their keys taken as they are offered.
-    SmartLoadBalance {
-        rank: Surveyed<LoadOrder<'static>>,
-        picks: Option<[usize; 2]>,
-        pick_keys: [Option<<LoadOrder<'static> as CandidateOrder>::Key>; 2],
-    },
+    SmartLoadBalance(LoadScreen),
+}
+
+/// smart_load_balance's screen: the candidates with a known latency ranked by cost as they
+/// come, the others kept until the group's mean known latency is (their keys, with distinct
+/// account ids, are distinct, so the order they are offered in does not matter).
+struct LoadScreen {
+    rank: StreamingRank<LoadOrder<'static>>,
+    /// The candidates without a known latency, by index.
+    unknown: Vec<(usize, Candidate)>,
+    known_latency_sum: f64,
+    known_latency_count: u32,
+}
+
+impl ScreenStep for LoadScreen {
+    #[inline(always)]
+    fn offer(&mut self, candidate: &Candidate) {
+        match candidate.known_latency_ms() {
+            Some(latency_ms) => {
+                // Summed in index order, as `LoadOrder` sums them.
+                self.known_latency_sum += latency_ms;
+                self.known_latency_count += 1;
+                self.rank.offer(candidate);
+            }
+            None => {
+                self.unknown.push((self.rank.offered, candidate.clone()));
+                self.rank.offered += 1;
+            }
+        }
+    }
+}
+
+impl LoadScreen {
+    /// The picks, best first, once every candidate was offered; `reread` gives candidate
+    /// `index` again (the two random picks).
+    fn finish(
+        mut self,
+        limit: usize,
+        ctx: &mut SelectionContext<'_>,
+        reread: impl Fn(usize) -> Option<Candidate>,
+    ) -> Vec<usize> {
+        let mean = if self.known_latency_count == 0 {
+            1.0
+        } else {
+            self.known_latency_sum / f64::from(self.known_latency_count)
+        };
+        self.rank.order.latency_when_unknown_ms.set(Some(mean));
+        for (index, candidate) in std::mem::take(&mut self.unknown) {
+            self.rank.offer_at(&candidate, index);
+        }
+        let mut ranked = self.rank.ranked();
+        if limit == 0 {
+            return ranked;
+        }
+        let Some([first, second]) = SmartLoadBalance::picks(self.rank.offered, ctx) else {
+            return ranked;
+        };
+        let key = |index: usize| reread(index).map(|c| self.rank.order.full_key(&c));
+        let winner = match (key(first), key(second)) {
+            (Some(first_key), Some(second_key)) => Some(SmartLoadBalance::better(
+                first, first_key, second, second_key,
+            )),
+            // A pick that may no longer take the request (its state changed since it was
+            // read) leaves the other.
+            (Some(_), None) => Some(first),
+            (None, Some(_)) => Some(second),
+            (None, None) => None,
+        };
+        if let Some(winner) = winner.filter(|_| !ranked.is_empty()) {
+            place_first(&mut ranked, winner);
+        }
+        ranked
+    }
 }
 
 /// The candidates for a [`Screen`], in order: a caller's read loop, which gives each
@@ -548,25 +622,6 @@ impl ScreenStep for Counting<'_> {
     #[inline(always)]
     fn offer(&mut self, _candidate: &Candidate) {
         *self.0 += 1;
-    }
-}
-
-/// smart_load_balance's step: the ranking by cost, and the keys of the two picks.
-struct Picking<'a> {
-    rank: &'a mut StreamingRank<LoadOrder<'static>>,
-    picks: [usize; 2],
-    pick_keys: &'a mut [Option<<LoadOrder<'static> as CandidateOrder>::Key>; 2],
-}
-
-impl ScreenStep for Picking<'_> {
-    #[inline(always)]
-    fn offer(&mut self, candidate: &Candidate) {
-        let index = self.rank.offered;
-        if index == self.picks[0] || index == self.picks[1] {
-            let key = Some(self.rank.order.full_key(candidate));
-            self.pick_keys[usize::from(index == self.picks[1])] = key;
-        }
-        self.rank.offer(candidate);
     }
 }
 
@@ -612,16 +667,13 @@ impl<O: CandidateOrder> Surveyed<O> {
     }
 }
 
-/// What a screen of group-wide figures must know before candidates are offered: the
-/// candidates offered to [`Survey::offer`] once, in the order they will be offered to the
-/// screen.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// What hybrid's screen must know before candidates are offered: the group's largest weight
+/// and usage, over the candidates offered to [`Survey::offer`] once before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Survey {
     count: usize,
     max_weight: u32,
     max_requests: u64,
-    known_latency_sum: f64,
-    known_latency_count: u32,
 }
 
 impl Survey {
@@ -630,24 +682,11 @@ impl Survey {
         self.count += 1;
         self.max_weight = self.max_weight.max(candidate.weight);
         self.max_requests = self.max_requests.max(candidate.requests_in_window);
-        if let Some(latency_ms) = candidate.known_latency_ms() {
-            self.known_latency_sum += latency_ms;
-            self.known_latency_count += 1;
-        }
     }
 
     /// How many candidates were offered.
     pub fn count(&self) -> usize {
         self.count
-    }
-
-    /// smart_load_balance's stand-in for an unknown latency, as `LoadOrder` works it out.
-    fn mean_known_latency_ms(&self) -> f64 {
-        if self.known_latency_count == 0 {
-            1.0
-        } else {
-            self.known_latency_sum / f64::from(self.known_latency_count)
-        }
     }
 }
 
@@ -672,25 +711,16 @@ impl Screen {
     /// Whether the candidates must be surveyed, and the survey given to [`Screen::begin`],
     /// before they are offered.
     pub fn needs_survey(&self) -> bool {
-        matches!(
-            self.kind,
-            ScreenKind::Hybrid(_) | ScreenKind::SmartLoadBalance { .. }
-        )
+        matches!(self.kind, ScreenKind::Hybrid(_))
     }
 
-    /// Takes the survey of the candidates about to be offered, drawing from `ctx` what the
-    /// strategy's `rank` draws before it ranks.
-    pub fn begin(&mut self, survey: &Survey, ctx: &mut SelectionContext<'_>) {
-        match &mut self.kind {
-            ScreenKind::Hybrid(rank) => rank.begin(HybridNormaliser::new(
+    /// Takes the survey of the candidates about to be offered.
+    pub fn begin(&mut self, survey: &Survey) {
+        if let ScreenKind::Hybrid(rank) = &mut self.kind {
+            rank.begin(HybridNormaliser::new(
                 survey.max_weight,
                 survey.max_requests,
-            )),
-            ScreenKind::SmartLoadBalance { rank, picks, .. } => {
-                rank.begin(LoadOrder::with_mean(survey.mean_known_latency_ms()));
-                *picks = SmartLoadBalance::picks(survey.count, ctx);
-            }
-            _ => {}
+            ));
         }
     }
 
@@ -711,16 +741,7 @@ impl Screen {
             ScreenKind::Hybrid(rank) => {
                 feed.feed(rank.ranking(|| HybridNormaliser::new(u32::MAX, u64::MAX)));
             }
-            ScreenKind::SmartLoadBalance {
-                rank,
-                picks,
-                pick_keys,
-            } => feed.feed(&mut Picking {
-                rank: rank.ranking(|| LoadOrder::with_mean(1.0)),
-                // Out of range (never offered) without picks.
-                picks: picks.unwrap_or([usize::MAX; 2]),
-                pick_keys,
-            }),
+            ScreenKind::SmartLoadBalance(screen) => feed.feed(screen),
         }
     }
 
@@ -732,13 +753,18 @@ impl Screen {
             ScreenKind::Adaptive(rank) => rank.offered,
             ScreenKind::RoundRobin { offered } => *offered,
             ScreenKind::Hybrid(rank) => rank.offered(),
-            ScreenKind::SmartLoadBalance { rank, .. } => rank.offered(),
+            ScreenKind::SmartLoadBalance(screen) => screen.rank.offered,
         }
     }
 
     /// The indices (in offer order) of the picks, best first: what `rank` returns for the
-    /// candidates offered, drawing from `ctx` what it would draw.
-    pub fn finish(self, ctx: &mut SelectionContext<'_>) -> Vec<usize> {
+    /// candidates offered, drawing from `ctx` what it would draw. `reread` gives a candidate
+    /// again by index, as it is now (smart_load_balance's random picks).
+    pub fn finish(
+        self,
+        ctx: &mut SelectionContext<'_>,
+        reread: impl Fn(usize) -> Option<Candidate>,
+    ) -> Vec<usize> {
         match self.kind {
             ScreenKind::PriorityFirst(rank) => rank.ranked(),
             ScreenKind::LeastUsed(rank) => rank.ranked(),
@@ -759,27 +785,7 @@ impl Screen {
                 (start..offered).chain(0..start).take(take).collect()
             }
             ScreenKind::Hybrid(rank) => rank.ranked(),
-            ScreenKind::SmartLoadBalance {
-                rank,
-                picks,
-                pick_keys,
-            } => {
-                let mut ranked = rank.ranked();
-                let winner = match (picks, pick_keys) {
-                    (Some([first, second]), [Some(first_key), Some(second_key)]) => Some(
-                        SmartLoadBalance::better(first, first_key, second, second_key),
-                    ),
-                    // Fewer candidates offered than surveyed (their views changed between
-                    // the two reads): a pick that was offered still goes first.
-                    (Some([first, _]), [Some(_), None]) => Some(first),
-                    (Some([_, second]), [None, Some(_)]) => Some(second),
-                    _ => None,
-                };
-                if let Some(winner) = winner.filter(|_| !ranked.is_empty()) {
-                    place_first(&mut ranked, winner);
-                }
-                ranked
-            }
+            ScreenKind::SmartLoadBalance(screen) => screen.finish(self.limit, ctx, reread),
         }
     }
 }
@@ -1670,12 +1676,12 @@ impl<'a> LoadOrder<'a> {
 }
 
 impl LoadOrder<'static> {
-    /// The order for candidates offered one at a time, whose mean known latency a survey
-    /// already gave.
-    fn with_mean(latency_when_unknown_ms: f64) -> Self {
+    /// The order for candidates offered one at a time: only those with a known latency
+    /// until the mean is set (with no candidates, it would be 1 ms).
+    fn waiting_for_mean() -> Self {
         LoadOrder {
             candidates: &[],
-            latency_when_unknown_ms: Cell::new(Some(latency_when_unknown_ms)),
+            latency_when_unknown_ms: Cell::new(None),
         }
     }
 }
@@ -1774,10 +1780,13 @@ impl SelectionStrategy for SmartLoadBalance {
     }
 
     fn screen(&self, limit: usize) -> Option<Screen> {
-        Screen::for_limit(limit, |take| ScreenKind::SmartLoadBalance {
-            rank: Surveyed::Waiting { take },
-            picks: None,
-            pick_keys: [None, None],
+        Screen::for_limit(limit, |take| {
+            ScreenKind::SmartLoadBalance(LoadScreen {
+                rank: StreamingRank::new(LoadOrder::waiting_for_mean(), take),
+                unknown: Vec::new(),
+                known_latency_sum: 0.0,
+                known_latency_count: 0,
+            })
         })
     }
 }
@@ -2401,13 +2410,13 @@ mod tests {
                 survey.offer(candidate);
             }
             assert_eq!(survey.count(), candidates.len());
-            screen.begin(&survey, &mut ctx);
+            screen.begin(&survey);
         }
         for candidate in candidates {
             screen.offer(candidate);
         }
         assert_eq!(screen.offered(), candidates.len());
-        Some(screen.finish(&mut ctx))
+        Some(screen.finish(&mut ctx, |index| candidates.get(index).cloned()))
     }
 
     #[test]
@@ -2433,7 +2442,7 @@ mod tests {
             .filter(|strategy| strategy.screen(2).is_some_and(|s| s.needs_survey()))
             .map(|strategy| strategy.name().to_owned())
             .collect();
-        assert_eq!(surveying, ["hybrid", "smart_load_balance"]);
+        assert_eq!(surveying, ["hybrid"]);
         for strategy in builtin() {
             assert!(strategy.screen(0).is_none(), "{}", strategy.name());
             assert!(strategy.screen(STREAMING_TOP_K_MAX + 1).is_none());

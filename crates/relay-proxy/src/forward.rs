@@ -48,7 +48,7 @@ use crate::oauth::{self, OAuthError};
 use crate::registry::{lock, AccountRuntime, GroupRuntime, Member};
 use crate::state::RelayState;
 use crate::upstream::{client_headers, upstream_headers, upstream_uri};
-use crate::view::{EligibleFigures, FamilyBit, ReadTime, Slot};
+use crate::view::{EligibleFigures, FamilyBit, PublishedView, ReadTime, Slot};
 
 /// How much of an error answer is read to classify it.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -428,20 +428,7 @@ fn read_candidates<const READS_IN_FLIGHT: bool>(
     let table = &*group.views;
     let members = table.views().iter().zip(table.account_ids());
     for (index, (published, &account_id)) in members.enumerate() {
-        let candidate = |(figures, priority, in_flight, max_concurrency): MemberFigures| {
-            Candidate {
-                account_id,
-                priority,
-                weight: published.weight(),
-                // Eligible, so not disabled: the health tracker alone says the status.
-                health: figures.health,
-                requests_in_window: figures.requests_in_window,
-                in_flight,
-                success_ewma: figures.success_ewma,
-                latency_ewma_ms: figures.latency_ewma_ms,
-                max_concurrency,
-            }
-        };
+        let candidate = |figures| candidate_of(published, account_id, figures);
         // Nearly every member: its settings need nothing of the member itself, and its
         // published view says it may take the request.
         if let Some((figures, priority)) = published.eligible(at, family_bit) {
@@ -465,6 +452,59 @@ fn read_candidates<const READS_IN_FLIGHT: bool>(
         }
     }
     skipped
+}
+
+#[inline(always)]
+fn candidate_of(
+    published: &PublishedView,
+    account_id: relay_core::model::AccountId,
+    (figures, priority, in_flight, max_concurrency): MemberFigures,
+) -> Candidate {
+    Candidate {
+        account_id,
+        priority,
+        weight: published.weight(),
+        // Eligible, so not disabled: the health tracker alone says the status.
+        health: figures.health,
+        requests_in_window: figures.requests_in_window,
+        in_flight,
+        success_ewma: figures.success_ewma,
+        latency_ewma_ms: figures.latency_ewma_ms,
+        max_concurrency,
+    }
+}
+
+/// Member `index` read again as `read_candidates` reads it: a candidate, or `None` when it
+/// may not take the request now.
+fn read_again(
+    group: &GroupRuntime,
+    request: (Option<&str>, ModelFamily, UnixMillis),
+    index: usize,
+) -> Option<Candidate> {
+    let (_, family, now) = request;
+    let table = &*group.views;
+    let published = table.views().get(index)?;
+    let account_id = *table.account_ids().get(index)?;
+    let reads_in_flight = group.strategy.reads_in_flight();
+    let figures = match published.eligible(ReadTime::at(now), FamilyBit::of(family)) {
+        Some((figures, priority)) => {
+            let in_flight = if reads_in_flight {
+                published.running()
+            } else {
+                0
+            };
+            (figures, priority, in_flight, None)
+        }
+        None => {
+            let mut skipped = Skipped {
+                earliest_return: None,
+                all_rate_limited: true,
+            };
+            let (slot, member) = (table.slot(index)?, group.members.get(index)?);
+            read_member_the_long_way(slot, member, request, reads_in_flight, &mut skipped)?
+        }
+    };
+    Some(candidate_of(published, account_id, figures))
 }
 
 /// `read_candidates` with the running count read or not, as the strategy needs it (the
@@ -539,28 +579,12 @@ fn plan_with(
     match screen.flatten() {
         // The strategy ranks candidates as they are read: none is written out.
         Some(mut screen) => with_slots(&MEMBERS, count, 0, |members| {
-            let mut cursor = cursor;
             if screen.needs_survey() {
                 // A first read of the table for the group's figures (the members are read
                 // twice: still less than writing every candidate out and reading it back).
                 let mut survey = SurveySink(Survey::default());
                 read_candidates_for(group, request, &mut survey);
-                let taken = match survey.0.count() {
-                    0 => cursor.unwrap_or(0),
-                    _ => cursor.unwrap_or_else(|| {
-                        group
-                            .cursor
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    }),
-                };
-                cursor = Some(taken);
-                let mut rng = rand::thread_rng();
-                let mut context = SelectionContext {
-                    now: request.2,
-                    rng: &mut rng,
-                    cursor: taken,
-                };
-                screen.begin(&survey.0, &mut context);
+                screen.begin(&survey.0);
             }
             let mut feed = ScreenFeed {
                 group,
@@ -582,7 +606,12 @@ fn plan_with(
                 all_rate_limited: true,
             });
             let members = &members[..filled];
-            let rank = |context: &mut SelectionContext<'_>| screen.finish(context);
+            let rank = |context: &mut SelectionContext<'_>| {
+                screen.finish(context, |candidate| {
+                    let member = *members.get(candidate)?;
+                    read_again(group, request, member as usize)
+                })
+            };
             let ranked = Ranked {
                 eligible: filled,
                 member_of_candidate: |candidate: usize| {
