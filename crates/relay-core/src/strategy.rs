@@ -594,7 +594,10 @@ impl LoadScreen {
 /// The candidates for a [`Screen`], in order: a caller's read loop, which gives each
 /// candidate to the screen's step.
 pub trait CandidateFeed {
-    fn feed(&mut self, step: &mut impl ScreenStep);
+    /// Runs the loop with `step`, and gives it back. The loop owns the step meanwhile: as a
+    /// local of the loop, its counters can live in registers, where behind a reference every
+    /// atomic read of the loop would make them go through memory.
+    fn feed<S: ScreenStep>(&mut self, step: S) -> S;
 }
 
 /// One kind of screen's work for one candidate (see [`Screen::offer_all`]).
@@ -603,8 +606,11 @@ pub trait ScreenStep {
 }
 
 impl<'a, I: Iterator<Item = &'a Candidate>> CandidateFeed for I {
-    fn feed(&mut self, step: &mut impl ScreenStep) {
-        self.for_each(|candidate| step.offer(candidate));
+    fn feed<S: ScreenStep>(&mut self, mut step: S) -> S {
+        for candidate in self.by_ref() {
+            step.offer(candidate);
+        }
+        step
     }
 }
 
@@ -616,12 +622,12 @@ impl<O: CandidateOrder> ScreenStep for StreamingRank<O> {
 }
 
 /// round_robin's step: a count.
-struct Counting<'a>(&'a mut usize);
+struct Counting(usize);
 
-impl ScreenStep for Counting<'_> {
+impl ScreenStep for Counting {
     #[inline(always)]
     fn offer(&mut self, _candidate: &Candidate) {
-        *self.0 += 1;
+        self.0 += 1;
     }
 }
 
@@ -640,15 +646,10 @@ impl<O: CandidateOrder> Surveyed<O> {
 
     /// The ranking, begun with `order` if the survey was left out (a caller's mistake that
     /// still ranks every candidate offered, if not as the whole list would be).
-    #[inline(always)]
-    fn ranking(&mut self, order: impl FnOnce() -> O) -> &mut StreamingRank<O> {
-        if let Surveyed::Waiting { .. } = self {
-            self.begin(order());
-        }
+    fn into_ranking(self, order: impl FnOnce() -> O) -> StreamingRank<O> {
         match self {
+            Surveyed::Waiting { take } => StreamingRank::new(order(), take),
             Surveyed::Ranking(rank) => rank,
-            // Begun just above.
-            Surveyed::Waiting { .. } => unreachable!("a waiting ranking was begun"),
         }
     }
 
@@ -733,16 +734,20 @@ impl Screen {
     /// screen's own step, so that a large group's loop decides the kind once, not once per
     /// candidate.
     pub fn offer_all(&mut self, feed: &mut impl CandidateFeed) {
-        match &mut self.kind {
-            ScreenKind::PriorityFirst(rank) => feed.feed(rank),
-            ScreenKind::LeastUsed(rank) => feed.feed(rank),
-            ScreenKind::Adaptive(rank) => feed.feed(rank),
-            ScreenKind::RoundRobin { offered } => feed.feed(&mut Counting(offered)),
+        let kind = std::mem::replace(&mut self.kind, ScreenKind::RoundRobin { offered: 0 });
+        self.kind = match kind {
+            ScreenKind::PriorityFirst(rank) => ScreenKind::PriorityFirst(feed.feed(rank)),
+            ScreenKind::LeastUsed(rank) => ScreenKind::LeastUsed(feed.feed(rank)),
+            ScreenKind::Adaptive(rank) => ScreenKind::Adaptive(feed.feed(rank)),
+            ScreenKind::RoundRobin { offered } => ScreenKind::RoundRobin {
+                offered: feed.feed(Counting(offered)).0,
+            },
             ScreenKind::Hybrid(rank) => {
-                feed.feed(rank.ranking(|| HybridNormaliser::new(u32::MAX, u64::MAX)));
+                let rank = rank.into_ranking(|| HybridNormaliser::new(u32::MAX, u64::MAX));
+                ScreenKind::Hybrid(Surveyed::Ranking(feed.feed(rank)))
             }
-            ScreenKind::SmartLoadBalance(screen) => feed.feed(screen),
-        }
+            ScreenKind::SmartLoadBalance(screen) => ScreenKind::SmartLoadBalance(feed.feed(screen)),
+        };
     }
 
     /// How many candidates were offered.

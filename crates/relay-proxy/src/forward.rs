@@ -360,7 +360,7 @@ impl CandidateSink for Written<'_> {
 /// The candidates offered to a strategy's screen (its `step`) as they are read; only their
 /// members are kept, to map the screen's picks back.
 struct Screened<'a, S> {
-    step: &'a mut S,
+    step: S,
     members: &'a mut [u32],
     filled: usize,
 }
@@ -389,14 +389,17 @@ struct ScreenFeed<'a, 'g> {
 }
 
 impl CandidateFeed for ScreenFeed<'_, '_> {
-    fn feed(&mut self, step: &mut impl ScreenStep) {
-        let mut sink = Screened {
+    #[inline(always)]
+    fn feed<S: ScreenStep>(&mut self, step: S) -> S {
+        let sink = Screened {
             step,
             members: &mut *self.members,
             filled: 0,
         };
-        self.skipped = Some(read_candidates_for(self.group, self.request, &mut sink));
+        let (sink, skipped) = read_candidates_for(self.group, self.request, sink);
+        self.skipped = Some(skipped);
         self.filled = sink.filled;
+        sink.step
     }
 }
 
@@ -412,12 +415,15 @@ impl CandidateSink for SurveySink {
 }
 
 /// Reads the members that may take the request into `sink`, in the members' order, and
-/// returns what it learnt of the others.
-fn read_candidates<const READS_IN_FLIGHT: bool>(
+/// returns it with what it learnt of the others. The sink is the loop's own meanwhile: its
+/// counters can then live in registers, where behind a reference every atomic read of the
+/// loop would make them go through memory.
+#[inline(always)]
+fn read_candidates<const READS_IN_FLIGHT: bool, S: CandidateSink>(
     group: &GroupRuntime,
     request: (Option<&str>, ModelFamily, UnixMillis),
-    sink: &mut impl CandidateSink,
-) -> Skipped {
+    mut sink: S,
+) -> (S, Skipped) {
     let (_, family, now) = request;
     let mut skipped = Skipped {
         earliest_return: None,
@@ -451,7 +457,7 @@ fn read_candidates<const READS_IN_FLIGHT: bool>(
             }
         }
     }
-    skipped
+    (sink, skipped)
 }
 
 #[inline(always)]
@@ -510,14 +516,15 @@ fn read_again(
 /// `read_candidates` with the running count read or not, as the strategy needs it (the
 /// loop is written twice so that neither carries the other's test: it is the whole cost of
 /// selection in a large group).
-fn read_candidates_for(
+#[inline(always)]
+fn read_candidates_for<S: CandidateSink>(
     group: &GroupRuntime,
     request: (Option<&str>, ModelFamily, UnixMillis),
-    sink: &mut impl CandidateSink,
-) -> Skipped {
+    sink: S,
+) -> (S, Skipped) {
     match group.strategy.reads_in_flight() {
-        true => read_candidates::<true>(group, request, sink),
-        false => read_candidates::<false>(group, request, sink),
+        true => read_candidates::<true, S>(group, request, sink),
+        false => read_candidates::<false, S>(group, request, sink),
     }
 }
 
@@ -582,8 +589,8 @@ fn plan_with(
             if screen.needs_survey() {
                 // A first read of the table for the group's figures (the members are read
                 // twice: still less than writing every candidate out and reading it back).
-                let mut survey = SurveySink(Survey::default());
-                read_candidates_for(group, request, &mut survey);
+                let (survey, _) =
+                    read_candidates_for(group, request, SurveySink(Survey::default()));
                 screen.begin(&survey.0);
             }
             let mut feed = ScreenFeed {
@@ -630,8 +637,7 @@ fn plan_with(
             )
         }),
         None => with_slots(&CANDIDATES, count, Candidate::new(0, 0, 0), |slots| {
-            let mut sink = Written { slots, filled: 0 };
-            let skipped = read_candidates_for(group, request, &mut sink);
+            let (sink, skipped) = read_candidates_for(group, request, Written { slots, filled: 0 });
             let candidates = &sink.slots[..sink.filled];
             let rank = |context: &mut SelectionContext<'_>| {
                 group.strategy.rank(candidates, context, limit)
