@@ -224,35 +224,23 @@ fn reset_candidates(
     now: UnixMillis,
 ) -> Vec<ResetCandidate> {
     let mut candidates = Vec::new();
-    for (remaining_header, reset_header) in OPENAI_LIMITS {
-        let Some(after) = header_text(headers, reset_header).and_then(parse_go_duration_millis)
-        else {
-            continue;
-        };
-        let exhausted = header_text(headers, remaining_header)
-            .and_then(|text| text.parse::<f64>().ok())
-            .map(|remaining| remaining <= 0.0);
-        candidates.push(ResetCandidate {
-            header: reset_header,
-            at: now.saturating_add(after),
-            exhausted,
-            scope: CooldownScope::Family(model_family),
-        });
-    }
-    for (remaining_header, reset_header) in FAMILY_LIMITS {
-        let Some(at) = header_text(headers, reset_header).and_then(parse_reset_time) else {
-            continue;
-        };
-        let exhausted = header_text(headers, remaining_header)
-            .and_then(|text| text.parse::<f64>().ok())
-            .map(|remaining| remaining <= 0.0);
-        candidates.push(ResetCandidate {
-            header: reset_header,
-            at,
-            exhausted,
-            scope: CooldownScope::Family(model_family),
-        });
-    }
+    let family = CooldownScope::Family(model_family);
+    let openai_reset =
+        |text: &str| parse_go_duration_millis(text).map(|after| now.saturating_add(after));
+    push_remaining_limits(
+        &mut candidates,
+        headers,
+        &OPENAI_LIMITS,
+        openai_reset,
+        family,
+    );
+    push_remaining_limits(
+        &mut candidates,
+        headers,
+        &FAMILY_LIMITS,
+        parse_reset_time,
+        family,
+    );
     let unified_scope = unified_scope(headers);
     for (status_header, reset_header) in UNIFIED_LIMITS {
         let Some(at) = header_text(headers, reset_header).and_then(parse_reset_time) else {
@@ -267,6 +255,31 @@ fn reset_candidates(
         });
     }
     candidates
+}
+
+/// A candidate for each `(remaining, reset)` pair of headers whose reset `reset_at` reads:
+/// exhausted when the remaining count is at or below zero, unknown without one.
+fn push_remaining_limits(
+    candidates: &mut Vec<ResetCandidate>,
+    headers: &HeaderMap,
+    limits: &[(&'static str, &'static str)],
+    reset_at: impl Fn(&str) -> Option<UnixMillis>,
+    scope: CooldownScope,
+) {
+    for (remaining_header, reset_header) in limits {
+        let Some(at) = header_text(headers, reset_header).and_then(&reset_at) else {
+            continue;
+        };
+        let exhausted = header_text(headers, remaining_header)
+            .and_then(|text| text.parse::<f64>().ok())
+            .map(|remaining| remaining <= 0.0);
+        candidates.push(ResetCandidate {
+            header: reset_header,
+            at,
+            exhausted,
+            scope,
+        });
+    }
 }
 
 /// Unified limits cool the whole account unless the binding window is a model family's own.
