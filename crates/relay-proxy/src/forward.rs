@@ -267,6 +267,12 @@ struct Skipped {
 }
 
 impl Skipped {
+    /// Nothing learnt yet.
+    const NONE: Skipped = Skipped {
+        earliest_return: None,
+        all_rate_limited: true,
+    };
+
     fn note(&mut self, until: Option<UnixMillis>, rate_limited: bool) {
         self.all_rate_limited &= rate_limited;
         if let Some(until) = until {
@@ -425,10 +431,7 @@ fn read_candidates<const READS_IN_FLIGHT: bool, S: CandidateSink>(
     mut sink: S,
 ) -> (S, Skipped) {
     let (_, family, now) = request;
-    let mut skipped = Skipped {
-        earliest_return: None,
-        all_rate_limited: true,
-    };
+    let mut skipped = Skipped::NONE;
     let family_bit = FamilyBit::of(family);
     let at = ReadTime::at(now);
     let table = &*group.views;
@@ -502,10 +505,7 @@ fn read_again(
             (figures, priority, in_flight, None)
         }
         None => {
-            let mut skipped = Skipped {
-                earliest_return: None,
-                all_rate_limited: true,
-            };
+            let mut skipped = Skipped::NONE;
             let (slot, member) = (table.slot(index)?, group.members.get(index)?);
             read_member_the_long_way(slot, member, request, reads_in_flight, &mut skipped)?
         }
@@ -608,10 +608,7 @@ fn plan_with(
                 ..
             } = feed;
             // Every screen runs its feed once.
-            let skipped = skipped.unwrap_or(Skipped {
-                earliest_return: None,
-                all_rate_limited: true,
-            });
+            let skipped = skipped.unwrap_or(Skipped::NONE);
             let members = &members[..filled];
             let rank = |context: &mut SelectionContext<'_>| {
                 screen.finish(context, |candidate| {
