@@ -183,14 +183,6 @@ impl ViewTable {
         &self.views
     }
 
-    pub fn len(&self) -> usize {
-        self.views.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.views.is_empty()
-    }
-
     /// The members' account ids, in order.
     #[inline(always)]
     pub fn account_ids(&self) -> &[AccountId] {
@@ -264,11 +256,6 @@ impl Slot<'_> {
             weight: self.view.weight,
             read_member: status & Status::READ_MEMBER != 0,
         }
-    }
-
-    /// What selection reads of the member.
-    pub fn view(&self) -> &PublishedView {
-        self.view
     }
 
     /// Requests running on the account, as counted in this table.
