@@ -1518,7 +1518,7 @@ async fn send_once(
             }
             return AttemptOutcome::PassThrough(plain_response(
                 status,
-                &upstream_headers_map,
+                upstream_headers_map,
                 error_body,
             ));
         }
@@ -1635,7 +1635,7 @@ async fn send_once(
         UsageReader::None
     };
 
-    let mut headers = client_headers(&upstream_headers_map);
+    let mut headers = client_headers(upstream_headers_map);
     if events_from_json {
         headers.insert(
             http::header::CONTENT_TYPE,
@@ -1712,7 +1712,7 @@ fn json_response(status: StatusCode, body: Bytes) -> Response {
     response
 }
 
-fn plain_response(status: StatusCode, upstream: &HeaderMap, body: Bytes) -> Response {
+fn plain_response(status: StatusCode, upstream: HeaderMap, body: Bytes) -> Response {
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     *response.headers_mut() = client_headers(upstream);

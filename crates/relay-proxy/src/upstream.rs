@@ -24,16 +24,16 @@ const REQUEST_HEADERS_NOT_FORWARDED: [&str; 13] = [
     "authorization",
 ];
 
-const RESPONSE_HEADERS_NOT_FORWARDED: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
+const RESPONSE_HEADERS_NOT_FORWARDED: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::CONTENT_LENGTH,
 ];
 
 /// `base_url` + `path` + `?query`. `base_url` is written like `ANTHROPIC_BASE_URL`.
@@ -51,10 +51,13 @@ pub fn upstream_url(base_url: &str, path: &str, query: Option<&str>) -> String {
 
 /// [`upstream_url`] as the client's URI; the error says which account setting is at fault.
 pub fn upstream_uri(base_url: &str, path: &str, query: Option<&str>) -> Result<http::Uri, String> {
-    let url = upstream_url(base_url, path, query);
-    url.parse().map_err(|error| {
-        format!("the account's base_url does not make a valid URL ({url}): {error}")
-    })
+    // The URL's own bytes become the URI's: parsing a `&str` would copy them first.
+    http::Uri::from_maybe_shared(bytes::Bytes::from(upstream_url(base_url, path, query))).map_err(
+        |error| {
+            let url = upstream_url(base_url, path, query);
+            format!("the account's base_url does not make a valid URL ({url}): {error}")
+        },
+    )
 }
 
 fn listed_in_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
@@ -134,16 +137,23 @@ pub fn merge_beta(headers: &mut HeaderMap, flag: &str) {
 }
 
 /// The upstream answer's headers as they go back to the client.
-pub fn client_headers(upstream: &HeaderMap) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(upstream.len());
-    let has_connection = upstream.contains_key(header::CONNECTION);
-    for (name, value) in upstream {
-        if RESPONSE_HEADERS_NOT_FORWARDED.contains(&name.as_str())
-            || (has_connection && listed_in_connection(upstream, name))
-        {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
+pub fn client_headers(mut headers: HeaderMap) -> HeaderMap {
+    // Stripped in place: the answer's map is the client's, without a copy of every header.
+    // Names listed in `Connection` are read before `Connection` itself goes.
+    let listed: Vec<HeaderName> = if headers.contains_key(header::CONNECTION) {
+        headers
+            .keys()
+            .filter(|name| listed_in_connection(&headers, name))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for name in &RESPONSE_HEADERS_NOT_FORWARDED {
+        headers.remove(name);
+    }
+    for name in &listed {
+        headers.remove(name);
     }
     headers
 }
@@ -184,10 +194,12 @@ mod tests {
         let mut answer = HeaderMap::new();
         answer.insert("request-id", HeaderValue::from_static("req_1"));
         answer.insert("x-hop", HeaderValue::from_static("1"));
-        assert!(client_headers(&answer).contains_key("x-hop"));
+        assert!(client_headers(answer.clone()).contains_key("x-hop"));
         answer.insert("connection", HeaderValue::from_static("x-hop"));
-        let back = client_headers(&answer);
+        answer.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        let back = client_headers(answer);
         assert!(!back.contains_key("x-hop") && !back.contains_key("connection"));
+        assert!(!back.contains_key("transfer-encoding"));
         assert_eq!(back["request-id"], "req_1");
     }
 
