@@ -1,6 +1,7 @@
 //! The `claude-code-relay` process: configuration, wiring of the planes, the server's
 //! lifecycle (graceful shutdown, usage flush) and the background tasks.
 
+pub mod alloc;
 pub mod app;
 mod balance;
 pub mod config;

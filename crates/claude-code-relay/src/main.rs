@@ -12,9 +12,10 @@ use relay_proxy::clock::SystemClock;
 
 /// mimalloc instead of the system allocator: the request path allocates and frees many small
 /// buffers on every worker thread, where glibc's allocator took about a tenth of the relay's
-/// CPU under load (BENCHMARKS.md).
+/// CPU under load (BENCHMARKS.md). Plain blocks where the alignment allows (`alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: claude_code_relay::alloc::RelayAllocator =
+    claude_code_relay::alloc::RelayAllocator;
 
 #[derive(Debug, Parser)]
 #[command(
