@@ -42,9 +42,15 @@ HAVE_NGINX=0
 if command -v nginx >/dev/null; then
   sed -e "s#__WORK__#$WORK#g" -e "s#__MOCK_PORT__#$MOCK#" -e "s#__SLOW_PORT__#$SLOW#" \
       -e "s#__NGINX_PORT__#$NGINX#" -e "s#__NGINX_SLOW_PORT__#$NGINX_SLOW#" bench/nginx.conf >"$WORK/nginx.conf"
-  nginx -c "$WORK/nginx.conf" -p "$WORK" && HAVE_NGINX=1
+  # In the foreground of its own (`daemon off`), as a child of this script like the relay and
+  # the mock: a daemon would start a session of its own, and with the kernel's autogroup
+  # scheduling (on by default) the CPU is then shared between sessions before threads, which
+  # caps nginx at a half of the machine while wrk and the mock share the other half.
+  nginx -c "$WORK/nginx.conf" -p "$WORK" & PIDS+=($!)
+  HAVE_NGINX=1
 fi
 for port in $MOCK $SLOW $LONG $RELAY; do wait_port $port; done
+# Every process measured shares this script's session, hence one scheduling autogroup.
 [ $HAVE_NGINX = 1 ] && wait_port $NGINX
 
 admin() { curl -sf "http://127.0.0.1:$RELAY/api/v1/admin/$1" -H "Authorization: Bearer $ADMIN_TOKEN" -d "$2"; }
@@ -104,6 +110,12 @@ measure() {
     "$(python3 -c "print($p99/1000)")" "$cpu" "$errors" "$requests" | tee -a "$RESULTS"
 }
 
+# A warm-up for each target (connections, caches, the relay's first SQLite pages), not counted.
+for url in "http://127.0.0.1:$MOCK" "http://127.0.0.1:$RELAY"; do
+  BENCH_KEY=$FAST_KEY BENCH_STREAM=0 wrk -t2 -c64 -d2s -s bench/post.lua "$url/v1/messages" >/dev/null
+done
+[ $HAVE_NGINX = 1 ] && BENCH_STREAM=0 wrk -t2 -c64 -d2s -s bench/post.lua "http://127.0.0.1:$NGINX/v1/messages" >/dev/null
+
 echo "== throughput and latency (wrk, ${DUR}s each)"
 for shape in "non-stream c=1:0:1" "non-stream c=64:0:64" "stream c=1:1:1" "stream c=64:1:64"; do
   IFS=: read -r label stream conc <<<"$shape"
@@ -118,6 +130,40 @@ for shape in "stream 50ms/chunk c=1:1:1" "stream 50ms/chunk c=64:1:64"; do
   measure "$label" relay "http://127.0.0.1:$RELAY" "$SLOW_KEY" "$stream" "$conc" $RELAY_PID
 done
 echo "relay peak RSS after the load: $(( $(hwm_kb $RELAY_PID) / 1024 )) MiB"
+
+# One 10-s measurement per target at c=1 puts each p99 at the mercy of whatever else the
+# machine did in those seconds. Short rounds alternating the targets see the same moments:
+# the added latency is taken per round, then its median over the rounds.
+ROUNDS=${BENCH_LATENCY_ROUNDS:-5} ROUND_SECONDS=${BENCH_ROUND_SECONDS:-4}
+echo "== added latency at concurrency 1, non-stream: $ROUNDS rounds of ${ROUND_SECONDS}s per target, alternated"
+LATENCY="$WORK/latency.tsv"
+: >"$LATENCY"
+c1() {  # target url key -> appends "round target p50_us p99_us"
+  local line
+  line=$(BENCH_KEY=$3 BENCH_STREAM=0 wrk -t1 -c1 -d"${ROUND_SECONDS}s" -s bench/post.lua "$2/v1/messages" | grep '^RESULT')
+  printf '%s\t%s\t%s\t%s\n' "$round" "$1" "$(echo "$line" | sed 's/.*p50_us=\([0-9]*\).*/\1/')" \
+    "$(echo "$line" | sed 's/.*p99_us=\([0-9]*\).*/\1/')" >>"$LATENCY"
+}
+for round in $(seq 1 "$ROUNDS"); do
+  c1 direct "http://127.0.0.1:$MOCK" x
+  [ $HAVE_NGINX = 1 ] && c1 nginx "http://127.0.0.1:$NGINX" x
+  c1 relay "http://127.0.0.1:$RELAY" "$FAST_KEY"
+done
+python3 - "$LATENCY" <<'PY'
+import statistics, sys
+rounds = {}
+for line in open(sys.argv[1]):
+    round_, target, p50, p99 = line.split()
+    rounds.setdefault(round_, {})[target] = (int(p50) / 1000, int(p99) / 1000)
+for round_, targets in rounds.items():
+    print(f"round {round_}: " + ", ".join(f"{t} p50 {v[0]:.3f} p99 {v[1]:.3f} ms" for t, v in targets.items()))
+for target in ("nginx", "relay"):
+    over = [(t[target][0] - t["direct"][0], t[target][1] - t["direct"][1]) for t in rounds.values() if target in t]
+    if over:
+        print(f"{target} over direct, median of the rounds: p50 {statistics.median(o[0] for o in over):+.3f} ms, "
+              f"p99 {statistics.median(o[1] for o in over):+.3f} ms "
+              f"(per round p99: {', '.join(f'{o[1]:+.3f}' for o in over)})")
+PY
 
 echo "== time to first byte and first text delta (concurrency 1)"
 echo "direct: $("$PROBE" --url "http://127.0.0.1:$MOCK" ttfb --requests 2000 | tr '\n' ' ')"
