@@ -176,6 +176,55 @@ async fn unknown_route_is_a_404_envelope() {
     assert_error(response, 404, "not_found_error").await;
 }
 
+/// `POST /v1/messages` is recognised before the router; its neighbours still get the router's
+/// answers, and the same handler serves the route under `/claude-code`.
+#[tokio::test]
+async fn the_messages_route_and_its_neighbours() {
+    let h = Harness::start().await;
+    let (_, _, key) = h.simple_setup().await;
+    let response = h.client.get(h.url("/v1/messages")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    let response = h
+        .client
+        .post(h.url("/v1/messages/"))
+        .header("x-api-key", &key)
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 404, "not_found_error").await;
+    assert_eq!(h.mock.total_count(), 0);
+    for path in [
+        "/v1/messages",
+        "/v1/messages?beta=true",
+        "/claude-code/v1/messages",
+    ] {
+        let response = h
+            .client
+            .post(h.url(path))
+            .header("x-api-key", &key)
+            .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        assert!(
+            response.headers().contains_key("x-relay-request-id"),
+            "{path}"
+        );
+    }
+    assert_eq!(h.mock.total_count(), 3);
+    let response = h
+        .client
+        .post(h.url("/v1/messages"))
+        .body("{not json")
+        .header("x-api-key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 400, "invalid_request_error").await;
+}
+
 #[tokio::test]
 async fn admin_token_is_required_and_a_relay_key_is_not_one() {
     let h = Harness::start().await;
