@@ -24,7 +24,7 @@ const REQUEST_HEADERS_NOT_FORWARDED: [&str; 13] = [
     "authorization",
 ];
 
-const RESPONSE_HEADERS_NOT_FORWARDED: [HeaderName; 9] = [
+static RESPONSE_HEADERS_NOT_FORWARDED: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
