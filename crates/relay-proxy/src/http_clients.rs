@@ -104,6 +104,28 @@ impl HttpClients {
         }
     }
 
+    /// Closes the idle connections of every client that are past their idle timeout (run
+    /// periodically: see `probe::run_probe_loop`). Answers how many idle connections are
+    /// left.
+    pub fn close_expired(&self, now: Instant) -> usize {
+        let direct: Vec<UpstreamClient> = lock(&self.direct).iter().flatten().cloned().collect();
+        let proxied: Vec<UpstreamClient> = lock(&self.by_proxy)
+            .values()
+            .flatten()
+            .flatten()
+            .cloned()
+            .collect();
+        direct
+            .iter()
+            .chain(&proxied)
+            .map(|client| {
+                let mut pool = lock(&client.pool);
+                pool.close_expired(now);
+                pool.idle_count()
+            })
+            .sum()
+    }
+
     /// The client for an account: direct, or through its HTTP/HTTPS/SOCKS5 proxy.
     pub fn client_for(&self, proxy_url: Option<&str>) -> Result<UpstreamClient, ClientError> {
         let slot = WORKER.with(|worker| worker.get());
@@ -225,6 +247,23 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// Drops every origin's idle connections that are closed or idle for [`IDLE_TIMEOUT`]:
+    /// `checkin` and `checkout` only look at the origin they serve, so an origin that gets no
+    /// more requests would keep its connections (and their buffers) as long as the upstream
+    /// does.
+    fn close_expired(&mut self, now: Instant) {
+        for origin in &mut self.origins {
+            origin.idle.retain(|connection| {
+                !connection.sender.is_closed()
+                    && now.saturating_duration_since(connection.since) < IDLE_TIMEOUT
+            });
+        }
+    }
+
+    fn idle_count(&self) -> usize {
+        self.origins.iter().map(|origin| origin.idle.len()).sum()
     }
 
     fn checkin(&mut self, origin: usize, sender: SendRequest<UpstreamBody>, now: Instant) {

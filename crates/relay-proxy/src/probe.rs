@@ -181,6 +181,7 @@ pub async fn run_probe_loop(state: Arc<RelayState>, shutdown: CancellationToken)
             probe_round(&state).await;
         }
         lock(&state.metrics).prune(state.now());
+        state.clients.close_expired(tokio::time::Instant::now());
         if let Err(error) = state.save_account_states().await {
             tracing::warn!(%error, "could not save account states");
         }

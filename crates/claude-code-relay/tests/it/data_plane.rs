@@ -362,3 +362,25 @@ async fn upstream_connections_are_reused_and_replaced_once_closed() {
     }
     assert_eq!(h.mock.connections_accepted(), 3);
 }
+
+/// Upstream connections left idle past their timeout are closed by the periodic sweep even
+/// when their origin gets no more requests; the next request opens a new one.
+#[tokio::test]
+async fn idle_upstream_connections_past_their_timeout_are_closed() {
+    let h = Harness::start().await;
+    let (_, _, key) = h.simple_setup().await;
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(h.messages(&key, body.clone()).await.status(), 200);
+    let clients = &h.relay.as_ref().unwrap().state.clients;
+    let now = tokio::time::Instant::now();
+    assert_eq!(clients.close_expired(now), 1, "the connection is pooled");
+    assert_eq!(
+        clients.close_expired(now + std::time::Duration::from_secs(91)),
+        0,
+        "past the idle timeout it is closed"
+    );
+    let response = h.messages(&key, body).await;
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    assert_eq!(clients.close_expired(tokio::time::Instant::now()), 1);
+}
