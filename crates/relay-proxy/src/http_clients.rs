@@ -108,22 +108,21 @@ impl HttpClients {
     /// periodically: see `probe::run_probe_loop`). Answers how many idle connections are
     /// left.
     pub fn close_expired(&self, now: Instant) -> usize {
-        let direct: Vec<UpstreamClient> = lock(&self.direct).iter().flatten().cloned().collect();
-        let proxied: Vec<UpstreamClient> = lock(&self.by_proxy)
+        // A pool's lock is never held while these two are taken, so taking it under them
+        // cannot deadlock.
+        let sweep = |client: &UpstreamClient| {
+            let mut pool = lock(&client.pool);
+            pool.close_expired(now);
+            pool.idle_count()
+        };
+        let direct: usize = lock(&self.direct).iter().flatten().map(sweep).sum();
+        let proxied: usize = lock(&self.by_proxy)
             .values()
             .flatten()
             .flatten()
-            .cloned()
-            .collect();
-        direct
-            .iter()
-            .chain(&proxied)
-            .map(|client| {
-                let mut pool = lock(&client.pool);
-                pool.close_expired(now);
-                pool.idle_count()
-            })
-            .sum()
+            .map(sweep)
+            .sum();
+        direct + proxied
     }
 
     /// The client for an account: direct, or through its HTTP/HTTPS/SOCKS5 proxy.
@@ -209,6 +208,13 @@ struct IdleConnection {
     since: Instant,
 }
 
+impl IdleConnection {
+    /// Still open, and idle for less than [`IDLE_TIMEOUT`].
+    fn usable(&self, now: Instant) -> bool {
+        !self.sender.is_closed() && now.saturating_duration_since(self.since) < IDLE_TIMEOUT
+    }
+}
+
 impl Pool {
     /// The index of the origin, added on first use.
     fn origin(&mut self, scheme: &Scheme, authority: &Authority) -> Result<usize, SendError> {
@@ -240,9 +246,7 @@ impl Pool {
     fn checkout(&mut self, origin: usize, now: Instant) -> Option<SendRequest<UpstreamBody>> {
         let idle = &mut self.origins.get_mut(origin)?.idle;
         while let Some(connection) = idle.pop_back() {
-            if !connection.sender.is_closed()
-                && now.saturating_duration_since(connection.since) < IDLE_TIMEOUT
-            {
+            if connection.usable(now) {
                 return Some(connection.sender);
             }
         }
@@ -255,10 +259,7 @@ impl Pool {
     /// does.
     fn close_expired(&mut self, now: Instant) {
         for origin in &mut self.origins {
-            origin.idle.retain(|connection| {
-                !connection.sender.is_closed()
-                    && now.saturating_duration_since(connection.since) < IDLE_TIMEOUT
-            });
+            origin.idle.retain(|connection| connection.usable(now));
         }
     }
 
@@ -271,9 +272,8 @@ impl Pool {
             return;
         };
         let idle = &mut origin.idle;
-        while idle.front().is_some_and(|oldest| {
-            now.saturating_duration_since(oldest.since) >= IDLE_TIMEOUT || oldest.sender.is_closed()
-        }) || idle.len() >= MAX_IDLE_PER_ORIGIN
+        while idle.front().is_some_and(|oldest| !oldest.usable(now))
+            || idle.len() >= MAX_IDLE_PER_ORIGIN
         {
             idle.pop_front();
         }
