@@ -14,8 +14,7 @@ use relay_core::model::{AccountId, ApiKeyId, GroupId};
 use relay_core::UnixMillis;
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyArguments, AnyRow};
-use sqlx::query::Query;
-use sqlx::Any;
+use sqlx::Arguments as _;
 
 use crate::error::StoreError;
 use crate::store::SqlStore;
@@ -180,30 +179,29 @@ fn insert_chunk_sizes(total: usize) -> impl Iterator<Item = usize> {
     )
 }
 
-/// Binds one row's values in `USAGE_COLUMNS` order, as `bind_values` binds them (the same
+/// Adds one row's values in `USAGE_COLUMNS` order, as `bind_values` binds them (the same
 /// types, `NULL` for what is absent) but borrowing the row's text instead of copying it.
-fn bind_usage_row<'q>(
-    query: Query<'q, Any, AnyArguments<'q>>,
+fn add_usage_row<'q>(
+    arguments: &mut AnyArguments<'q>,
     row: &'q UsageRow,
-) -> Query<'q, Any, AnyArguments<'q>> {
-    query
-        .bind(row.request_id.as_str())
-        .bind(i64::from(row.attempt))
-        .bind(row.api_key_id)
-        .bind(row.group_id)
-        .bind(row.account_id)
-        .bind(row.model.as_str())
-        .bind(i32::from(row.stream))
-        .bind(row.status.map(i32::from))
-        .bind(row.class.as_str())
-        .bind(big_int_from_u64(row.input_tokens))
-        .bind(big_int_from_u64(row.output_tokens))
-        .bind(big_int_from_u64(row.cache_read_input_tokens))
-        .bind(big_int_from_u64(row.cache_creation_input_tokens))
-        .bind(row.cost_usd)
-        .bind(big_int_from_u64(row.duration_ms))
-        .bind(row.ttfb_ms.map(big_int_from_u64))
-        .bind(row.created_at)
+) -> Result<(), sqlx::error::BoxDynError> {
+    arguments.add(row.request_id.as_str())?;
+    arguments.add(i64::from(row.attempt))?;
+    arguments.add(row.api_key_id)?;
+    arguments.add(row.group_id)?;
+    arguments.add(row.account_id)?;
+    arguments.add(row.model.as_str())?;
+    arguments.add(i32::from(row.stream))?;
+    arguments.add(row.status.map(i32::from))?;
+    arguments.add(row.class.as_str())?;
+    arguments.add(big_int_from_u64(row.input_tokens))?;
+    arguments.add(big_int_from_u64(row.output_tokens))?;
+    arguments.add(big_int_from_u64(row.cache_read_input_tokens))?;
+    arguments.add(big_int_from_u64(row.cache_creation_input_tokens))?;
+    arguments.add(row.cost_usd)?;
+    arguments.add(big_int_from_u64(row.duration_ms))?;
+    arguments.add(row.ttfb_ms.map(big_int_from_u64))?;
+    arguments.add(row.created_at)
 }
 
 /// Whether binding `row` binds a `NULL` (see `Dialect::caches_statements_with_nulls`).
@@ -356,15 +354,18 @@ impl UsageStore for SqlStore {
             let (chunk, after) = rest.split_at(size);
             rest = after;
             let insert_sql = insert_sql_for(chunk.len());
-            let mut query = sqlx::query(&insert_sql);
+            // Sized up front: bound one by one, the values' list grows (and is copied) a dozen
+            // times on the way to a hundred rows.
+            let mut arguments = AnyArguments::default();
+            arguments.reserve(chunk.len() * USAGE_COLUMNS.len(), 0);
+            for row in chunk {
+                add_usage_row(&mut arguments, row).map_err(sqlx::Error::Encode)?;
+            }
+            let mut query = sqlx::query_with(&insert_sql, arguments);
             if !self.dialect().caches_statements_with_nulls() && chunk.iter().any(has_null) {
                 query = query.persistent(false);
             }
-            chunk
-                .iter()
-                .fold(query, bind_usage_row)
-                .execute(&mut *transaction)
-                .await?;
+            query.execute(&mut *transaction).await?;
         }
         for (table, increments) in [
             ("relay_accounts", &per_account),
