@@ -24,6 +24,11 @@ const REQUEST_HEADERS_NOT_FORWARDED: [&str; 13] = [
     "authorization",
 ];
 
+/// Built from static text: inserting a name given as a string allocates a copy of any name
+/// the `http` crate does not know (such as these) on every call.
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+
 static RESPONSE_HEADERS_NOT_FORWARDED: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -88,8 +93,11 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account, secret: &str) -> 
         }
         headers.append(name.clone(), value.clone());
     }
-    if !openai && !headers.contains_key("anthropic-version") {
-        headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    if !openai && !headers.contains_key(&ANTHROPIC_VERSION) {
+        headers.insert(
+            ANTHROPIC_VERSION.clone(),
+            HeaderValue::from_static("2023-06-01"),
+        );
     }
     match account.platform {
         Platform::Openai => {
@@ -105,7 +113,7 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account, secret: &str) -> 
         }
         Platform::ClaudeConsole => {
             if let Ok(value) = HeaderValue::from_str(secret) {
-                headers.insert("x-api-key", value);
+                headers.insert(X_API_KEY.clone(), value);
             }
         }
     }
