@@ -1382,7 +1382,8 @@ async fn attempt_once(
         }) = &outcome
         {
             // The token may have been revoked early: refresh once and retry the same account.
-            return match oauth::refresh(state, runtime, Some(&secret)).await {
+            // Boxed, like the refresh in `account_secret`: rare, and large.
+            return match Box::pin(oauth::refresh(state, runtime, Some(&secret))).await {
                 Ok(fresh) => {
                     send_once(state, runtime, request, config, deadline, &fresh, None).await
                 }

@@ -49,7 +49,9 @@ pub async fn account_secret(
             if oauth.expires_at - margin > state.now() {
                 Ok(oauth.access_token)
             } else {
-                refresh(state, account, None).await
+                // Boxed: a refresh (an HTTP exchange with the token endpoint) needs a future
+                // of ~6.5 KB, which every attempt's would otherwise carry and copy.
+                Box::pin(refresh(state, account, None)).await
             }
         }
     }
