@@ -944,7 +944,10 @@ pub async fn forward(
         let in_flight = runtime.start_request();
         // Boxed: the attempt's future (the upstream call, its timeout) is the largest part of
         // the request's, and every layer above would otherwise carry and move it.
-        let outcome = Box::pin(attempt_once(state, runtime, &request, &config, deadline)).await;
+        let outcome = Box::pin(attempt_once(
+            state, runtime, &account, &request, &config, deadline,
+        ))
+        .await;
         let duration_ms = elapsed_ms(attempt_started);
         let now = state.now();
         // The outcome is recorded below, which settles a half-open trial either way.
@@ -1347,20 +1350,20 @@ struct CommittedAnswer {
 async fn attempt_once(
     state: &Arc<RelayState>,
     runtime: &Arc<AccountRuntime>,
+    account: &Account,
     request: &ForwardRequest,
     config: &FallbackConfig,
     deadline: tokio::time::Instant,
 ) -> AttemptOutcome {
-    let account = runtime.account();
     let secret = match oauth::account_secret(state, runtime).await {
         Ok(secret) => secret,
         Err(error) => return oauth_failure(error),
     };
-    let mut outcome = send_once(state, runtime, request, config, deadline, &secret, None).await;
+    let mut outcome = send_once(state, account, request, config, deadline, &secret, None).await;
     if let AttemptOutcome::OverOutputLimit { limit, .. } = outcome {
         outcome = match send_once(
             state,
-            runtime,
+            account,
             request,
             config,
             deadline,
@@ -1385,7 +1388,7 @@ async fn attempt_once(
             // Boxed, like the refresh in `account_secret`: rare, and large.
             return match Box::pin(oauth::refresh(state, runtime, Some(&secret))).await {
                 Ok(fresh) => {
-                    send_once(state, runtime, request, config, deadline, &fresh, None).await
+                    send_once(state, account, request, config, deadline, &fresh, None).await
                 }
                 Err(error) => oauth_failure(error),
             };
@@ -1407,16 +1410,17 @@ fn oauth_failure(error: OAuthError) -> AttemptOutcome {
     })
 }
 
+/// One request to `account`'s upstream. The account is the attempt's copy of it (read
+/// once per attempt: each read of an account that may be replaced costs atomic operations).
 async fn send_once(
     state: &Arc<RelayState>,
-    runtime: &Arc<AccountRuntime>,
+    account: &Account,
     request: &ForwardRequest,
     config: &FallbackConfig,
     deadline: tokio::time::Instant,
     secret: &str,
     max_tokens_cap: Option<u64>,
 ) -> AttemptOutcome {
-    let account = runtime.account();
     let client = match state.clients.client_for(account.proxy_url.as_deref()) {
         Ok(client) => client,
         Err(error) => return AttemptOutcome::Failed(AttemptFailure::network(error.to_string())),
@@ -1475,7 +1479,7 @@ async fn send_once(
         Ok(uri) => uri,
         Err(reason) => return AttemptOutcome::Failed(AttemptFailure::network(reason)),
     };
-    *upstream_request.headers_mut() = upstream_headers(&request.headers, &account, secret);
+    *upstream_request.headers_mut() = upstream_headers(&request.headers, account, secret);
     let header_wait = if request.stream {
         config.first_byte_timeout
     } else {
