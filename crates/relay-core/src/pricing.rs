@@ -98,7 +98,13 @@ impl PriceTable {
     }
 
     pub fn price_for(&self, model: &str) -> ModelPrice {
-        let model = model.trim().to_ascii_lowercase();
+        let model = model.trim();
+        // Model names are nearly always lower case already: copied only when they are not.
+        let model: std::borrow::Cow<'_, str> = if model.bytes().any(|b| b.is_ascii_uppercase()) {
+            model.to_ascii_lowercase().into()
+        } else {
+            model.into()
+        };
         if let Some((_, price)) = self.entries.iter().find(|(key, _)| model.starts_with(key)) {
             return price.clone();
         }

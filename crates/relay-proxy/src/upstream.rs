@@ -157,11 +157,18 @@ pub fn client_headers(mut headers: HeaderMap) -> HeaderMap {
     } else {
         Vec::new()
     };
-    for name in &RESPONSE_HEADERS_NOT_FORWARDED {
-        headers.remove(name);
-    }
     for name in &listed {
         headers.remove(name);
+    }
+    // An answer carries few of the names never forwarded (often only `content-length`): its
+    // names are compared with them, which costs less than looking each of them up in the map,
+    // and only those present are removed.
+    while let Some(name) = headers
+        .keys()
+        .find(|name| RESPONSE_HEADERS_NOT_FORWARDED.contains(name))
+        .cloned()
+    {
+        headers.remove(&name);
     }
     headers
 }
