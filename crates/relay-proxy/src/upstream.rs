@@ -219,6 +219,29 @@ mod tests {
     }
 
     #[test]
+    fn no_hop_by_hop_header_of_an_answer_reaches_the_client() {
+        let mut answer = HeaderMap::new();
+        for name in &RESPONSE_HEADERS_NOT_FORWARDED {
+            answer.append(name.clone(), HeaderValue::from_static("1"));
+            // A name given twice goes with all its values.
+            answer.append(name.clone(), HeaderValue::from_static("2"));
+        }
+        answer.insert("content-type", HeaderValue::from_static("application/json"));
+        answer.insert(
+            "anthropic-ratelimit-requests-remaining",
+            HeaderValue::from_static("9"),
+        );
+        let back = client_headers(answer);
+        let mut kept: Vec<&str> = back.keys().map(HeaderName::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            ["anthropic-ratelimit-requests-remaining", "content-type"]
+        );
+        assert_eq!(back.len(), 2);
+    }
+
+    #[test]
     fn url_joins_base_path_and_query() {
         assert_eq!(
             upstream_url(
