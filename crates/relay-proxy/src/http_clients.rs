@@ -166,8 +166,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The most idle connections kept per origin.
 const MAX_IDLE_PER_ORIGIN: usize = 256;
 
-/// One pooled client; cheap to clone (the pool is shared).
-#[derive(Clone)]
+/// One pooled client, shared through an `Arc` by the requests of its worker and route.
 pub struct UpstreamClient {
     connector: HttpsConnector<RouteConnector>,
     pool: Arc<Mutex<Pool>>,
