@@ -24,3 +24,10 @@ pub mod strategy;
 /// Milliseconds since the Unix epoch. All time in the core is expressed this way so that
 /// tests can drive it without a clock.
 pub type UnixMillis = i64;
+
+/// A hash map for lookups made on every request (accounts, groups and keys by id or digest):
+/// foldhash hashes an id or a digest in a few instructions where the standard SipHash takes
+/// a hundred or more. It is seeded per map like the standard one, but makes no promise
+/// against chosen collisions, so its keys are never chosen by a client: ids the store
+/// assigned, and digests of keys an operator issued.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -50,7 +50,7 @@ use serde::{Serialize, Serializer};
 use crate::breaker::BreakerPhase;
 use crate::classify::OutcomeClass;
 use crate::model::{AccountId, GroupId, Usage};
-use crate::UnixMillis;
+use crate::{FastMap, UnixMillis};
 
 /// The seed's retention: data older than a day is dropped.
 pub const DEFAULT_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
@@ -261,8 +261,8 @@ pub struct MetricsRegistry {
     since: Option<UnixMillis>,
     /// Times of scoped resets still inside the retention window.
     scoped_resets: HashMap<BreakerScope, UnixMillis>,
-    accounts: HashMap<AccountId, AccountEntry>,
-    groups: HashMap<GroupId, GroupEntry>,
+    accounts: FastMap<AccountId, AccountEntry>,
+    groups: FastMap<GroupId, GroupEntry>,
 }
 
 impl Default for MetricsRegistry {
@@ -282,8 +282,8 @@ impl MetricsRegistry {
             bucket_width_ms: retention_ms / buckets,
             since: None,
             scoped_resets: HashMap::new(),
-            accounts: HashMap::new(),
-            groups: HashMap::new(),
+            accounts: FastMap::default(),
+            groups: FastMap::default(),
         }
     }
 
@@ -459,8 +459,8 @@ impl MetricsRegistry {
                 groups_reset: self.groups.len(),
                 accounts_reset: self.accounts.len(),
             };
-            self.accounts = HashMap::new();
-            self.groups = HashMap::new();
+            self.accounts = FastMap::default();
+            self.groups = FastMap::default();
             self.scoped_resets = HashMap::new();
             self.since = Some(now);
             return outcome;

@@ -1,13 +1,12 @@
 //! Client authentication with relay API keys, and the per-key limits.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::hash::Hasher;
 use std::sync::Arc;
 
 use http::HeaderMap;
 use relay_core::model::ApiKey;
-use relay_core::UnixMillis;
+use relay_core::{FastMap, UnixMillis};
 use relay_store::UsageStore;
 use sha2::{Digest, Sha256};
 use siphasher::sip128::{Hasher128, SipHasher24};
@@ -37,14 +36,14 @@ const DIGEST_CACHE_ENTRIES: usize = 4096;
 /// fill it.
 struct DigestCache {
     secret: (u64, u64),
-    digests: HashMap<u128, Box<str>>,
+    digests: FastMap<u128, Box<str>>,
 }
 
 impl DigestCache {
     fn new() -> Self {
         DigestCache {
             secret: (rand::random(), rand::random()),
-            digests: HashMap::new(),
+            digests: FastMap::default(),
         }
     }
 

@@ -18,7 +18,7 @@ use relay_core::model::{
 };
 use relay_core::state::{AccountState, Eligibility, SelectionView};
 use relay_core::strategy::{SelectionStrategy, StrategyRegistry};
-use relay_core::UnixMillis;
+use relay_core::{FastMap, UnixMillis};
 
 use crate::view::{MemberSettings, Slot, ViewTable};
 
@@ -362,10 +362,10 @@ impl KeyLimits {
 
 #[derive(Debug, Default)]
 pub struct RegistrySnapshot {
-    pub groups: HashMap<GroupId, Arc<GroupRuntime>>,
-    pub accounts: HashMap<AccountId, Arc<AccountRuntime>>,
-    pub keys_by_hash: HashMap<String, Arc<ApiKey>>,
-    pub key_runtime: HashMap<ApiKeyId, Arc<KeyRuntime>>,
+    pub groups: FastMap<GroupId, Arc<GroupRuntime>>,
+    pub accounts: FastMap<AccountId, Arc<AccountRuntime>>,
+    pub keys_by_hash: FastMap<String, Arc<ApiKey>>,
+    pub key_runtime: FastMap<ApiKeyId, Arc<KeyRuntime>>,
 }
 
 /// Everything needed to build a snapshot, as read from the store.
@@ -444,7 +444,7 @@ impl Registry {
         let _serialised = lock(&self.rebuild_lock);
         let previous = self.snapshot.load_full();
 
-        let mut accounts: HashMap<AccountId, Arc<AccountRuntime>> = HashMap::new();
+        let mut accounts: FastMap<AccountId, Arc<AccountRuntime>> = FastMap::default();
         let mut group_configs: HashMap<GroupId, FallbackConfig> = HashMap::new();
         for group in &source.groups {
             group_configs.insert(group.id, effective_config(global, group, strategies));
@@ -466,7 +466,7 @@ impl Registry {
             accounts.insert(runtime.id, runtime);
         }
 
-        let mut groups = HashMap::new();
+        let mut groups = FastMap::default();
         let mut in_a_group = HashSet::new();
         for group in source.groups {
             let config = group_configs
@@ -527,8 +527,8 @@ impl Registry {
             }
         }
 
-        let mut keys_by_hash = HashMap::new();
-        let mut key_runtime = HashMap::new();
+        let mut keys_by_hash = FastMap::default();
+        let mut key_runtime = FastMap::default();
         for key in source.keys {
             let runtime = previous
                 .key_runtime
