@@ -77,6 +77,7 @@ impl CommittedAttempt {
     pub fn finish(self, end: StreamEnd, usage: Usage) {
         let state = &self.state;
         let now = state.now();
+        let elapsed = self.record.started.elapsed();
         let account = self.account.account();
         let class_name = match &end {
             StreamEnd::Complete => OutcomeClass::Success.as_str(),
@@ -124,7 +125,7 @@ impl CommittedAttempt {
             account_id: self.record.account_id,
             class: metrics_class,
             status: Some(self.record.status),
-            latency_ms: self.record.started.elapsed().as_secs_f64() * 1000.0,
+            latency_ms: elapsed.as_secs_f64() * 1000.0,
             ttfb_ms: Some(self.record.ttfb_ms as f64),
             usage,
             cost_usd,
@@ -145,8 +146,7 @@ impl CommittedAttempt {
             cache_read_input_tokens: usage.cache_read_input_tokens,
             cache_creation_input_tokens: usage.cache_creation_input_tokens,
             cost_usd,
-            duration_ms: u64::try_from(self.record.started.elapsed().as_millis())
-                .unwrap_or(u64::MAX),
+            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             ttfb_ms: Some(self.record.ttfb_ms),
             created_at: self.record.created_at,
         });

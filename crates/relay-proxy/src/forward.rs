@@ -218,10 +218,6 @@ fn status_name(status: relay_core::strategy::HealthStatus) -> &'static str {
     }
 }
 
-fn elapsed_ms(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
 thread_local! {
     /// `plan`'s candidate list, kept from one request to the next on each thread: a group of
     /// thousands of accounts would otherwise allocate (and fault in) a list that size for
@@ -781,7 +777,7 @@ pub async fn forward(
             Admission::Allowed => {}
             Admission::Trial => group_trial = TrialSlot::group(&group, now),
             Admission::Rejected { retry_at } => {
-                record_request_metrics(state, &request, 0, false);
+                record_request_metrics(state, &request, 0, false, now);
                 return Err(RelayError::AllAccountsFailed {
                     kind: ErrorKind::Overloaded,
                     message: format!(
@@ -839,7 +835,7 @@ pub async fn forward(
                 "no account of this group can take the request right now".to_owned(),
             )
         };
-        record_request_metrics(state, &request, 0, false);
+        record_request_metrics(state, &request, 0, false, now);
         return Err(RelayError::AllAccountsFailed {
             kind,
             message,
@@ -878,10 +874,15 @@ pub async fn forward(
     // Every account taken so far, tried or skipped, then those still to take.
     let mut queue = std::mem::take(&mut first.ordered);
     let mut taken = 0;
+    // The first attempt starts microseconds after the plan: it takes the plan's time instead
+    // of reading the clock again.
+    let mut plan_now = Some(now);
     // An account that cannot serve this route at all was passed over (see below).
     let mut unsupported_route = false;
     loop {
-        if attempts.len() >= max_attempts || tokio::time::Instant::now() >= deadline {
+        if attempts.len() >= max_attempts
+            || (!attempts.is_empty() && tokio::time::Instant::now() >= deadline)
+        {
             break;
         }
         if taken == queue.len() {
@@ -914,7 +915,7 @@ pub async fn forward(
             unsupported_route = true;
             continue;
         }
-        let now = state.now();
+        let now = plan_now.take().unwrap_or_else(|| state.now());
         let admission = runtime.try_admit(now, family);
         let mut trial_slot = match admission {
             Ok(Admission::Allowed) => TrialSlot::NONE,
@@ -940,7 +941,7 @@ pub async fn forward(
             tracing::info!(request_id = %request.request_id, account = %account.name, attempt = attempt_number, "{}", line());
         }
         let attempt_started = Instant::now();
-        let created_at = state.now();
+        let created_at = now;
         let in_flight = runtime.start_request();
         // Boxed: the attempt's future (the upstream call, its timeout) is the largest part of
         // the request's, and every layer above would otherwise carry and move it.
@@ -948,7 +949,8 @@ pub async fn forward(
             state, runtime, &account, &request, &config, deadline,
         ))
         .await;
-        let duration_ms = elapsed_ms(attempt_started);
+        let took = attempt_started.elapsed();
+        let duration_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
         let now = state.now();
         // The outcome is recorded below, which settles a half-open trial either way.
         trial_slot.disarm();
@@ -989,9 +991,9 @@ pub async fn forward(
                     class = "success",
                     duration_ms,
                     "{}",
-                    logs::attempt_succeeded(lang, &account.name, attempt_started.elapsed())
+                    logs::attempt_succeeded(lang, &account.name, took)
                 );
-                record_request_metrics(state, &request, attempt_number, true);
+                record_request_metrics(state, &request, attempt_number, true, now);
                 return Ok(finish_commit(
                     state,
                     *answer,
@@ -1029,7 +1031,7 @@ pub async fn forward(
                     duration_ms,
                     created_at,
                 );
-                record_request_metrics(state, &request, attempt_number, false);
+                record_request_metrics(state, &request, attempt_number, false, now);
                 return Ok(response);
             }
             AttemptOutcome::Failed(failure) => {
@@ -1104,7 +1106,7 @@ pub async fn forward(
 
     if attempts.is_empty() && unsupported_route {
         let (status, body) = crate::openai::unsupported_route();
-        record_request_metrics(state, &request, 0, false);
+        record_request_metrics(state, &request, 0, false, state.now());
         return Ok(json_response(status, body));
     }
 
@@ -1148,7 +1150,7 @@ pub async fn forward(
         (ErrorKind::Overloaded, "all_accounts_failed")
     };
     let retry_at = retry_at.or(earliest_return);
-    record_request_metrics(state, &request, attempts.len(), false);
+    record_request_metrics(state, &request, attempts.len(), false, now);
     Err(RelayError::AllAccountsFailed {
         kind,
         message: format!(
@@ -1232,13 +1234,14 @@ fn record_request_metrics(
     request: &ForwardRequest,
     attempts: usize,
     succeeded: bool,
+    now: UnixMillis,
 ) {
     lock(&state.metrics).record_request(&RequestSample {
         group_id: request.identity.group.group.id,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
         succeeded,
         latency_ms: request.started.elapsed().as_secs_f64() * 1000.0,
-        at: state.now(),
+        at: now,
     });
 }
 
