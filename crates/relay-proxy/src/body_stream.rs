@@ -6,6 +6,7 @@
 //! the client goes away (the body is dropped). A broken SSE stream ends with an Anthropic
 //! `event: error` so the client knows the answer is incomplete and can retry.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -132,15 +133,15 @@ impl CommittedAttempt {
             at: now,
         });
         state.usage.record(UsageRow {
-            request_id: self.record.request_id.to_string(),
+            request_id: Arc::clone(&self.record.request_id),
             attempt: self.record.attempt,
             api_key_id: Some(self.record.api_key_id),
             group_id: Some(self.record.group_id),
             account_id: Some(self.record.account_id),
-            model: self.record.model.clone(),
+            model: self.record.model,
             stream: self.record.stream,
             status: Some(self.record.status),
-            class: class_name.to_owned(),
+            class: Cow::Borrowed(class_name),
             input_tokens: usage.input_tokens,
             output_tokens: usage.output_tokens,
             cache_read_input_tokens: usage.cache_read_input_tokens,

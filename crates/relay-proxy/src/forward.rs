@@ -12,6 +12,7 @@
 //! - A stream is held until the upstream's first SSE event (within `first_byte_timeout`), so
 //!   an `event: error` sent as the first event still fails over.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::thread::LocalKey;
@@ -1257,7 +1258,7 @@ fn record_failed_attempt(
     created_at: UnixMillis,
 ) {
     state.usage.record(UsageRow {
-        request_id: request.request_id.to_string(),
+        request_id: Arc::clone(&request.request_id),
         attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
         api_key_id: Some(request.identity.key.id),
         group_id: Some(request.identity.group.group.id),
@@ -1265,7 +1266,7 @@ fn record_failed_attempt(
         model: request.model.clone().unwrap_or_default(),
         stream: request.stream,
         status,
-        class: class.as_str().to_owned(),
+        class: Cow::Borrowed(class.as_str()),
         input_tokens: 0,
         output_tokens: 0,
         cache_read_input_tokens: 0,

@@ -6,8 +6,10 @@
 //! lose an increment. Counters, like `usage_totals`, count successful attempts only: a failed
 //! attempt is already visible in the rows and the fallback statistics.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
 use relay_core::classify::OutcomeClass;
 use relay_core::model::{AccountId, ApiKeyId, GroupId};
@@ -26,7 +28,8 @@ use crate::values::{
 /// One attempt of one client request, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UsageRow {
-    pub request_id: String,
+    /// Shared with the request that made it: recording a row copies no text.
+    pub request_id: Arc<str>,
     /// 1 for the first attempt of a request, 2 for its first fallback, and so on.
     pub attempt: u32,
     pub api_key_id: Option<ApiKeyId>,
@@ -36,8 +39,9 @@ pub struct UsageRow {
     pub stream: bool,
     /// The upstream's HTTP status, when one was received.
     pub status: Option<u16>,
-    /// The outcome class, as `OutcomeClass::as_str` spells it (`"success"`, ...).
-    pub class: String,
+    /// The outcome class, as `OutcomeClass::as_str` spells it (`"success"`, ...): borrowed
+    /// when recorded, owned when read back.
+    pub class: Cow<'static, str>,
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cache_read_input_tokens: u64,
@@ -185,7 +189,7 @@ fn add_usage_row<'q>(
     arguments: &mut AnyArguments<'q>,
     row: &'q UsageRow,
 ) -> Result<(), sqlx::error::BoxDynError> {
-    arguments.add(row.request_id.as_str())?;
+    arguments.add(&*row.request_id)?;
     arguments.add(i64::from(row.attempt))?;
     arguments.add(row.api_key_id)?;
     arguments.add(row.group_id)?;
@@ -193,7 +197,7 @@ fn add_usage_row<'q>(
     arguments.add(row.model.as_str())?;
     arguments.add(i32::from(row.stream))?;
     arguments.add(row.status.map(i32::from))?;
-    arguments.add(row.class.as_str())?;
+    arguments.add(&*row.class)?;
     arguments.add(big_int_from_u64(row.input_tokens))?;
     arguments.add(big_int_from_u64(row.output_tokens))?;
     arguments.add(big_int_from_u64(row.cache_read_input_tokens))?;
@@ -215,7 +219,7 @@ fn has_null(row: &UsageRow) -> bool {
 
 fn usage_row_from_row(row: &AnyRow) -> Result<UsageRow, StoreError> {
     Ok(UsageRow {
-        request_id: read_text(row, "request_id")?,
+        request_id: read_text(row, "request_id")?.into(),
         attempt: read_u32(row, "attempt")?,
         api_key_id: read_optional_i64(row, "api_key_id")?,
         group_id: read_optional_i64(row, "group_id")?,
@@ -223,7 +227,7 @@ fn usage_row_from_row(row: &AnyRow) -> Result<UsageRow, StoreError> {
         model: read_text(row, "model")?,
         stream: read_bool(row, "is_stream")?,
         status: read_optional_u16(row, "http_status")?,
-        class: read_text(row, "outcome_class")?,
+        class: Cow::Owned(read_text(row, "outcome_class")?),
         input_tokens: read_u64(row, "input_tokens")?,
         output_tokens: read_u64(row, "output_tokens")?,
         cache_read_input_tokens: read_u64(row, "cache_read_input_tokens")?,
@@ -503,7 +507,7 @@ mod tests {
             model: "claude-sonnet-4".into(),
             stream: false,
             status: Some(200),
-            class: class.into(),
+            class: class.to_owned().into(),
             input_tokens: 10,
             output_tokens: 5,
             cache_read_input_tokens: 0,

@@ -97,7 +97,7 @@ fn usage_row(
     created_at: i64,
 ) -> UsageRow {
     UsageRow {
-        request_id: request_id.to_owned(),
+        request_id: request_id.into(),
         attempt: 1,
         api_key_id,
         group_id,
@@ -105,7 +105,7 @@ fn usage_row(
         model: "claude-sonnet-4".to_owned(),
         stream: true,
         status: Some(200),
-        class: class.to_owned(),
+        class: class.to_owned().into(),
         input_tokens,
         output_tokens: input_tokens * 2,
         cache_read_input_tokens: 3,
@@ -1072,7 +1072,7 @@ async fn usage_lists_filter_page_and_order_newest_first(database: TestDatabase) 
     ];
     store.record_usage(&rows).await.unwrap();
     let request_ids = |page: &[UsageRow]| -> Vec<String> {
-        page.iter().map(|row| row.request_id.clone()).collect()
+        page.iter().map(|row| row.request_id.to_string()).collect()
     };
     let everything = UsageFilter {
         limit: 100,
