@@ -769,7 +769,7 @@ pub async fn forward(
         .as_deref()
         .map(ModelFamily::of)
         .unwrap_or(ModelFamily::Other);
-    let strategy_name = group.strategy.name().to_owned();
+    let strategy_name = group.strategy.name();
 
     // Released on every path that does not report an outcome to the group breaker.
     let mut group_trial = TrialSlot::NONE;
@@ -788,7 +788,7 @@ pub async fn forward(
                     retry_after_secs: retry_after_secs(Some(retry_at), now),
                     info: Box::new(FallbackInfo {
                         attempt_count: 0,
-                        strategy_used: strategy_name,
+                        strategy_used: strategy_name.to_owned(),
                         failure_reason: "circuit_open".to_owned(),
                         duration: relay_core::duration::format_seconds_one_decimal(
                             request.started.elapsed(),
@@ -843,7 +843,7 @@ pub async fn forward(
             retry_after_secs: retry_after_secs(earliest_return, now),
             info: Box::new(FallbackInfo {
                 attempt_count: 0,
-                strategy_used: strategy_name,
+                strategy_used: strategy_name.to_owned(),
                 failure_reason: "no_available_account".to_owned(),
                 duration: relay_core::duration::format_seconds_one_decimal(
                     request.started.elapsed(),
@@ -863,7 +863,7 @@ pub async fn forward(
         group = %group.group.name,
         strategy = %strategy_name,
         "{}",
-        logs::start(lang, max_attempts, &strategy_name)
+        logs::start(lang, max_attempts, strategy_name)
     );
 
     let mut attempts: Vec<AttemptInfo> = Vec::new();
@@ -1162,7 +1162,7 @@ pub async fn forward(
         retry_after_secs: retry_after_secs(retry_at, now),
         info: Box::new(FallbackInfo {
             attempt_count: attempts.len(),
-            strategy_used: strategy_name,
+            strategy_used: strategy_name.to_owned(),
             failure_reason: failure_reason.to_owned(),
             duration: relay_core::duration::format_seconds_one_decimal(request.started.elapsed()),
             attempts,
