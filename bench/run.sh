@@ -89,12 +89,13 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
-# measure LABEL TARGET URL KEY STREAM CONCURRENCY PIDS...
+# measure LABEL TARGET URL KEY STREAM CONCURRENCY PIDS... (MEASURE_SECONDS and MEASURE_OUT
+# override the duration and the file the line is added to)
 measure() {
   local label=$1 target=$2 url=$3 key=$4 stream=$5 conc=$6; shift 6
   local threads=2; [ "$conc" = 1 ] && threads=1
   local before; before=$(cpu_ticks "$@")
-  local out; out=$(BENCH_KEY=$key BENCH_STREAM=$stream wrk -t$threads -c"$conc" -d"${DUR}s" -s bench/post.lua "$url/v1/messages")
+  local out; out=$(BENCH_KEY=$key BENCH_STREAM=$stream wrk -t$threads -c"$conc" -d"${MEASURE_SECONDS:-$DUR}s" -s bench/post.lua "$url/v1/messages")
   local after; after=$(cpu_ticks "$@")
   local line; line=$(echo "$out" | grep '^RESULT')
   local requests duration errors p50 p99
@@ -107,7 +108,7 @@ measure() {
   local cpu="-"
   [ $# -gt 0 ] && cpu=$(python3 -c "print(round(($after - $before) / $TICKS * 1e6 / max($requests, 1), 1))")
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$target" "$rps" "$(python3 -c "print($p50/1000)")" \
-    "$(python3 -c "print($p99/1000)")" "$cpu" "$errors" "$requests" | tee -a "$RESULTS"
+    "$(python3 -c "print($p99/1000)")" "$cpu" "$errors" "$requests" | tee -a "${MEASURE_OUT:-$RESULTS}"
 }
 
 # A warm-up for each target (connections, caches, the relay's first SQLite pages), not counted.
@@ -173,17 +174,8 @@ if [ $HAVE_NGINX = 1 ]; then
   echo "== non-stream c=64: $C64_ROUNDS rounds of ${C64_SECONDS}s per target, alternated with nginx"
   C64="$WORK/c64.tsv"
   : >"$C64"
-  c64() {  # target url key pids... -> appends "round target req/s cpu_us"
-    local target=$1 url=$2 key=$3; shift 3
-    local before; before=$(cpu_ticks "$@")
-    local line; line=$(BENCH_KEY=$key BENCH_STREAM=0 wrk -t2 -c64 -d"${C64_SECONDS}s" -s bench/post.lua "$url/v1/messages" | grep '^RESULT')
-    local after; after=$(cpu_ticks "$@")
-    local requests duration
-    requests=$(echo "$line" | sed 's/.*requests=\([0-9]*\).*/\1/')
-    duration=$(echo "$line" | sed 's/.*duration_us=\([0-9]*\).*/\1/')
-    printf '%s\t%s\t%s\t%s\n' "$round" "$target" \
-      "$(python3 -c "print($requests / ($duration / 1e6))")" \
-      "$(python3 -c "print(($after - $before) / $TICKS * 1e6 / max($requests, 1))")" >>"$C64"
+  c64() {  # target url key pids... -> appends measure's line, labelled with the round
+    MEASURE_SECONDS=$C64_SECONDS MEASURE_OUT=$C64 measure "$round" "$1" "$2" "$3" 0 64 "${@:4}" >/dev/null
   }
   for round in $(seq 1 "$C64_ROUNDS"); do
     c64 nginx "http://127.0.0.1:$NGINX" x $(nginx_pids)
@@ -193,7 +185,7 @@ if [ $HAVE_NGINX = 1 ]; then
 import statistics, sys
 rounds = {}
 for line in open(sys.argv[1]):
-    round_, target, rps, cpu = line.split()
+    round_, target, rps, _p50, _p99, cpu = line.split()[:6]
     rounds.setdefault(round_, {})[target] = (float(rps), float(cpu))
 ratios = []
 for round_, t in rounds.items():
