@@ -1,13 +1,13 @@
 //! `SqlStore`: the connection pool, connecting, and the helpers every query family shares.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use relay_core::UnixMillis;
 use sqlx::any::{AnyArguments, AnyPoolOptions};
 use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AnyPool, Executor, Transaction};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::credential::CredentialKey;
 use crate::dialect::Dialect;
@@ -19,6 +19,14 @@ use crate::values::read_i64;
 /// SQLite serialises writers anyway; a few connections let readers proceed beside a writer
 /// (WAL mode) without keeping many idle file handles.
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
+/// How long start-up keeps trying to put a SQLite file in WAL mode while other connections
+/// use it. The switch needs the file to itself, and SQLite refuses it at once rather than
+/// waiting out the busy timeout (the switching connection already holds a read lock, and two
+/// such waiting on each other would deadlock): relay instances starting together on a new
+/// file meet this.
+const SQLITE_WAL_SWITCH_BUDGET: Duration = Duration::from_secs(30);
+/// The longest pause between two attempts at the WAL switch.
+const SQLITE_WAL_SWITCH_MAX_PAUSE: Duration = Duration::from_millis(100);
 /// Enough for one relay instance's bursts on a shared server, few enough that ten instances
 /// stay under a default `max_connections` of 151 (MySQL) or 100 (PostgreSQL).
 const SERVER_MAX_CONNECTIONS: u32 = 8;
@@ -88,9 +96,12 @@ impl SqlStore {
         if dialect == Dialect::Sqlite {
             // The journal mode is a property of the file, set once; the other pragmas are
             // per connection and are set in `after_connect`.
-            (&pool)
-                .execute(sqlx::raw_sql("PRAGMA journal_mode = WAL"))
-                .await?;
+            switch_to_wal(&pool, SQLITE_WAL_SWITCH_BUDGET, |attempt| {
+                if attempt == 1 {
+                    info!("the SQLite file is in use by another connection; waiting to put it in WAL mode");
+                }
+            })
+            .await?;
         }
         let store = SqlStore {
             pool,
@@ -184,6 +195,53 @@ impl SqlStore {
     }
 }
 
+/// Puts the SQLite file of `pool` in WAL mode, trying again while other connections hold the
+/// file until `budget` has passed. `on_busy` hears each refused attempt, counted from 1.
+async fn switch_to_wal(
+    pool: &AnyPool,
+    budget: Duration,
+    mut on_busy: impl FnMut(u32),
+) -> Result<(), StoreError> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(2);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match sqlx::query("PRAGMA journal_mode = WAL")
+            .fetch_one(pool)
+            .await
+        {
+            Ok(row) => {
+                let mode = sqlx::Row::try_get::<String, _>(&row, 0)?;
+                if !mode.eq_ignore_ascii_case("wal") {
+                    warn!(
+                        mode,
+                        "the SQLite file cannot be put in WAL mode (its file system may not \
+                         support it): readers will wait for writers"
+                    );
+                }
+                return Ok(());
+            }
+            Err(error) if is_sqlite_busy(&error) && started.elapsed() < budget => {
+                on_busy(attempt);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(SQLITE_WAL_SWITCH_MAX_PAUSE);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Whether SQLite answered `SQLITE_BUSY` ("database is locked"), in any of its extended forms.
+fn is_sqlite_busy(error: &sqlx::Error) -> bool {
+    const SQLITE_BUSY: i32 = 5;
+    error
+        .as_database_error()
+        .and_then(|database_error| database_error.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == SQLITE_BUSY)
+}
+
 /// Pool settings per dialect; SQLite connections get their pragmas as they open.
 fn pool_options(dialect: Dialect) -> AnyPoolOptions {
     match dialect {
@@ -243,6 +301,8 @@ pub(crate) fn now_millis() -> UnixMillis {
 
 #[cfg(test)]
 mod tests {
+    use sqlx::Connection;
+
     use super::*;
 
     #[tokio::test]
@@ -276,6 +336,68 @@ mod tests {
         }
         drop(connections);
         store.close().await;
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+
+    #[tokio::test]
+    async fn the_wal_switch_waits_for_a_reader_of_the_file() {
+        let directory = std::env::temp_dir().join(format!(
+            "relay-store-wal-switch-{}-{}",
+            std::process::id(),
+            now_millis()
+        ));
+        let file = prepare_sqlite_file(&directory.join("busy.db")).unwrap();
+        let url = sqlite_driver_url(&file).unwrap();
+        sqlx::any::install_default_drivers();
+
+        // Another connection reads the file (still in rollback-journal mode) in a transaction.
+        let mut reader = AnyConnection::connect(&url).await.unwrap();
+        (&mut reader)
+            .execute(sqlx::raw_sql("CREATE TABLE earlier (x INTEGER)"))
+            .await
+            .unwrap();
+        let mut reading = reader.begin().await.unwrap();
+        sqlx::query("SELECT x FROM earlier")
+            .fetch_all(&mut *reading)
+            .await
+            .unwrap();
+
+        // No busy timeout, so that each refused attempt comes back at once; the relay's own
+        // 5 s wait only makes each attempt slower.
+        let pool = AnyPoolOptions::new()
+            .after_connect(|connection, _metadata| {
+                Box::pin(async move {
+                    connection.execute("PRAGMA busy_timeout = 0").await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .unwrap();
+        let (refused_tx, refused_rx) = tokio::sync::oneshot::channel();
+        let mut refused_tx = Some(refused_tx);
+        let switching = switch_to_wal(&pool, Duration::from_secs(30), |_| {
+            if let Some(refused_tx) = refused_tx.take() {
+                let _ = refused_tx.send(());
+            }
+        });
+        tokio::pin!(switching);
+        tokio::select! {
+            outcome = &mut switching => {
+                panic!("the switch ended while another connection read the file: {outcome:?}")
+            }
+            _ = refused_rx => {}
+        }
+        reading.commit().await.unwrap();
+        switching.await.unwrap();
+
+        let row = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(sqlx::Row::try_get::<String, _>(&row, 0).unwrap(), "wal");
+        reader.close().await.unwrap();
+        pool.close().await;
         let _ = std::fs::remove_dir_all(&directory);
     }
 }
