@@ -570,6 +570,13 @@ pub fn max_tokens_limit(error_body: &[u8]) -> Option<u64> {
         .or_else(|| number_after("range of max_tokens is", ","))
 }
 
+/// Whether a 400 answer's body refuses `stream_options`, as servers that do not know it do
+/// ("Unrecognized request argument supplied: stream_options", "stream_options: Extra inputs
+/// are not permitted").
+pub fn refuses_stream_options(error_body: &[u8]) -> bool {
+    memchr::memmem::find(error_body, b"stream_options").is_some()
+}
+
 /// Anthropic's model list for an OpenAI-compatible `GET /models` answer. OpenAI gives no
 /// display name, so the id stands in for it; `created` (Unix seconds) becomes `created_at`.
 pub fn models(body: &Value) -> Result<Value, TranslateError> {
@@ -1306,6 +1313,17 @@ mod tests {
             None
         );
         assert_eq!(max_tokens_limit(b"max_tokens: supports at most lots"), None);
+    }
+
+    #[test]
+    fn a_refusal_of_stream_options_is_recognised() {
+        let azure = br#"{"error":{"message":"Unrecognized request argument supplied: stream_options","type":"invalid_request_error","param":null,"code":null}}"#;
+        assert!(refuses_stream_options(azure));
+        let strict = br#"{"object":"error","message":"[{'type': 'extra_forbidden', 'loc': ('body', 'stream_options'), 'msg': 'Extra inputs are not permitted'}]","code":400}"#;
+        assert!(refuses_stream_options(strict));
+        assert!(!refuses_stream_options(
+            br#"{"error":{"message":"The model `gpt-9` does not exist"}}"#
+        ));
     }
 
     #[test]

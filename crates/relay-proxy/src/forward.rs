@@ -121,12 +121,22 @@ enum AttemptOutcome {
     /// A client error: the upstream's answer goes back unchanged.
     PassThrough(Response),
     Failed(AttemptFailure),
-    /// An `openai` account refused the request's `max_tokens` and named its limit: asked
-    /// again within it, else its refusal goes back.
-    OverOutputLimit {
-        limit: u64,
+    /// An `openai` account refused something the request can do without (a `max_tokens`
+    /// over the limit it named, `stream_options`): asked again as `adjusted`, else its
+    /// refusal goes back.
+    Refused {
+        adjusted: ChatAdjust,
         refusal: Response,
     },
+}
+
+/// How an `openai` account's Chat Completions request is fitted to what its server accepts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct ChatAdjust {
+    /// `max_tokens` at most this: the limit the server named.
+    max_tokens_cap: Option<u64>,
+    /// No `stream_options`: the server refuses it. Its streams then carry no token counts.
+    without_stream_options: bool,
 }
 
 struct AttemptFailure {
@@ -1009,7 +1019,7 @@ pub async fn forward(
                 ));
             }
             AttemptOutcome::PassThrough(response)
-            | AttemptOutcome::OverOutputLimit {
+            | AttemptOutcome::Refused {
                 refusal: response, ..
             } => {
                 let events = runtime.update_state(now, |account_state| {
@@ -1363,23 +1373,31 @@ async fn attempt_once(
         Ok(secret) => secret,
         Err(error) => return oauth_failure(error),
     };
-    let mut outcome = send_once(state, account, request, config, deadline, &secret, None).await;
-    if let AttemptOutcome::OverOutputLimit { limit, .. } = outcome {
-        outcome = match send_once(
-            state,
-            account,
-            request,
-            config,
-            deadline,
-            &secret,
-            Some(limit),
-        )
-        .await
-        {
+    let mut adjust = ChatAdjust {
+        without_stream_options: runtime.refuses_stream_options(),
+        ..ChatAdjust::default()
+    };
+    let mut outcome = send_once(state, account, request, config, deadline, &secret, adjust).await;
+    // Each adjustment is made once at most (a refusal needs a new one to be asked again), so
+    // this ends after two more requests at most.
+    while let AttemptOutcome::Refused { adjusted, refusal } = outcome {
+        if adjusted == adjust {
             // Refused again: that refusal is the answer.
-            AttemptOutcome::OverOutputLimit { refusal, .. } => AttemptOutcome::PassThrough(refusal),
-            other => other,
-        };
+            outcome = AttemptOutcome::PassThrough(refusal);
+            break;
+        }
+        if adjusted.without_stream_options
+            && !adjust.without_stream_options
+            && runtime.note_stream_options_refused()
+        {
+            tracing::warn!(
+                account = %account.name,
+                "the account's server refuses stream_options: its streamed answers are asked \
+                 for without it from now on, and carry no token counts"
+            );
+        }
+        adjust = adjusted;
+        outcome = send_once(state, account, request, config, deadline, &secret, adjust).await;
     }
     if account.platform == Platform::Claude {
         if let AttemptOutcome::Failed(AttemptFailure {
@@ -1392,7 +1410,8 @@ async fn attempt_once(
             // Boxed, like the refresh in `account_secret`: rare, and large.
             return match Box::pin(oauth::refresh(state, runtime, Some(&secret))).await {
                 Ok(fresh) => {
-                    send_once(state, account, request, config, deadline, &fresh, None).await
+                    let adjust = ChatAdjust::default();
+                    send_once(state, account, request, config, deadline, &fresh, adjust).await
                 }
                 Err(error) => oauth_failure(error),
             };
@@ -1414,6 +1433,30 @@ fn oauth_failure(error: OAuthError) -> AttemptOutcome {
     })
 }
 
+/// The adjustment that answers an `openai` account's 400 `error_body`, when it names one not
+/// made yet: the server's limit on `max_tokens`, or its refusal of `stream_options` (sent
+/// with streams only).
+fn refused_adjustment(adjust: ChatAdjust, stream: bool, error_body: &[u8]) -> Option<ChatAdjust> {
+    if adjust.max_tokens_cap.is_none() {
+        if let Some(limit) = relay_core::openai::max_tokens_limit(error_body) {
+            return Some(ChatAdjust {
+                max_tokens_cap: Some(limit),
+                ..adjust
+            });
+        }
+    }
+    if stream
+        && !adjust.without_stream_options
+        && relay_core::openai::refuses_stream_options(error_body)
+    {
+        return Some(ChatAdjust {
+            without_stream_options: true,
+            ..adjust
+        });
+    }
+    None
+}
+
 /// One request to `account`'s upstream. The account is the attempt's copy of it (read
 /// once per attempt: each read of an account that may be replaced costs atomic operations).
 async fn send_once(
@@ -1423,7 +1466,7 @@ async fn send_once(
     config: &FallbackConfig,
     deadline: tokio::time::Instant,
     secret: &str,
-    max_tokens_cap: Option<u64>,
+    adjust: ChatAdjust,
 ) -> AttemptOutcome {
     let client = match state.clients.client_for(account.proxy_url.as_deref()) {
         Ok(client) => client,
@@ -1450,7 +1493,12 @@ async fn send_once(
     let body = match (&request.model, request.endpoint) {
         (Some(model), Endpoint::Messages) if openai => {
             let upstream_model = mapped_model.unwrap_or(model);
-            match crate::openai::chat_request_body(&request.body, upstream_model, max_tokens_cap) {
+            match crate::openai::chat_request_body(
+                &request.body,
+                upstream_model,
+                adjust.max_tokens_cap,
+                adjust.without_stream_options,
+            ) {
                 Ok(body) => body,
                 Err(message) => {
                     let (status, body) = crate::openai::invalid_request(&message);
@@ -1515,13 +1563,15 @@ async fn send_once(
         if class == OutcomeClass::ClientError || !class.fails_over() {
             if openai {
                 let refusal = json_response(status, crate::openai::error_body(status, &error_body));
-                let limit = (status == StatusCode::BAD_REQUEST
+                let adjusted = if status == StatusCode::BAD_REQUEST
                     && request.endpoint == Endpoint::Messages
-                    && max_tokens_cap.is_none())
-                .then(|| relay_core::openai::max_tokens_limit(&error_body))
-                .flatten();
-                return match limit {
-                    Some(limit) => AttemptOutcome::OverOutputLimit { limit, refusal },
+                {
+                    refused_adjustment(adjust, request.stream, &error_body)
+                } else {
+                    None
+                };
+                return match adjusted {
+                    Some(adjusted) => AttemptOutcome::Refused { adjusted, refusal },
                     None => AttemptOutcome::PassThrough(refusal),
                 };
             }

@@ -7,7 +7,7 @@
 //! rebuilds: a rebuild swaps the configuration under them, never their state.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -94,6 +94,9 @@ struct Rarely {
     credential: Mutex<Credential>,
     /// Held while an OAuth refresh runs: one refresh in flight per account, others wait.
     oauth_refresh: tokio::sync::Mutex<()>,
+    /// An `openai` account's server refused `stream_options`: its streamed requests go
+    /// without it from then on (until its `base_url` changes).
+    refuses_stream_options: AtomicBool,
 }
 
 impl AccountRuntime {
@@ -110,6 +113,7 @@ impl AccountRuntime {
             rest: Box::new(Rarely {
                 credential: Mutex::new(credential),
                 oauth_refresh: tokio::sync::Mutex::new(()),
+                refuses_stream_options: AtomicBool::new(false),
             }),
         }
     }
@@ -127,6 +131,19 @@ impl AccountRuntime {
     }
 
     /// Held while an OAuth refresh runs: one refresh in flight per account, others wait.
+    /// Whether the account's server has refused `stream_options` (see `Rarely`).
+    pub fn refuses_stream_options(&self) -> bool {
+        self.rest.refuses_stream_options.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the account's server refused `stream_options`; `true` the first time.
+    pub fn note_stream_options_refused(&self) -> bool {
+        !self
+            .rest
+            .refuses_stream_options
+            .swap(true, Ordering::Relaxed)
+    }
+
     pub fn oauth_refresh(&self) -> &tokio::sync::Mutex<()> {
         &self.rest.oauth_refresh
     }
@@ -456,6 +473,13 @@ impl Registry {
                 .unwrap_or_else(|| global.clone());
             let runtime = match previous.accounts.get(&account.id) {
                 Some(existing) => {
+                    if existing.account.load().base_url != account.base_url {
+                        // Another server: what the old one refused says nothing about it.
+                        existing
+                            .rest
+                            .refuses_stream_options
+                            .store(false, Ordering::Relaxed);
+                    }
                     existing.account.store(Arc::new(account));
                     existing.set_credential(credential);
                     existing.apply_config(&config);

@@ -625,3 +625,78 @@ async fn a_whole_answer_to_a_stream_request_still_reaches_the_client_as_a_stream
     assert_eq!(logs[0]["input_tokens"], 21);
     assert_eq!(logs[0]["output_tokens"], 4);
 }
+
+#[tokio::test]
+async fn a_server_that_refuses_stream_options_is_asked_without_it() {
+    let h = Harness::start().await;
+    let (_, account, key) = openai_setup(&h).await;
+    let refusal = || Behavior::Status {
+        status: 400,
+        headers: vec![],
+        body: json!({ "error": {
+            "message": "Unrecognized request argument supplied: stream_options",
+            "type": "invalid_request_error", "param": null, "code": null } })
+        .to_string(),
+    };
+    let sent_stream_options = |index: usize| {
+        let sent: Value =
+            serde_json::from_slice(&h.mock.requests_for("sk-oa")[index].body).unwrap();
+        assert_eq!(sent["stream"], true);
+        sent.get("stream_options").cloned()
+    };
+
+    // Refused once: asked again at once without it, and the client gets its stream.
+    h.mock.push("sk-oa", refusal());
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    let body = sse_body(response).await;
+    assert_eq!(
+        event_names(&body).last().map(String::as_str),
+        Some("message_stop")
+    );
+    assert_eq!(h.mock.count_for("sk-oa"), 2);
+    assert_eq!(
+        sent_stream_options(0),
+        Some(json!({ "include_usage": true }))
+    );
+    assert_eq!(sent_stream_options(1), None);
+    let logs = h.logs("").await;
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0]["class"], "success");
+
+    // Remembered: the account's next streams go without it from the start.
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    sse_body(response).await;
+    assert_eq!(h.mock.count_for("sk-oa"), 3);
+    assert_eq!(sent_stream_options(2), None);
+
+    // A request without a stream never carried it: such a refusal is the client's answer.
+    h.mock.push("sk-oa", refusal());
+    let response = h.messages(&key, message_body(false)).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error_type(&error), "invalid_request_error");
+    assert_eq!(h.mock.count_for("sk-oa"), 4);
+
+    // Another base_url is another server: it is asked with stream_options again.
+    let (status, updated) = h
+        .admin(
+            Method::PUT,
+            &format!("/accounts/{account}"),
+            Some(json!({
+                "base_url": format!("{}/v1", h.mock.base_url().replace("127.0.0.1", "localhost"))
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert!(updated["base_url"].as_str().unwrap().contains("localhost"));
+    let response = h.messages(&key, message_body(true)).await;
+    assert_eq!(response.status(), 200);
+    sse_body(response).await;
+    assert_eq!(h.mock.count_for("sk-oa"), 5);
+    assert_eq!(
+        sent_stream_options(4),
+        Some(json!({ "include_usage": true }))
+    );
+}
