@@ -1378,11 +1378,12 @@ async fn attempt_once(
         ..ChatAdjust::default()
     };
     let mut outcome = send_once(state, account, request, config, deadline, &secret, adjust).await;
-    // Each adjustment is made once at most (a refusal needs a new one to be asked again), so
-    // this ends after two more requests at most.
+    // Each adjustment is made once at most (`refused_adjustment` names only one not made
+    // yet; a refusal without one is passed through), so this ends after two more requests
+    // at most.
     while let AttemptOutcome::Refused { adjusted, refusal } = outcome {
         if adjusted == adjust {
-            // Refused again: that refusal is the answer.
+            // Not reached (see above); never ask the same request twice.
             outcome = AttemptOutcome::PassThrough(refusal);
             break;
         }
