@@ -399,9 +399,117 @@ pub fn rewrite_model(body: &[u8], new_model: &str) -> Result<Bytes, BodyError> {
     Ok(Bytes::from(rewritten))
 }
 
+/// `body` without the `thinking` blocks of its messages whose signature is empty, and
+/// without the assistant turns that held nothing else; `None` when it has none, and the body
+/// goes on as it is.
+///
+/// The relay writes such blocks for the reasoning of an `openai` account's model (only
+/// Anthropic can sign one), and a client sends them back with the conversation; Anthropic
+/// refuses a thinking block it did not sign, so they must not reach an Anthropic account. A
+/// scan for an empty `"signature"` answers for nearly every body; only a body that has one
+/// is parsed and written again (its members then in another order, the same JSON).
+pub fn without_unsigned_thinking(body: &[u8]) -> Option<Bytes> {
+    if !has_empty_signature(body) {
+        return None;
+    }
+    let mut request: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let messages = request.get_mut("messages")?.as_array_mut()?;
+    let mut removed = false;
+    messages.retain_mut(|message| {
+        let Some(content) = message
+            .get_mut("content")
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            return true;
+        };
+        let before = content.len();
+        content.retain(|block| !is_unsigned_thinking(block));
+        if content.len() == before {
+            return true;
+        }
+        removed = true;
+        // A turn left empty would be refused; the turns around it are then joined, as
+        // Anthropic joins consecutive turns of one role.
+        !content.is_empty()
+    });
+    if !removed {
+        return None;
+    }
+    serde_json::to_vec(&request).ok().map(Bytes::from)
+}
+
+fn is_unsigned_thinking(block: &serde_json::Value) -> bool {
+    block.get("type").and_then(serde_json::Value::as_str) == Some("thinking")
+        && block
+            .get("signature")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(str::is_empty)
+}
+
+/// Whether `body` has a member `"signature"` whose value is `""`, however spaced.
+fn has_empty_signature(body: &[u8]) -> bool {
+    const NAME: &[u8] = br#""signature""#;
+    let mut rest = body;
+    while let Some(at) = memchr::memmem::find(rest, NAME) {
+        rest = &rest[at + NAME.len()..];
+        let value = rest.trim_ascii_start();
+        if let Some(value) = value.strip_prefix(b":") {
+            if value.trim_ascii_start().starts_with(br#""""#) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unsigned_thinking_is_left_out_and_everything_else_kept() {
+        let body = br#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[
+            {"role":"user","content":"why?"},
+            {"role":"assistant","content":[{"type":"thinking","thinking":"hm","signature":""},{"type":"text","text":"because"}]},
+            {"role":"user","content":"and?"},
+            {"role":"assistant","content":[{"type":"thinking","thinking":"so", "signature" : ""}]},
+            {"role":"user","content":[{"type":"text","text":"a \"signature\": \"\" in text stays"}]},
+            {"role":"assistant","content":[{"type":"thinking","thinking":"signed","signature":"EqQBCkgIARABGAIiQL"}]}
+        ]}"#;
+        let rewritten = without_unsigned_thinking(body).unwrap();
+        let request: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
+        assert_eq!(
+            request["messages"],
+            serde_json::json!([
+                { "role": "user", "content": "why?" },
+                { "role": "assistant", "content": [{ "type": "text", "text": "because" }] },
+                { "role": "user", "content": "and?" },
+                { "role": "user", "content": [{ "type": "text", "text": "a \"signature\": \"\" in text stays" }] },
+                { "role": "assistant", "content": [
+                    { "type": "thinking", "thinking": "signed", "signature": "EqQBCkgIARABGAIiQL" }
+                ] }
+            ])
+        );
+        assert_eq!(request["max_tokens"], 64);
+
+        // Signed thinking only, or an empty signature in text alone: the body goes on as is.
+        assert_eq!(
+            without_unsigned_thinking(
+                br#"{"messages":[{"role":"assistant","content":[{"type":"thinking","thinking":"a","signature":"Eq"}]}]}"#
+            ),
+            None
+        );
+        assert_eq!(
+            without_unsigned_thinking(
+                br#"{"messages":[{"role":"user","content":"\"signature\": \"\""}]}"#
+            ),
+            None
+        );
+        assert_eq!(
+            without_unsigned_thinking(b"not json \"signature\":\"\""),
+            None
+        );
+    }
 
     #[test]
     fn reads_the_four_fields_and_skips_the_rest() {

@@ -10,6 +10,11 @@
 //! back, `top_k`, cache-control marks), and refused with [`TranslateError`] where it would
 //! (documents, server tools), so a request is never answered as if it were another.
 //!
+//! A reasoning model's reasoning (`reasoning_content`, or OpenRouter's `reasoning`) comes
+//! back as a `thinking` block with an empty signature: only Anthropic can sign one. The relay
+//! leaves such blocks out of what it sends to other accounts
+//! (`body::without_unsigned_thinking`), which would refuse them.
+//!
 //! Streamed answers go through [`StreamTranslator`], which turns `chat.completion.chunk`
 //! events into Messages events as they arrive.
 //!
@@ -403,6 +408,9 @@ pub fn message(body: &Value, model: &str) -> Result<Value, TranslateError> {
         .ok_or_else(|| refuse("the upstream's answer has no choices"))?;
     let answer = choice.get("message").unwrap_or(&Value::Null);
     let mut content = Vec::new();
+    if let Some(reasoning) = reasoning_of(answer) {
+        content.push(json!({ "type": "thinking", "thinking": reasoning, "signature": "" }));
+    }
     if let Some(text) = answer.get("content").and_then(Value::as_str) {
         if !text.is_empty() {
             content.push(json!({ "type": "text", "text": text }));
@@ -432,6 +440,16 @@ pub fn message(body: &Value, model: &str) -> Result<Value, TranslateError> {
     }))
 }
 
+/// The reasoning a Chat Completions message or delta carries, if any: `reasoning_content`
+/// (DeepSeek, vLLM, SGLang and most servers of open reasoning models) or `reasoning`
+/// (OpenRouter).
+fn reasoning_of(message: &Value) -> Option<&str> {
+    ["reasoning_content", "reasoning"]
+        .into_iter()
+        .filter_map(|name| message.get(name).and_then(Value::as_str))
+        .find(|reasoning| !reasoning.is_empty())
+}
+
 /// A whole Messages answer as the events of a streamed one, for a server that answered a
 /// stream request with one JSON answer: each block opened, given in one delta, and closed.
 pub fn message_events(message: &Value) -> Vec<u8> {
@@ -456,6 +474,13 @@ pub fn message_events(message: &Value) -> Vec<u8> {
                     json!({ "type": "input_json_delta", "partial_json": input.to_string() }),
                 )
             }
+            Some("thinking") => (
+                json!({ "type": "thinking", "thinking": "", "signature": "" }),
+                json!({
+                    "type": "thinking_delta",
+                    "thinking": block.get("thinking").and_then(Value::as_str).unwrap_or(""),
+                }),
+            ),
             _ => (
                 json!({ "type": "text", "text": "" }),
                 json!({ "type": "text_delta", "text": text_of(block) }),
@@ -624,6 +649,7 @@ pub struct StreamTranslator {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Open {
+    Thinking,
     Text,
     Tool(u64),
 }
@@ -734,6 +760,22 @@ impl StreamTranslator {
             return;
         };
         let delta = choice.get("delta").unwrap_or(&Value::Null);
+        if let Some(reasoning) = reasoning_of(delta) {
+            let index = self.open_block(
+                Open::Thinking,
+                out,
+                || json!({ "type": "thinking", "thinking": "", "signature": "" }),
+            );
+            event(
+                out,
+                "content_block_delta",
+                &json!({
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": { "type": "thinking_delta", "thinking": reasoning },
+                }),
+            );
+        }
         for text in ["content", "refusal"] {
             if let Some(text) = delta
                 .get(text)
@@ -1361,5 +1403,82 @@ mod tests {
         assert_eq!(events[5].1["delta"]["partial_json"], r#"{"path":"."}"#);
         assert_eq!(events[7].1["delta"]["stop_reason"], "tool_use");
         assert_eq!(events[7].1["usage"]["output_tokens"], 4);
+    }
+
+    #[test]
+    fn reasoning_comes_back_as_an_unsigned_thinking_block_first() {
+        let answer = json!({ "id": "x", "choices": [{ "finish_reason": "stop", "message": {
+            "reasoning_content": "Let me think.", "content": "42" } }] });
+        let translated = message(&answer, "m").unwrap();
+        assert_eq!(
+            translated["content"],
+            json!([{ "type": "thinking", "thinking": "Let me think.", "signature": "" },
+                   { "type": "text", "text": "42" }])
+        );
+        // OpenRouter's name for it; an empty one is no block.
+        let answer = json!({ "choices": [{ "message": { "reasoning": "Hm.", "content": "ok" } }] });
+        assert_eq!(
+            message(&answer, "m").unwrap()["content"][0]["thinking"],
+            "Hm."
+        );
+        let answer =
+            json!({ "choices": [{ "message": { "reasoning_content": "", "content": "ok" } }] });
+        assert_eq!(message(&answer, "m").unwrap()["content"][0]["type"], "text");
+
+        let streamed = events(&message_events(&translated));
+        assert_eq!(
+            streamed[1].1["content_block"],
+            json!({ "type": "thinking", "thinking": "", "signature": "" })
+        );
+        assert_eq!(
+            streamed[2].1["delta"],
+            json!({ "type": "thinking_delta", "thinking": "Let me think." })
+        );
+        assert_eq!(streamed[5].1["delta"]["text"], "42");
+    }
+
+    #[test]
+    fn streamed_reasoning_is_a_thinking_block_before_the_text() {
+        let chunks = [
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":null,"reasoning_content":"Let"}}]}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"reasoning_content":" me think."}}]}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"42","reasoning_content":null}}]}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        ];
+        let mut translator = StreamTranslator::new("claude-sonnet-4-5");
+        let mut out = Vec::new();
+        for chunk in chunks {
+            translator.feed(format!("data: {chunk}\n\n").as_bytes(), &mut out);
+        }
+        translator.feed(b"data: [DONE]\n\n", &mut out);
+        let events = events(&out);
+        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(
+            events[1].1["content_block"],
+            json!({ "type": "thinking", "thinking": "", "signature": "" })
+        );
+        let thinking: String = events[2..4]
+            .iter()
+            .map(|(_, data)| data["delta"]["thinking"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(thinking, "Let me think.");
+        assert_eq!(events[5].1["content_block"]["type"], "text");
+        assert_eq!(events[5].1["index"], 1);
+        assert_eq!(events[6].1["delta"]["text"], "42");
     }
 }

@@ -125,6 +125,13 @@ async fn handle_inner(
             inspection.metadata_user_id,
         )
     };
+    // Thinking blocks the relay wrote for an `openai` account's reasoning carry no signature,
+    // and no Anthropic account takes them back: they go nowhere (see `body`).
+    let body = if endpoint == Endpoint::Models {
+        body
+    } else {
+        relay_core::body::without_unsigned_thinking(&body).unwrap_or(body)
+    };
     if endpoint != Endpoint::Models {
         check_model(&identity, model.as_deref())?;
     }

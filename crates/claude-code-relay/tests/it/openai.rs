@@ -700,3 +700,63 @@ async fn a_server_that_refuses_stream_options_is_asked_without_it() {
         Some(json!({ "include_usage": true }))
     );
 }
+
+#[tokio::test]
+async fn reasoning_comes_back_as_thinking_that_never_reaches_an_anthropic_account() {
+    let h = Harness::start().await;
+    let (_, _, openai_key) = openai_setup(&h).await;
+    h.mock.push(
+        "sk-oa",
+        Behavior::Status {
+            status: 200,
+            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+            body: json!({
+                "id": "chatcmpl-r", "object": "chat.completion",
+                "choices": [{ "index": 0, "finish_reason": "stop", "message": {
+                    "role": "assistant", "reasoning_content": "Six times seven.", "content": "42" } }],
+                "usage": { "prompt_tokens": 9, "completion_tokens": 30 }
+            })
+            .to_string(),
+        },
+    );
+    let response = h.messages(&openai_key, message_body(false)).await;
+    assert_eq!(response.status(), 200);
+    let message: Value = response.json().await.unwrap();
+    assert_eq!(
+        message["content"],
+        json!([{ "type": "thinking", "thinking": "Six times seven.", "signature": "" },
+               { "type": "text", "text": "42" }])
+    );
+
+    // The conversation goes on, as clients keep it (the thinking block included), first on
+    // the OpenAI-compatible account, then on an Anthropic one.
+    let mut follow_up = message_body(false);
+    follow_up["messages"] = json!([
+        { "role": "user", "content": "hello" },
+        { "role": "assistant", "content": message["content"] },
+        { "role": "user", "content": "and?" }
+    ]);
+    let response = h.messages(&openai_key, follow_up.clone()).await;
+    assert_eq!(response.status(), 200);
+    let sent: Value = serde_json::from_slice(&h.mock.requests_for("sk-oa")[1].body).unwrap();
+    assert_eq!(
+        sent["messages"][1],
+        json!({ "role": "assistant", "content": "42" })
+    );
+
+    let anthropic = h.group("anthropic", None).await;
+    h.console_account(anthropic, "cc", "sk-cc", 1).await;
+    let anthropic_key = h.key(anthropic).await;
+    let response = h.messages(&anthropic_key, follow_up).await;
+    assert_eq!(response.status(), 200);
+    let sent: Value = serde_json::from_slice(&h.mock.requests_for("sk-cc")[0].body).unwrap();
+    assert_eq!(
+        sent["messages"],
+        json!([
+            { "role": "user", "content": "hello" },
+            { "role": "assistant", "content": [{ "type": "text", "text": "42" }] },
+            { "role": "user", "content": "and?" }
+        ])
+    );
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+}
