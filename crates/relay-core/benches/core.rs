@@ -12,7 +12,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use relay_core::body::inspect_request;
+use relay_core::body::{inspect_request, without_unsigned_thinking};
 use relay_core::sse::{usage_from_json, SseUsageParser};
 use relay_core::strategy::{Candidate, HealthStatus, SelectionContext, StrategyRegistry};
 
@@ -122,7 +122,15 @@ fn claude_code_body() -> Vec<u8> {
         .map(|i| {
             serde_json::json!({
                 "role": if i % 2 == 0 { "user" } else { "assistant" },
-                "content": [{"type": "text", "text": "Some conversation text with \"quotes\" and \\n escapes. ".repeat(10)}]
+                "content": if i % 2 == 0 {
+                    serde_json::json!([{"type": "text", "text": "Some conversation text with \"quotes\" and \\n escapes. ".repeat(10)}])
+                } else {
+                    // Claude Code sends signed thinking blocks back with its history.
+                    serde_json::json!([
+                        {"type": "thinking", "thinking": "Weighing the options. ".repeat(20), "signature": "EqQBCkgIARABGAIiQL".repeat(12)},
+                        {"type": "text", "text": "Some conversation text with \"quotes\" and \\n escapes. ".repeat(10)}
+                    ])
+                }
             })
         })
         .collect();
@@ -145,6 +153,12 @@ fn body_inspection(c: &mut Criterion) {
     group.bench_function(format!("claude_code_body_{}KiB", body.len() / 1024), |b| {
         b.iter(|| black_box(inspect_request(black_box(&body)).expect("valid")))
     });
+    // The scan every request body gets for thinking blocks without a signature (none here:
+    // the body goes on as it is, which is the common case).
+    group.bench_function(
+        format!("unsigned_thinking_scan_{}KiB", body.len() / 1024),
+        |b| b.iter(|| black_box(without_unsigned_thinking(black_box(&body)))),
+    );
     group.finish();
 }
 
