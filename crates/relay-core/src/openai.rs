@@ -595,11 +595,107 @@ pub fn max_tokens_limit(error_body: &[u8]) -> Option<u64> {
         .or_else(|| number_after("range of max_tokens is", ","))
 }
 
-/// Whether a 400 answer's body refuses `stream_options`, as servers that do not know it do
-/// ("Unrecognized request argument supplied: stream_options", "stream_options: Extra inputs
-/// are not permitted").
-pub fn refuses_stream_options(error_body: &[u8]) -> bool {
-    memchr::memmem::find(error_body, b"stream_options").is_some()
+/// Optional parts of a Chat Completions request that a server refused, as a set. A request
+/// is asked again without them (`max_tokens` then goes as `max_completion_tokens`), and what
+/// an account's server refused once is left out of its later requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals(u8);
+
+impl Refusals {
+    pub const NONE: Refusals = Refusals(0);
+    /// `stream_options`: unknown to older servers. Streams then carry no token counts.
+    pub const STREAM_OPTIONS: Refusals = Refusals(1);
+    /// `max_tokens`: OpenAI's reasoning models take the limit as `max_completion_tokens`.
+    pub const MAX_TOKENS: Refusals = Refusals(1 << 1);
+    /// `temperature`: reasoning models take only their default.
+    pub const TEMPERATURE: Refusals = Refusals(1 << 2);
+    /// `top_p`: likewise.
+    pub const TOP_P: Refusals = Refusals(1 << 3);
+    /// `parallel_tool_calls`: unknown to some servers, refused by reasoning models.
+    pub const PARALLEL_TOOL_CALLS: Refusals = Refusals(1 << 4);
+
+    /// The request fields, as named in refusals, of each member.
+    const FIELDS: [(&'static str, Refusals); 5] = [
+        ("stream_options", Refusals::STREAM_OPTIONS),
+        ("max_tokens", Refusals::MAX_TOKENS),
+        ("temperature", Refusals::TEMPERATURE),
+        ("top_p", Refusals::TOP_P),
+        ("parallel_tool_calls", Refusals::PARALLEL_TOOL_CALLS),
+    ];
+
+    pub fn contains(self, other: Refusals) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    pub fn with(self, other: Refusals) -> Refusals {
+        Refusals(self.0 | other.0)
+    }
+
+    /// For keeping in an atomic.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u8) -> Refusals {
+        Refusals(bits)
+    }
+
+    /// The names of the refused fields, for logs.
+    pub fn names(self) -> Vec<&'static str> {
+        Refusals::FIELDS
+            .into_iter()
+            .filter(|(_, member)| self.contains(*member))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// `chat` (a Chat Completions request) without the refused fields.
+    pub fn apply(self, chat: &mut Value) {
+        let Some(fields) = chat.as_object_mut() else {
+            return;
+        };
+        for (name, member) in Refusals::FIELDS {
+            if !self.contains(member) {
+                continue;
+            }
+            let removed = fields.remove(name);
+            if member == Refusals::MAX_TOKENS {
+                if let Some(limit) = removed {
+                    fields.insert("max_completion_tokens".into(), limit);
+                }
+            }
+        }
+    }
+}
+
+/// What a 400 answer's body says the server refuses of the fields `sent` (of a request
+/// already without `known`): the first field it names as unsupported or unknown, if it is
+/// one the request can do without. A message that only finds fault with a value (a
+/// temperature out of range, say) names no refusal: that request is the client's to fix.
+pub fn refusal_in(error_body: &[u8], sent: &Value, known: Refusals) -> Option<Refusals> {
+    let text = std::str::from_utf8(error_body).ok()?;
+    // OpenAI: "Unsupported parameter: 'max_tokens' is not supported with this model. Use
+    // 'max_completion_tokens' instead." and "Unsupported value: 'temperature' does not
+    // support 0.7 with this model. Only the default (1) value is supported."; Azure:
+    // "Unrecognized request argument supplied: stream_options"; servers validating with
+    // pydantic: "extra_forbidden", "Extra inputs are not permitted".
+    const MARKERS: [&str; 6] = [
+        "Unsupported parameter",
+        "Unsupported value",
+        "Unrecognized request argument",
+        "extra_forbidden",
+        "Extra inputs are not permitted",
+        "not supported",
+    ];
+    if !MARKERS.iter().any(|marker| text.contains(marker)) {
+        return None;
+    }
+    Refusals::FIELDS
+        .into_iter()
+        .find(|(name, member)| {
+            !known.contains(*member) && sent.get(*name).is_some() && text.contains(name)
+        })
+        .map(|(_, member)| member)
 }
 
 /// Anthropic's model list for an OpenAI-compatible `GET /models` answer. OpenAI gives no
@@ -1358,14 +1454,64 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_of_stream_options_is_recognised() {
-        let azure = br#"{"error":{"message":"Unrecognized request argument supplied: stream_options","type":"invalid_request_error","param":null,"code":null}}"#;
-        assert!(refuses_stream_options(azure));
+    fn refused_fields_are_read_from_refusals_and_left_out() {
+        let sent = json!({ "model": "o3", "max_tokens": 32000, "temperature": 0.7,
+                           "stream": true, "stream_options": { "include_usage": true },
+                           "parallel_tool_calls": false });
+        let refusal = |message: &str| json!({ "error": { "message": message } }).to_string();
+        let read = |message: &str, known| refusal_in(refusal(message).as_bytes(), &sent, known);
+        assert_eq!(
+            read("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", Refusals::NONE),
+            Some(Refusals::MAX_TOKENS)
+        );
+        assert_eq!(
+            read("Unsupported value: 'temperature' does not support 0.7 with this model. Only the default (1) value is supported.", Refusals::NONE),
+            Some(Refusals::TEMPERATURE)
+        );
+        assert_eq!(
+            read(
+                "Unrecognized request argument supplied: stream_options",
+                Refusals::NONE
+            ),
+            Some(Refusals::STREAM_OPTIONS)
+        );
         let strict = br#"{"object":"error","message":"[{'type': 'extra_forbidden', 'loc': ('body', 'stream_options'), 'msg': 'Extra inputs are not permitted'}]","code":400}"#;
-        assert!(refuses_stream_options(strict));
-        assert!(!refuses_stream_options(
-            br#"{"error":{"message":"The model `gpt-9` does not exist"}}"#
-        ));
+        assert_eq!(
+            refusal_in(strict, &sent, Refusals::NONE),
+            Some(Refusals::STREAM_OPTIONS)
+        );
+        // Known already, not sent, or a value at fault: nothing to leave out.
+        assert_eq!(
+            read(
+                "Unrecognized request argument supplied: stream_options",
+                Refusals::STREAM_OPTIONS
+            ),
+            None
+        );
+        assert_eq!(
+            read(
+                "Unsupported parameter: 'top_p' is not supported with this model.",
+                Refusals::NONE
+            ),
+            None
+        );
+        assert_eq!(read("temperature must be at most 2", Refusals::NONE), None);
+        assert_eq!(read("max_tokens is too large: 64000. This model supports at most 16384 completion tokens", Refusals::NONE), None);
+
+        let mut chat = sent.clone();
+        Refusals::MAX_TOKENS
+            .with(Refusals::STREAM_OPTIONS)
+            .with(Refusals::TEMPERATURE)
+            .apply(&mut chat);
+        assert_eq!(
+            chat,
+            json!({ "model": "o3", "max_completion_tokens": 32000, "stream": true,
+                    "parallel_tool_calls": false })
+        );
+        assert_eq!(
+            Refusals::MAX_TOKENS.with(Refusals::TOP_P).names(),
+            ["max_tokens", "top_p"]
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ use relay_core::envelope::ErrorKind;
 use relay_core::metrics::{AttemptSample, BreakerScope, RequestSample};
 use relay_core::model::{Account, Usage};
 use relay_core::model::{ModelFamily, Platform};
+use relay_core::openai::Refusals;
 use relay_core::sse::{FirstEvent, SseUsageParser};
 use relay_core::state::{Eligibility, StateEvent};
 use relay_core::strategy::{Candidate, CandidateFeed, ScreenStep, SelectionContext, Survey};
@@ -135,8 +136,8 @@ enum AttemptOutcome {
 struct ChatAdjust {
     /// `max_tokens` at most this: the limit the server named.
     max_tokens_cap: Option<u64>,
-    /// No `stream_options`: the server refuses it. Its streams then carry no token counts.
-    without_stream_options: bool,
+    /// The optional fields the server refused (for the model asked), left out.
+    refusals: Refusals,
 }
 
 struct AttemptFailure {
@@ -1373,8 +1374,15 @@ async fn attempt_once(
         Ok(secret) => secret,
         Err(error) => return oauth_failure(error),
     };
+    // The account's name for the model its server is asked for: what it refused is kept
+    // per model (one server can serve a reasoning model and a chat model).
+    let upstream_model = request
+        .model
+        .as_ref()
+        .filter(|_| account.platform == Platform::Openai)
+        .map(|model| account.model_mapping.get(model).unwrap_or(model));
     let mut adjust = ChatAdjust {
-        without_stream_options: runtime.refuses_stream_options(),
+        refusals: upstream_model.map_or(Refusals::NONE, |model| runtime.refusals(model)),
         ..ChatAdjust::default()
     };
     let mut outcome = send_once(state, account, request, config, deadline, &secret, adjust).await;
@@ -1387,15 +1395,19 @@ async fn attempt_once(
             outcome = AttemptOutcome::PassThrough(refusal);
             break;
         }
-        if adjusted.without_stream_options
-            && !adjust.without_stream_options
-            && runtime.note_stream_options_refused()
-        {
-            tracing::warn!(
-                account = %account.name,
-                "the account's server refuses stream_options: its streamed answers are asked \
-                 for without it from now on, and carry no token counts"
-            );
+        if let Some(model) = upstream_model {
+            let learned = runtime.note_refusals(model, adjusted.refusals);
+            if learned != Refusals::NONE {
+                tracing::warn!(
+                    account = %account.name,
+                    model = %model,
+                    refused = ?learned.names(),
+                    "the account's server refuses these request fields for this model: they \
+                     are left out of its requests from now on (max_tokens goes as \
+                     max_completion_tokens; without stream_options, streams carry no token \
+                     counts)"
+                );
+            }
         }
         adjust = adjusted;
         outcome = send_once(state, account, request, config, deadline, &secret, adjust).await;
@@ -1437,7 +1449,7 @@ fn oauth_failure(error: OAuthError) -> AttemptOutcome {
 /// The adjustment that answers an `openai` account's 400 `error_body`, when it names one not
 /// made yet: the server's limit on `max_tokens`, or its refusal of `stream_options` (sent
 /// with streams only).
-fn refused_adjustment(adjust: ChatAdjust, stream: bool, error_body: &[u8]) -> Option<ChatAdjust> {
+fn refused_adjustment(adjust: ChatAdjust, sent: &[u8], error_body: &[u8]) -> Option<ChatAdjust> {
     if adjust.max_tokens_cap.is_none() {
         if let Some(limit) = relay_core::openai::max_tokens_limit(error_body) {
             return Some(ChatAdjust {
@@ -1446,16 +1458,12 @@ fn refused_adjustment(adjust: ChatAdjust, stream: bool, error_body: &[u8]) -> Op
             });
         }
     }
-    if stream
-        && !adjust.without_stream_options
-        && relay_core::openai::refuses_stream_options(error_body)
-    {
-        return Some(ChatAdjust {
-            without_stream_options: true,
-            ..adjust
-        });
-    }
-    None
+    let sent: serde_json::Value = serde_json::from_slice(sent).ok()?;
+    let refused = relay_core::openai::refusal_in(error_body, &sent, adjust.refusals)?;
+    Some(ChatAdjust {
+        refusals: adjust.refusals.with(refused),
+        ..adjust
+    })
 }
 
 /// One request to `account`'s upstream. The account is the attempt's copy of it (read
@@ -1498,7 +1506,7 @@ async fn send_once(
                 &request.body,
                 upstream_model,
                 adjust.max_tokens_cap,
-                adjust.without_stream_options,
+                adjust.refusals,
             ) {
                 Ok(body) => body,
                 Err(message) => {
@@ -1516,6 +1524,8 @@ async fn send_once(
         },
         _ => request.body.clone(),
     };
+    // What an `openai` account was asked, to read its refusal against.
+    let sent_body = openai.then(|| body.clone());
     let mut upstream_request = http::Request::new(if request.endpoint.method() == Method::POST {
         UpstreamBody::new(body)
     } else {
@@ -1567,7 +1577,11 @@ async fn send_once(
                 let adjusted = if status == StatusCode::BAD_REQUEST
                     && request.endpoint == Endpoint::Messages
                 {
-                    refused_adjustment(adjust, request.stream, &error_body)
+                    refused_adjustment(
+                        adjust,
+                        sent_body.as_deref().unwrap_or_default(),
+                        &error_body,
+                    )
                 } else {
                     None
                 };

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use relay_core::envelope::{error_json, ErrorKind};
-use relay_core::openai::{self, StreamTranslator};
+use relay_core::openai::{self, Refusals, StreamTranslator};
 
 use crate::forward::Endpoint;
 use crate::http_clients::{ChunkTransform, UpstreamAnswer};
@@ -43,13 +43,13 @@ pub fn invalid_request(message: &str) -> (StatusCode, Bytes) {
 
 /// The Chat Completions request for a Messages request `body`, for `model` (the account's
 /// name for it), its `max_tokens` at most `max_tokens_cap` when given (the limit the server
-/// named), without `stream_options` when the server refuses it; the message says what
-/// cannot be translated.
+/// named), without the fields the server refused; the message says what cannot be
+/// translated.
 pub fn chat_request_body(
     body: &[u8],
     model: &str,
     max_tokens_cap: Option<u64>,
-    without_stream_options: bool,
+    refusals: Refusals,
 ) -> Result<Bytes, String> {
     let request: serde_json::Value = serde_json::from_slice(body)
         .map_err(|error| format!("the request body is not valid JSON: {error}"))?;
@@ -58,11 +58,7 @@ pub fn chat_request_body(
         let asked = chat.get("max_tokens").and_then(serde_json::Value::as_u64);
         chat["max_tokens"] = serde_json::Value::from(asked.map_or(cap, |asked| asked.min(cap)));
     }
-    if without_stream_options {
-        if let Some(fields) = chat.as_object_mut() {
-            fields.remove("stream_options");
-        }
-    }
+    refusals.apply(&mut chat);
     Ok(Bytes::from(chat.to_string()))
 }
 

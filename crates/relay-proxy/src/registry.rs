@@ -7,7 +7,7 @@
 //! rebuilds: a rebuild swaps the configuration under them, never their state.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -16,6 +16,7 @@ use relay_core::config::{FallbackConfig, FallbackConfigPatch};
 use relay_core::model::{
     Account, AccountId, ApiKey, ApiKeyId, Credential, Group, GroupId, ModelFamily,
 };
+use relay_core::openai::Refusals;
 use relay_core::state::{AccountState, Eligibility, SelectionView};
 use relay_core::strategy::{SelectionStrategy, StrategyRegistry};
 use relay_core::{FastMap, UnixMillis};
@@ -94,9 +95,9 @@ struct Rarely {
     credential: Mutex<Credential>,
     /// Held while an OAuth refresh runs: one refresh in flight per account, others wait.
     oauth_refresh: tokio::sync::Mutex<()>,
-    /// An `openai` account's server refused `stream_options`: its streamed requests go
-    /// without it from then on (until its `base_url` changes).
-    refuses_stream_options: AtomicBool,
+    /// What an `openai` account's server refused, per model it was asked for (a few): left
+    /// out of its requests for that model from then on (until its `base_url` changes).
+    refusals: Mutex<Vec<(String, Refusals)>>,
 }
 
 impl AccountRuntime {
@@ -113,7 +114,7 @@ impl AccountRuntime {
             rest: Box::new(Rarely {
                 credential: Mutex::new(credential),
                 oauth_refresh: tokio::sync::Mutex::new(()),
-                refuses_stream_options: AtomicBool::new(false),
+                refusals: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -130,20 +131,35 @@ impl AccountRuntime {
         *lock(&self.rest.credential) = credential;
     }
 
+    /// What the account's server has refused of requests for `model` (see `Rarely`).
+    pub fn refusals(&self, model: &str) -> Refusals {
+        lock(&self.rest.refusals)
+            .iter()
+            .find(|(refused_for, _)| refused_for == model)
+            .map_or(Refusals::NONE, |(_, refusals)| *refusals)
+    }
+
+    /// Notes that the account's server refuses `refusals` for `model`; answers what was not
+    /// known yet.
+    pub fn note_refusals(&self, model: &str, refusals: Refusals) -> Refusals {
+        let mut known = lock(&self.rest.refusals);
+        match known
+            .iter_mut()
+            .find(|(refused_for, _)| refused_for == model)
+        {
+            Some((_, before)) => {
+                let learned = Refusals::from_bits(refusals.bits() & !before.bits());
+                *before = before.with(refusals);
+                learned
+            }
+            None => {
+                known.push((model.to_owned(), refusals));
+                refusals
+            }
+        }
+    }
+
     /// Held while an OAuth refresh runs: one refresh in flight per account, others wait.
-    /// Whether the account's server has refused `stream_options` (see `Rarely`).
-    pub fn refuses_stream_options(&self) -> bool {
-        self.rest.refuses_stream_options.load(Ordering::Relaxed)
-    }
-
-    /// Notes that the account's server refused `stream_options`; `true` the first time.
-    pub fn note_stream_options_refused(&self) -> bool {
-        !self
-            .rest
-            .refuses_stream_options
-            .swap(true, Ordering::Relaxed)
-    }
-
     pub fn oauth_refresh(&self) -> &tokio::sync::Mutex<()> {
         &self.rest.oauth_refresh
     }
@@ -475,10 +491,7 @@ impl Registry {
                 Some(existing) => {
                     if existing.account.load().base_url != account.base_url {
                         // Another server: what the old one refused says nothing about it.
-                        existing
-                            .rest
-                            .refuses_stream_options
-                            .store(false, Ordering::Relaxed);
+                        lock(&existing.rest.refusals).clear();
                     }
                     existing.account.store(Arc::new(account));
                     existing.set_credential(credential);

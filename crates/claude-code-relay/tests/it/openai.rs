@@ -760,3 +760,57 @@ async fn reasoning_comes_back_as_thinking_that_never_reaches_an_anthropic_accoun
     );
     assert_eq!(sent["model"], "claude-sonnet-4-5");
 }
+
+#[tokio::test]
+async fn fields_a_reasoning_model_refuses_are_left_out_for_that_model_only() {
+    let h = Harness::start().await;
+    let (_, _, key) = openai_setup(&h).await;
+    let refusal = |message: &str| Behavior::Status {
+        status: 400,
+        headers: vec![],
+        body: json!({ "error": { "message": message, "type": "invalid_request_error",
+                                 "param": null, "code": "unsupported_parameter" } })
+        .to_string(),
+    };
+    h.mock.push(
+        "sk-oa",
+        refusal("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."),
+    );
+    h.mock.push(
+        "sk-oa",
+        refusal("Unsupported value: 'temperature' does not support 0.5 with this model. Only the default (1) value is supported."),
+    );
+    let mut body = message_body(false);
+    body["temperature"] = json!(0.5);
+    let response = h.messages(&key, body.clone()).await;
+    assert_eq!(response.status(), 200);
+    let sent = |index: usize| -> Value {
+        let sent: Value =
+            serde_json::from_slice(&h.mock.requests_for("sk-oa")[index].body).unwrap();
+        json!([
+            sent["model"],
+            sent.get("max_tokens"),
+            sent.get("max_completion_tokens"),
+            sent.get("temperature")
+        ])
+    };
+    assert_eq!(h.mock.count_for("sk-oa"), 3);
+    assert_eq!(sent(0), json!(["gpt-4o", 64, null, 0.5]));
+    assert_eq!(sent(1), json!(["gpt-4o", null, 64, 0.5]));
+    assert_eq!(sent(2), json!(["gpt-4o", null, 64, null]));
+    let logs = h.logs("").await;
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0]["class"], "success");
+
+    // Remembered for that model: asked within what it takes at once.
+    let response = h.messages(&key, body.clone()).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(h.mock.count_for("sk-oa"), 4);
+    assert_eq!(sent(3), json!(["gpt-4o", null, 64, null]));
+
+    // Another model on the same server is asked as before.
+    body["model"] = json!("claude-haiku-4-5");
+    let response = h.messages(&key, body).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(sent(4), json!(["claude-haiku-4-5", 64, null, 0.5]));
+}
