@@ -10,10 +10,10 @@
 //! back, `top_k`, cache-control marks), and refused with [`TranslateError`] where it would
 //! (documents, server tools), so a request is never answered as if it were another.
 //!
-//! A reasoning model's reasoning (`reasoning_content`, or OpenRouter's `reasoning`) comes
-//! back as a `thinking` block with an empty signature: only Anthropic can sign one. The relay
-//! leaves such blocks out of what it sends to other accounts
-//! (`body::without_unsigned_thinking`), which would refuse them.
+//! Enabled thinking asks for a `reasoning_effort` by its budget. A reasoning model's reasoning
+//! (`reasoning_content`, or OpenRouter's `reasoning`) comes back as a `thinking` block with
+//! an empty signature: only Anthropic can sign one. The relay leaves such blocks out of what
+//! it sends on (`body::without_unsigned_thinking`): an Anthropic account would refuse them.
 //!
 //! Streamed answers go through [`StreamTranslator`], which turns `chat.completion.chunk`
 //! events into Messages events as they arrive.
@@ -76,6 +76,9 @@ pub fn chat_request(body: &Value, model: &str) -> Result<Value, TranslateError> 
             chat.insert(name.into(), value.clone());
         }
     }
+    if let Some(effort) = request.get("thinking").and_then(reasoning_effort) {
+        chat.insert("reasoning_effort".into(), Value::from(effort));
+    }
     if let Some(stop) = request.get("stop_sequences") {
         chat.insert("stop".into(), stop.clone());
     }
@@ -113,6 +116,25 @@ pub fn chat_request(body: &Value, model: &str) -> Result<Value, TranslateError> 
         chat.insert("stream_options".into(), json!({ "include_usage": true }));
     }
     Ok(Value::Object(chat))
+}
+
+/// The `reasoning_effort` for Anthropic's `thinking` setting: none unless thinking is
+/// enabled, then by its token budget (Claude Code's "think", "think hard" and "ultrathink"
+/// ask for 4,000, 10,000 and 31,999: low, medium and high). A server that does not know the
+/// field refuses it, and the request is asked again without it ([`Refusals`]).
+fn reasoning_effort(thinking: &Value) -> Option<&'static str> {
+    if thinking.get("type").and_then(Value::as_str) != Some("enabled") {
+        return None;
+    }
+    let budget = thinking
+        .get("budget_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    Some(match budget {
+        0..8_000 => "low",
+        8_000..24_000 => "medium",
+        _ => "high",
+    })
 }
 
 /// The system prompt as one text: a string, or text blocks joined by blank lines.
@@ -613,14 +635,17 @@ impl Refusals {
     pub const TOP_P: Refusals = Refusals(1 << 3);
     /// `parallel_tool_calls`: unknown to some servers, refused by reasoning models.
     pub const PARALLEL_TOOL_CALLS: Refusals = Refusals(1 << 4);
+    /// `reasoning_effort` (from `thinking`): refused by models that do not reason.
+    pub const REASONING_EFFORT: Refusals = Refusals(1 << 5);
 
     /// The request fields, as named in refusals, of each member.
-    const FIELDS: [(&'static str, Refusals); 5] = [
+    const FIELDS: [(&'static str, Refusals); 6] = [
         ("stream_options", Refusals::STREAM_OPTIONS),
         ("max_tokens", Refusals::MAX_TOKENS),
         ("temperature", Refusals::TEMPERATURE),
         ("top_p", Refusals::TOP_P),
         ("parallel_tool_calls", Refusals::PARALLEL_TOOL_CALLS),
+        ("reasoning_effort", Refusals::REASONING_EFFORT),
     ];
 
     pub fn contains(self, other: Refusals) -> bool {
@@ -1084,6 +1109,41 @@ mod tests {
                 "stream_options": { "include_usage": true }
             })
         );
+    }
+
+    #[test]
+    fn enabled_thinking_asks_for_a_reasoning_effort_by_its_budget() {
+        let effort = |thinking: Value| {
+            let body = json!({ "max_tokens": 10, "thinking": thinking,
+                               "messages": [{ "role": "user", "content": "hi" }] });
+            chat_request(&body, "o3")
+                .unwrap()
+                .get("reasoning_effort")
+                .cloned()
+        };
+        assert_eq!(
+            effort(json!({ "type": "enabled", "budget_tokens": 4000 })),
+            Some(json!("low"))
+        );
+        assert_eq!(
+            effort(json!({ "type": "enabled", "budget_tokens": 10000 })),
+            Some(json!("medium"))
+        );
+        assert_eq!(
+            effort(json!({ "type": "enabled", "budget_tokens": 31999 })),
+            Some(json!("high"))
+        );
+        assert_eq!(effort(json!({ "type": "disabled" })), None);
+        assert_eq!(effort(Value::Null), None);
+        let mut chat = json!({ "model": "gpt-4o", "reasoning_effort": "low" });
+        let refused = refusal_in(
+            br#"{"error":{"message":"Unsupported parameter: 'reasoning_effort' is not supported with this model."}}"#,
+            &chat,
+            Refusals::NONE,
+        );
+        assert_eq!(refused, Some(Refusals::REASONING_EFFORT));
+        Refusals::REASONING_EFFORT.apply(&mut chat);
+        assert_eq!(chat, json!({ "model": "gpt-4o" }));
     }
 
     #[test]

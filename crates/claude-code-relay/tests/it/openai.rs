@@ -814,3 +814,37 @@ async fn fields_a_reasoning_model_refuses_are_left_out_for_that_model_only() {
     assert_eq!(response.status(), 200);
     assert_eq!(sent(4), json!(["claude-haiku-4-5", 64, null, 0.5]));
 }
+
+#[tokio::test]
+async fn enabled_thinking_asks_for_a_reasoning_effort_unless_the_model_refuses_it() {
+    let h = Harness::start().await;
+    let (_, _, key) = openai_setup(&h).await;
+    let mut body = message_body(false);
+    body["thinking"] = json!({ "type": "enabled", "budget_tokens": 31999 });
+    let effort = |index: usize| {
+        let sent: Value =
+            serde_json::from_slice(&h.mock.requests_for("sk-oa")[index].body).unwrap();
+        sent.get("reasoning_effort").cloned()
+    };
+    assert_eq!(h.messages(&key, body.clone()).await.status(), 200);
+    assert_eq!(effort(0), Some(json!("high")));
+
+    // A model that does not reason refuses it: asked again without, and from then on.
+    h.mock.push(
+        "sk-oa",
+        Behavior::Status {
+            status: 400,
+            headers: vec![],
+            body: json!({ "error": {
+                "message": "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+                "type": "invalid_request_error", "param": "reasoning_effort",
+                "code": "unsupported_parameter" } })
+            .to_string(),
+        },
+    );
+    assert_eq!(h.messages(&key, body.clone()).await.status(), 200);
+    assert_eq!(h.mock.count_for("sk-oa"), 3);
+    assert_eq!((effort(1), effort(2)), (Some(json!("high")), None));
+    assert_eq!(h.messages(&key, body).await.status(), 200);
+    assert_eq!(effort(3), None);
+}
