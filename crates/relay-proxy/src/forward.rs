@@ -1387,8 +1387,8 @@ async fn attempt_once(
     };
     let mut outcome = send_once(state, account, request, config, deadline, &secret, adjust).await;
     // Each adjustment is made once at most (`refused_adjustment` names only one not made
-    // yet; a refusal without one is passed through), so this ends after two more requests
-    // at most.
+    // yet; a refusal without one is passed through), so this ends: after one more request
+    // for each (the cap on `max_tokens`, and each field of `Refusals`), in practice one or two.
     while let AttemptOutcome::Refused { adjusted, refusal } = outcome {
         if adjusted == adjust {
             // Not reached (see above); never ask the same request twice.
