@@ -656,13 +656,9 @@ impl Refusals {
         Refusals(self.0 | other.0)
     }
 
-    /// For keeping in an atomic.
-    pub fn bits(self) -> u8 {
-        self.0
-    }
-
-    pub fn from_bits(bits: u8) -> Refusals {
-        Refusals(bits)
+    /// The members of `self` that are not in `other`.
+    pub fn without(self, other: Refusals) -> Refusals {
+        Refusals(self.0 & !other.0)
     }
 
     /// The names of the refused fields, for logs.

@@ -148,7 +148,7 @@ impl AccountRuntime {
             .find(|(refused_for, _)| refused_for == model)
         {
             Some((_, before)) => {
-                let learned = Refusals::from_bits(refusals.bits() & !before.bits());
+                let learned = refusals.without(*before);
                 *before = before.with(refusals);
                 learned
             }
