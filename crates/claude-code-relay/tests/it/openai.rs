@@ -45,6 +45,26 @@ async fn openai_setup(h: &Harness) -> (i64, i64, String) {
     (group, account, key)
 }
 
+/// The server's 400 in OpenAI's error shape, saying `message`.
+fn refused(message: &str) -> Behavior {
+    Behavior::Status {
+        status: 400,
+        headers: vec![],
+        body: json!({ "error": { "message": message, "type": "invalid_request_error",
+                                 "param": null, "code": null } })
+        .to_string(),
+    }
+}
+
+/// The server's whole Chat Completions `answer`.
+fn chat_answer(answer: Value) -> Behavior {
+    Behavior::Status {
+        status: 200,
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body: answer.to_string(),
+    }
+}
+
 fn header<'a>(request: &'a relay_mock::RecordedRequest, name: &str) -> Option<&'a str> {
     request
         .headers
@@ -217,16 +237,7 @@ async fn upstream_errors_and_what_cannot_be_translated_come_back_in_anthropics_e
     let (_, _, key) = openai_setup(&h).await;
 
     // A client error goes back (no failover), in Anthropic's envelope.
-    h.mock.push(
-        "sk-oa",
-        Behavior::Status {
-            status: 400,
-            headers: vec![],
-            body: json!({ "error": { "message": "max_tokens is too large", "type": "invalid_request_error",
-                                     "param": "max_tokens", "code": null } })
-            .to_string(),
-        },
-    );
+    h.mock.push("sk-oa", refused("max_tokens is too large"));
     let response = h.messages(&key, message_body(false)).await;
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
@@ -448,19 +459,14 @@ async fn tool_calls_come_back_as_tool_use_blocks_whole_and_streamed() {
 
     h.mock.push(
         "sk-oa",
-        Behavior::Status {
-            status: 200,
-            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
-            body: json!({
-                "id": "chatcmpl-tools", "object": "chat.completion",
-                "choices": [{ "index": 0, "finish_reason": "tool_calls", "message": {
-                    "role": "assistant", "content": null,
-                    "tool_calls": [{ "id": "call_ls", "type": "function",
-                                     "function": { "name": "ls", "arguments": "{\"path\":\".\"}" } }] } }],
-                "usage": { "prompt_tokens": 30, "completion_tokens": 9 }
-            })
-            .to_string(),
-        },
+        chat_answer(json!({
+            "id": "chatcmpl-tools", "object": "chat.completion",
+            "choices": [{ "index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null,
+                "tool_calls": [{ "id": "call_ls", "type": "function",
+                                 "function": { "name": "ls", "arguments": "{\"path\":\".\"}" } }] } }],
+            "usage": { "prompt_tokens": 30, "completion_tokens": 9 }
+        })),
     );
     let response = h.messages(&key, tools_request(false)).await;
     assert_eq!(response.status(), 200);
@@ -547,14 +553,7 @@ async fn a_max_tokens_over_the_servers_limit_is_asked_again_within_it() {
     let h = Harness::start().await;
     let (_, account, key) = openai_setup(&h).await;
     let refusal = |limit: u64| {
-        Behavior::Status {
-        status: 400,
-        headers: vec![],
-        body: json!({ "error": {
-            "message": format!("max_tokens is too large: 64000. This model supports at most {limit} completion tokens, whereas you provided 64000."),
-            "type": "invalid_request_error", "param": "max_tokens", "code": "invalid_value" } })
-        .to_string(),
-    }
+        refused(&format!("max_tokens is too large: 64000. This model supports at most {limit} completion tokens, whereas you provided 64000."))
     };
     h.mock.push("sk-oa", refusal(16384));
     let mut body = message_body(false);
@@ -595,17 +594,12 @@ async fn a_whole_answer_to_a_stream_request_still_reaches_the_client_as_a_stream
     let (_, _, key) = openai_setup(&h).await;
     h.mock.push(
         "sk-oa",
-        Behavior::Status {
-            status: 200,
-            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
-            body: json!({
-                "id": "chatcmpl-whole", "object": "chat.completion",
-                "choices": [{ "index": 0, "finish_reason": "stop",
-                              "message": { "role": "assistant", "content": "All at once." } }],
-                "usage": { "prompt_tokens": 21, "completion_tokens": 4 }
-            })
-            .to_string(),
-        },
+        chat_answer(json!({
+            "id": "chatcmpl-whole", "object": "chat.completion",
+            "choices": [{ "index": 0, "finish_reason": "stop",
+                          "message": { "role": "assistant", "content": "All at once." } }],
+            "usage": { "prompt_tokens": 21, "completion_tokens": 4 }
+        })),
     );
     let body = sse_body(h.messages(&key, message_body(true)).await).await;
     assert_eq!(
@@ -630,14 +624,7 @@ async fn a_whole_answer_to_a_stream_request_still_reaches_the_client_as_a_stream
 async fn a_server_that_refuses_stream_options_is_asked_without_it() {
     let h = Harness::start().await;
     let (_, account, key) = openai_setup(&h).await;
-    let refusal = || Behavior::Status {
-        status: 400,
-        headers: vec![],
-        body: json!({ "error": {
-            "message": "Unrecognized request argument supplied: stream_options",
-            "type": "invalid_request_error", "param": null, "code": null } })
-        .to_string(),
-    };
+    let refusal = || refused("Unrecognized request argument supplied: stream_options");
     let sent_stream_options = |index: usize| {
         let sent: Value =
             serde_json::from_slice(&h.mock.requests_for("sk-oa")[index].body).unwrap();
@@ -707,17 +694,12 @@ async fn reasoning_comes_back_as_thinking_that_never_reaches_an_anthropic_accoun
     let (_, _, openai_key) = openai_setup(&h).await;
     h.mock.push(
         "sk-oa",
-        Behavior::Status {
-            status: 200,
-            headers: vec![("content-type".to_owned(), "application/json".to_owned())],
-            body: json!({
-                "id": "chatcmpl-r", "object": "chat.completion",
-                "choices": [{ "index": 0, "finish_reason": "stop", "message": {
-                    "role": "assistant", "reasoning_content": "Six times seven.", "content": "42" } }],
-                "usage": { "prompt_tokens": 9, "completion_tokens": 30 }
-            })
-            .to_string(),
-        },
+        chat_answer(json!({
+            "id": "chatcmpl-r", "object": "chat.completion",
+            "choices": [{ "index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "reasoning_content": "Six times seven.", "content": "42" } }],
+            "usage": { "prompt_tokens": 9, "completion_tokens": 30 }
+        })),
     );
     let response = h.messages(&openai_key, message_body(false)).await;
     assert_eq!(response.status(), 200);
@@ -765,20 +747,13 @@ async fn reasoning_comes_back_as_thinking_that_never_reaches_an_anthropic_accoun
 async fn fields_a_reasoning_model_refuses_are_left_out_for_that_model_only() {
     let h = Harness::start().await;
     let (_, _, key) = openai_setup(&h).await;
-    let refusal = |message: &str| Behavior::Status {
-        status: 400,
-        headers: vec![],
-        body: json!({ "error": { "message": message, "type": "invalid_request_error",
-                                 "param": null, "code": "unsupported_parameter" } })
-        .to_string(),
-    };
     h.mock.push(
         "sk-oa",
-        refusal("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."),
+        refused("Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."),
     );
     h.mock.push(
         "sk-oa",
-        refusal("Unsupported value: 'temperature' does not support 0.5 with this model. Only the default (1) value is supported."),
+        refused("Unsupported value: 'temperature' does not support 0.5 with this model. Only the default (1) value is supported."),
     );
     let mut body = message_body(false);
     body["temperature"] = json!(0.5);
@@ -832,15 +807,7 @@ async fn enabled_thinking_asks_for_a_reasoning_effort_unless_the_model_refuses_i
     // A model that does not reason refuses it: asked again without, and from then on.
     h.mock.push(
         "sk-oa",
-        Behavior::Status {
-            status: 400,
-            headers: vec![],
-            body: json!({ "error": {
-                "message": "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
-                "type": "invalid_request_error", "param": "reasoning_effort",
-                "code": "unsupported_parameter" } })
-            .to_string(),
-        },
+        refused("Unsupported parameter: 'reasoning_effort' is not supported with this model."),
     );
     assert_eq!(h.messages(&key, body.clone()).await.status(), 200);
     assert_eq!(h.mock.count_for("sk-oa"), 3);
