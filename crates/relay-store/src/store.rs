@@ -305,13 +305,18 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn every_sqlite_connection_gets_the_relays_pragmas() {
-        let directory = std::env::temp_dir().join(format!(
-            "relay-store-pragmas-{}-{}",
+    /// A directory of this test run's own under the system's temporary one.
+    fn scratch_directory(label: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!(
+            "relay-store-{label}-{}-{}",
             std::process::id(),
             now_millis()
-        ));
+        ))
+    }
+
+    #[tokio::test]
+    async fn every_sqlite_connection_gets_the_relays_pragmas() {
+        let directory = scratch_directory("pragmas");
         let store = SqlStore::connect_relative_to(Some("sqlite://pragmas.db"), &directory)
             .await
             .unwrap();
@@ -341,11 +346,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_wal_switch_waits_for_a_reader_of_the_file() {
-        let directory = std::env::temp_dir().join(format!(
-            "relay-store-wal-switch-{}-{}",
-            std::process::id(),
-            now_millis()
-        ));
+        let directory = scratch_directory("wal-switch");
         let file = prepare_sqlite_file(&directory.join("busy.db")).unwrap();
         let url = sqlite_driver_url(&file).unwrap();
         sqlx::any::install_default_drivers();
