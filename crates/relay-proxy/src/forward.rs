@@ -1395,7 +1395,7 @@ async fn attempt_once(
             outcome = AttemptOutcome::PassThrough(refusal);
             break;
         }
-        if let Some(model) = upstream_model {
+        if let Some(model) = upstream_model.filter(|_| adjusted.refusals != adjust.refusals) {
             let learned = runtime.note_refusals(model, adjusted.refusals);
             if learned != Refusals::NONE {
                 tracing::warn!(
