@@ -175,7 +175,7 @@ const MAX_FRUITLESS_PASSES: u8 = 2;
 #[derive(Debug)]
 pub enum EarlyEnd {
     Ended,
-    Failed(hyper::Error),
+    Failed(crate::h1::H1Error),
 }
 
 /// Takes the SSE chunks the upstream connection has already received, after the first

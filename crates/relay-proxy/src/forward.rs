@@ -1736,7 +1736,9 @@ async fn send_once(
 }
 
 /// The next data chunk of an upstream body (trailers skipped); `None` at its end.
-pub(crate) async fn next_chunk(body: &mut UpstreamAnswer) -> Result<Option<Bytes>, hyper::Error> {
+pub(crate) async fn next_chunk(
+    body: &mut UpstreamAnswer,
+) -> Result<Option<Bytes>, crate::h1::H1Error> {
     use http_body_util::BodyExt;
     while let Some(frame) = body.frame().await {
         if let Ok(chunk) = frame?.into_data() {

@@ -1,17 +1,19 @@
 //! Pooled upstream HTTP clients: one per distinct proxy, built once and reused, so
 //! connections to the upstream stay warm across requests.
 //!
-//! hyper's HTTP/1.1 connections under a pool of our own: the relay sends requests it has
-//! already built (headers filtered, credential set, body as received) and passes answers
+//! HTTP/1.1 connections ([`crate::h1`]) under a pool of our own: the relay sends requests it
+//! has already built (headers filtered, credential set, body as received) and passes answers
 //! through untouched, so it needs a connection pool, TLS and proxies, and nothing else (no
 //! redirects, no decompression, no URL re-parsing). The pool is a list per origin of idle
 //! connections, each thread's own (see [`enter_worker`]): a request takes the newest one
 //! that is still open, or connects; its connection goes back when the answer's body has been
 //! read to its end (a body dropped before its end takes its connection with it). A request
-//! that a pooled connection refused before sending anything (the upstream closed it while it
-//! was idle) is sent again on another. hyper-util's pooled client did the same with a task
-//! per request to watch the connection come back, and hashed the origin on every checkout
-//! and return. Proxies, per account:
+//! that could not be written to a pooled connection (the upstream closed it while it was
+//! idle) is sent again on another. No task watches a connection: the request holding it
+//! reads and writes it, and an idle one is checked for a close the reactor has seen when it
+//! is taken. (hyper-util's pooled client ran a task per request to watch the connection come
+//! back and hashed the origin on every checkout; hyper's own connections under this pool ran
+//! a task each, with a channel to the request.) Proxies, per account:
 //! - `http://` / `https://` proxy, plain-HTTP upstream: requests go to the proxy in absolute
 //!   form, with `Proxy-Authorization` when the proxy URL carries credentials;
 //! - `http://` / `https://` proxy, HTTPS upstream: a `CONNECT` tunnel, then TLS end to end;
@@ -27,9 +29,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -38,12 +37,25 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::h1;
 use crate::registry::lock;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a request body upstream is: always complete before it is sent.
-pub type UpstreamBody = Full<Bytes>;
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamBody(Bytes);
+
+impl UpstreamBody {
+    pub fn new(bytes: Bytes) -> Self {
+        UpstreamBody(bytes)
+    }
+}
+
+/// The transport of an upstream connection: TCP, possibly through a proxy, possibly TLS.
+/// Boxed: a TLS session is kilobytes, and a connection moves with the request's future.
+type Transport = Box<TokioIo<MaybeHttpsStream<RouteStream>>>;
+type Conn = h1::Conn<Transport>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -204,14 +216,14 @@ struct Origin {
 }
 
 struct IdleConnection {
-    sender: SendRequest<UpstreamBody>,
+    conn: Conn,
     since: Instant,
 }
 
 impl IdleConnection {
     /// Still open, and idle for less than [`IDLE_TIMEOUT`].
-    fn usable(&self, now: Instant) -> bool {
-        !self.sender.is_closed() && now.saturating_duration_since(self.since) < IDLE_TIMEOUT
+    fn usable(&mut self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) < IDLE_TIMEOUT && self.conn.is_usable_idle()
     }
 }
 
@@ -243,11 +255,11 @@ impl Pool {
     }
 
     /// The newest idle connection of the origin that is still open and not too old.
-    fn checkout(&mut self, origin: usize, now: Instant) -> Option<SendRequest<UpstreamBody>> {
+    fn checkout(&mut self, origin: usize, now: Instant) -> Option<Conn> {
         let idle = &mut self.origins.get_mut(origin)?.idle;
-        while let Some(connection) = idle.pop_back() {
+        while let Some(mut connection) = idle.pop_back() {
             if connection.usable(now) {
-                return Some(connection.sender);
+                return Some(connection.conn);
             }
         }
         None
@@ -259,7 +271,7 @@ impl Pool {
     /// does.
     fn close_expired(&mut self, now: Instant) {
         for origin in &mut self.origins {
-            origin.idle.retain(|connection| connection.usable(now));
+            origin.idle.retain_mut(|connection| connection.usable(now));
         }
     }
 
@@ -267,19 +279,17 @@ impl Pool {
         self.origins.iter().map(|origin| origin.idle.len()).sum()
     }
 
-    fn checkin(&mut self, origin: usize, sender: SendRequest<UpstreamBody>, now: Instant) {
+    fn checkin(&mut self, origin: usize, conn: Conn, now: Instant) {
         let Some(origin) = self.origins.get_mut(origin) else {
             return;
         };
         let idle = &mut origin.idle;
-        while idle.front().is_some_and(|oldest| !oldest.usable(now))
+        while idle.front_mut().is_some_and(|oldest| !oldest.usable(now))
             || idle.len() >= MAX_IDLE_PER_ORIGIN
         {
             idle.pop_front();
         }
-        if !sender.is_closed() {
-            idle.push_back(IdleConnection { sender, since: now });
-        }
+        idle.push_back(IdleConnection { conn, since: now });
     }
 }
 
@@ -300,7 +310,7 @@ fn host_header(scheme: &Scheme, authority: &Authority) -> Result<HeaderValue, Se
 /// The body of an upstream answer. Its connection goes back to the pool once the body has
 /// been read to its end; dropped before that, the connection is closed with it.
 pub struct UpstreamAnswer {
-    body: Incoming,
+    body: h1::Body<Transport>,
     release: Option<Release>,
     /// Rewrites the body's bytes as they are read (see [`UpstreamAnswer::transform_with`]).
     transform: Option<Box<dyn ChunkTransform>>,
@@ -319,17 +329,10 @@ pub trait ChunkTransform: Send + Sync {
 struct Release {
     pool: Arc<Mutex<Pool>>,
     origin: usize,
-    sender: SendRequest<UpstreamBody>,
-}
-
-impl Release {
-    fn release(self) {
-        lock(&self.pool).checkin(self.origin, self.sender, Instant::now());
-    }
 }
 
 impl UpstreamAnswer {
-    fn new(body: Incoming, release: Release) -> Self {
+    fn new(body: h1::Body<Transport>, release: Release) -> Self {
         let mut answer = UpstreamAnswer {
             body,
             release: Some(release),
@@ -347,32 +350,35 @@ impl UpstreamAnswer {
     }
 
     fn release_at_end(&mut self) {
-        if http_body::Body::is_end_stream(&self.body) {
+        if self.body.is_end() {
             self.release_now();
         }
     }
 
     fn release_now(&mut self) {
         if let Some(release) = self.release.take() {
-            release.release();
+            if let Some(conn) = self.body.take_reusable() {
+                lock(&release.pool).checkin(release.origin, conn, Instant::now());
+            }
         }
     }
 }
 
 impl http_body::Body for UpstreamAnswer {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h1::H1Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, h1::H1Error>>> {
         let this = self.get_mut();
         loop {
             if this.transformed_to_end {
                 return Poll::Ready(None);
             }
-            let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+            let frame = std::task::ready!(this.body.poll_data(cx))
+                .map(|data| data.map(http_body::Frame::data));
             match &frame {
                 // The last frame of a body with a length: its reader may not poll again.
                 Some(Ok(_)) => this.release_at_end(),
@@ -389,7 +395,7 @@ impl http_body::Body for UpstreamAnswer {
                         continue;
                     };
                     let mut bytes = transform.chunk(&chunk);
-                    if this.body.is_end_stream() {
+                    if this.body.is_end() {
                         bytes.extend(transform.end());
                         this.transformed_to_end = true;
                     }
@@ -409,7 +415,7 @@ impl http_body::Body for UpstreamAnswer {
 
     fn is_end_stream(&self) -> bool {
         match self.transform {
-            None => self.body.is_end_stream(),
+            None => self.body.is_end(),
             Some(_) => self.transformed_to_end,
         }
     }
@@ -481,62 +487,61 @@ impl UpstreamClient {
             .headers_mut()
             .entry(http::header::HOST)
             .or_insert(host);
-        if !forwarded {
-            // Origin form, `/v1/messages?beta=true`: only a proxy takes the absolute form.
-            let path = request
-                .uri()
+        let (parts, body) = request.into_parts();
+        // Origin form, `/v1/messages?beta=true`: only a proxy takes the absolute form.
+        let target = if forwarded {
+            parts.uri.to_string()
+        } else {
+            parts
+                .uri
                 .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/"));
-            *request.uri_mut() = Uri::from(path);
-        }
+                .map_or("/", PathAndQuery::as_str)
+                .to_owned()
+        };
+        let head = h1::request_head(&parts.method, &target, &parts.headers, body.0.len());
+        let head_request = parts.method == http::Method::HEAD;
         loop {
             let pooled = lock(&self.pool).checkout(origin, Instant::now());
-            let (mut sender, reused) = match pooled {
-                Some(mut sender) => match sender.ready().await {
-                    Ok(()) => (sender, true),
-                    // It closed since it was put back: try the next one.
-                    Err(_) => continue,
-                },
+            let (mut conn, reused) = match pooled {
+                Some(conn) => (conn, true),
                 // Boxed: connecting (TLS, a proxy's tunnel) needs a future of ~4.5 KB, which
                 // would otherwise be part of every request's, copied with it though a pooled
                 // connection serves nearly every request.
                 None => (Box::pin(self.connect(&scheme, &authority)).await?, false),
             };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    if forwarded
-                        && response.status() == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED
-                    {
-                        // Only the proxy answers 407: the upstream was never reached. A
-                        // transport failure of this account, not an answer for the client.
-                        return Err(SendError(
-                            "the HTTP proxy refused the request: 407 Proxy Authentication Required"
-                                .to_owned(),
-                        ));
-                    }
-                    let release = Release {
-                        pool: Arc::clone(&self.pool),
-                        origin,
-                        sender,
-                    };
-                    return Ok(response.map(|body| UpstreamAnswer::new(body, release)));
+            if let Err(error) = conn.send(&head, &body.0).await {
+                if reused {
+                    // The pooled connection closed meanwhile: try the next one.
+                    continue;
                 }
-                Err(mut error) => match error.take_message() {
-                    // Nothing was sent: the pooled connection closed meanwhile.
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(SendError(error_chain(&error.into_error()))),
-                },
+                return Err(SendError(format!("sending the request failed: {error}")));
             }
+            let (head, body) = conn
+                .answer(head_request)
+                .await
+                .map_err(|error| SendError(error_chain(&error)))?;
+            if forwarded && head.status == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+                // Only the proxy answers 407: the upstream was never reached. A transport
+                // failure of this account, not an answer for the client.
+                return Err(SendError(
+                    "the HTTP proxy refused the request: 407 Proxy Authentication Required"
+                        .to_owned(),
+                ));
+            }
+            let release = Release {
+                pool: Arc::clone(&self.pool),
+                origin,
+            };
+            let mut response = Response::new(UpstreamAnswer::new(body, release));
+            *response.status_mut() = head.status;
+            *response.version_mut() = head.version;
+            *response.headers_mut() = head.headers;
+            return Ok(response);
         }
     }
 
-    /// A new connection to the origin, driven by a task of the current runtime.
-    async fn connect(
-        &self,
-        scheme: &Scheme,
-        authority: &Authority,
-    ) -> Result<SendRequest<UpstreamBody>, SendError> {
+    /// A new connection to the origin.
+    async fn connect(&self, scheme: &Scheme, authority: &Authority) -> Result<Conn, SendError> {
         let target = Uri::builder()
             .scheme(scheme.clone())
             .authority(authority.clone())
@@ -551,15 +556,7 @@ impl UpstreamClient {
             .map_err(|error| {
                 SendError(format!("client error (Connect): {}", error_chain(&*error)))
             })?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|error| SendError(error_chain(&error)))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "an upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(h1::Conn::new(Box::new(TokioIo::new(io))))
     }
 
     /// Sends a small request and reads its whole answer (at most 1 MiB), all within

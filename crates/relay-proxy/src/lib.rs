@@ -11,6 +11,7 @@ pub mod body_stream;
 pub mod clock;
 pub mod error;
 pub mod forward;
+pub mod h1;
 pub mod handlers;
 pub mod http_clients;
 pub mod logs;
