@@ -38,6 +38,8 @@ pub enum H1Error {
 pub struct Conn<T> {
     io: T,
     read: BytesMut,
+    /// A request was not written whole: the connection carries nothing after its answer.
+    cut: bool,
 }
 
 /// How an answer's body is delimited (RFC 9112 §6.3).
@@ -61,6 +63,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         Conn {
             io,
             read: BytesMut::new(),
+            cut: false,
         }
     }
 
@@ -79,8 +82,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         )
     }
 
-    /// Writes a request: its head and then its whole body.
+    /// Writes a request: its head and then its whole body. After a failure the upstream
+    /// may still have answered (a server refusing a body too large answers and stops
+    /// reading): [`Conn::answer`] reads that answer, and the connection is not reused.
     pub async fn send(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+        self.cut = true;
+        self.write_request(head, body).await?;
+        self.cut = false;
+        Ok(())
+    }
+
+    async fn write_request(&mut self, head: &[u8], body: &[u8]) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
         let mut head = head;
         let mut body = body;
@@ -132,7 +144,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 continue;
             }
             let framing = framing_of(&head, head_request)?;
-            let reusable = keeps_alive(&head) && framing != Framing::ToClose;
+            let reusable = keeps_alive(&head) && framing != Framing::ToClose && !self.cut;
             let state = match framing {
                 Framing::Length(0) => State::Done,
                 Framing::Length(length) => State::Length(length),
@@ -528,6 +540,32 @@ mod tests {
         let (text, reusable) = answer.await.unwrap();
         assert_eq!(text, b"hello world");
         assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn an_answer_given_before_the_body_was_taken_is_read() {
+        // Room for less than the request: the upstream reads its head, answers, and closes.
+        let (ours, mut upstream) = tokio::io::duplex(1024);
+        let mut conn = Conn::new(ours);
+        let upstream = tokio::spawn(async move {
+            let mut head = [0u8; 16];
+            upstream.read_exact(&mut head).await.unwrap();
+            upstream
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo long")
+                .await
+                .unwrap();
+        });
+        let head = request_head(&Method::POST, "/v1/messages", &HeaderMap::new(), 1 << 20);
+        let sent = conn.send(&head, &vec![b'x'; 1 << 20]).await;
+        upstream.await.unwrap();
+        assert!(sent.is_err(), "the upstream stopped reading");
+        let (head, mut body) = conn.answer(false).await.unwrap();
+        assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(read_to_end(&mut body).await.unwrap(), b"too long");
+        assert!(
+            body.take_reusable().is_none(),
+            "the request was not sent whole"
+        );
     }
 
     #[tokio::test]

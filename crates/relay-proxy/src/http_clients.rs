@@ -509,17 +509,21 @@ impl UpstreamClient {
                 // connection serves nearly every request.
                 None => (Box::pin(self.connect(&scheme, &authority)).await?, false),
             };
-            if let Err(error) = conn.send(&head, &body.0).await {
-                if reused {
-                    // The pooled connection closed meanwhile: try the next one.
-                    continue;
+            let unsent = match conn.send(&head, &body.0).await {
+                Ok(()) => None,
+                // The pooled connection closed meanwhile: try the next one.
+                Err(_) if reused => continue,
+                Err(error) => Some(error),
+            };
+            let (head, body) = match conn.answer(head_request).await {
+                Ok(answer) => answer,
+                // No answer to a request not sent whole: the sending failed.
+                Err(_) if unsent.is_some() => {
+                    let error = unsent.map_or_else(String::new, |error| error.to_string());
+                    return Err(SendError(format!("sending the request failed: {error}")));
                 }
-                return Err(SendError(format!("sending the request failed: {error}")));
-            }
-            let (head, body) = conn
-                .answer(head_request)
-                .await
-                .map_err(|error| SendError(error_chain(&error)))?;
+                Err(error) => return Err(SendError(error_chain(&error))),
+            };
             if forwarded && head.status == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
                 // Only the proxy answers 407: the upstream was never reached. A transport
                 // failure of this account, not an answer for the client.
