@@ -38,6 +38,8 @@ pub enum H1Error {
 pub struct Conn<T> {
     io: T,
     read: BytesMut,
+    /// Where an answer head's names and values lie in `read`: kept for the next head.
+    offsets: Vec<HeaderOffsets>,
     /// A request was not written whole: the connection carries nothing after its answer.
     cut: bool,
 }
@@ -63,6 +65,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
         Conn {
             io,
             read: BytesMut::new(),
+            offsets: Vec::new(),
             cut: false,
         }
     }
@@ -122,7 +125,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     pub async fn answer(mut self, head_request: bool) -> Result<(Head, Body<T>), H1Error> {
         loop {
             let parsed = loop {
-                if let Some(parsed) = parse_head(&self.read)? {
+                if let Some(parsed) = parse_head(&self.read, &mut self.offsets)? {
                     break parsed;
                 }
                 if self.read.len() >= MAX_HEAD {
@@ -134,7 +137,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 }
             };
             let head_bytes = self.read.split_to(parsed.length).freeze();
-            let head = parsed.into_head(&head_bytes)?;
+            let head = parsed.into_head(&head_bytes, &self.offsets)?;
             if head.status.is_informational() {
                 if head.status == StatusCode::SWITCHING_PROTOCOLS {
                     return Err(H1Error::Invalid(
@@ -161,15 +164,21 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
     }
 }
 
-/// A head found in the buffer: its length and where its parts lie.
+/// Where one header's name and value lie in the buffer.
+type HeaderOffsets = (std::ops::Range<usize>, std::ops::Range<usize>);
+
+/// A head found in the buffer: its length and status line (its headers' offsets are
+/// written to the connection's list).
 struct ParsedHead {
     length: usize,
     status: u16,
     minor_version: u8,
-    headers: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
-fn parse_head(buffer: &[u8]) -> Result<Option<ParsedHead>, H1Error> {
+fn parse_head(
+    buffer: &[u8],
+    offsets: &mut Vec<HeaderOffsets>,
+) -> Result<Option<ParsedHead>, H1Error> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let length = match response.parse(buffer) {
@@ -182,21 +191,22 @@ fn parse_head(buffer: &[u8]) -> Result<Option<ParsedHead>, H1Error> {
         let start = part.as_ptr() as usize - base;
         start..start + part.len()
     };
-    let headers = response
-        .headers
-        .iter()
-        .map(|header| (offset(header.name.as_bytes()), offset(header.value)))
-        .collect();
+    offsets.clear();
+    offsets.extend(
+        response
+            .headers
+            .iter()
+            .map(|header| (offset(header.name.as_bytes()), offset(header.value))),
+    );
     Ok(Some(ParsedHead {
         length,
         status: response.code.unwrap_or_default(),
         minor_version: response.version.unwrap_or_default(),
-        headers,
     }))
 }
 
 impl ParsedHead {
-    fn into_head(self, bytes: &Bytes) -> Result<Head, H1Error> {
+    fn into_head(self, bytes: &Bytes, offsets: &[HeaderOffsets]) -> Result<Head, H1Error> {
         let status = StatusCode::from_u16(self.status)
             .map_err(|_| H1Error::Invalid(format!("status {}", self.status)))?;
         let version = if self.minor_version == 0 {
@@ -204,11 +214,10 @@ impl ParsedHead {
         } else {
             Version::HTTP_11
         };
-        let mut headers = HeaderMap::with_capacity(self.headers.len());
-        for (name, value) in self.headers {
-            let name = HeaderName::from_bytes(&bytes[name])
-                .map_err(|_| H1Error::Invalid("a header name".to_owned()))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice(value))
+        let mut headers = HeaderMap::with_capacity(offsets.len());
+        for (name, value) in offsets {
+            let name = header_name(&bytes[name.clone()])?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice(value.clone()))
                 .map_err(|_| H1Error::Invalid(format!("the value of {name}")))?;
             headers.append(name, value);
         }
@@ -218,6 +227,33 @@ impl ParsedHead {
             headers,
         })
     }
+}
+
+/// The most header names an answer's reader remembers, per thread.
+const MAX_KNOWN_NAMES: usize = 256;
+
+thread_local! {
+    /// Answer header names seen on this thread. An upstream sends the same few dozen names
+    /// on every answer (Anthropic's `request-id` and a dozen `anthropic-ratelimit-*`), and a
+    /// name the `http` crate does not know is otherwise checked and copied into an allocation
+    /// of its own on every answer; a remembered one is shared.
+    static KNOWN_NAMES: std::cell::RefCell<relay_core::FastMap<Box<[u8]>, HeaderName>> =
+        std::cell::RefCell::default();
+}
+
+fn header_name(raw: &[u8]) -> Result<HeaderName, H1Error> {
+    KNOWN_NAMES.with(|known| {
+        let mut known = known.borrow_mut();
+        if let Some(name) = known.get(raw) {
+            return Ok(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw)
+            .map_err(|_| H1Error::Invalid("a header name".to_owned()))?;
+        if known.len() < MAX_KNOWN_NAMES {
+            known.insert(raw.into(), name.clone());
+        }
+        Ok(name)
+    })
 }
 
 fn framing_of(head: &Head, head_request: bool) -> Result<Framing, H1Error> {
@@ -754,6 +790,38 @@ mod tests {
             read_to_end(&mut body).await,
             Err(H1Error::Invalid(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn header_names_come_back_lower_case_however_many_an_upstream_uses() {
+        // More distinct names than the thread remembers, each in two spellings.
+        for round in 0..2 {
+            for index in 0..MAX_KNOWN_NAMES + 44 {
+                let (conn, mut upstream) = pair();
+                let name = if round == 0 {
+                    format!("X-Name-{index}")
+                } else {
+                    format!("x-name-{index}")
+                };
+                upstream
+                    .write_all(
+                        format!("HTTP/1.1 200 OK\r\n{name}: {index}\r\ncontent-length: 0\r\n\r\n")
+                            .as_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                let (head, _) = conn.answer(false).await.unwrap();
+                let expected = format!("x-name-{index}");
+                assert_eq!(head.headers[expected.as_str()], index.to_string().as_str());
+                assert_eq!(head.headers.keys().next().unwrap().as_str(), expected);
+            }
+        }
+        let (conn, mut upstream) = pair();
+        upstream
+            .write_all(b"HTTP/1.1 200 OK\r\nbad name: 1\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(conn.answer(false).await.is_err());
     }
 
     #[tokio::test]
