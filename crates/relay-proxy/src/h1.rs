@@ -26,6 +26,10 @@ const MAX_LINE: usize = 4 * 1024;
 /// Why an exchange on a connection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum H1Error {
+    /// Closed (or reset) before a byte of the answer came: on a pooled connection, the
+    /// upstream closed it while it was idle, just as the request went out.
+    #[error("connection closed before any answer")]
+    NoAnswer,
     #[error("connection closed before the answer was complete")]
     Incomplete,
     #[error("invalid answer: {0}")]
@@ -131,9 +135,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
                 if self.read.len() >= MAX_HEAD {
                     return Err(H1Error::Invalid("the answer's head is too long".to_owned()));
                 }
-                let read = std::future::poll_fn(|cx| self.poll_fill(cx)).await?;
-                if read == 0 {
-                    return Err(H1Error::Incomplete);
+                let nothing_yet = self.read.is_empty();
+                match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
+                    Ok(0) if nothing_yet => return Err(H1Error::NoAnswer),
+                    Ok(0) => return Err(H1Error::Incomplete),
+                    Ok(_) => {}
+                    Err(error) if nothing_yet && closed_by_peer(&error) => {
+                        return Err(H1Error::NoAnswer)
+                    }
+                    Err(error) => return Err(H1Error::Io(error)),
                 }
             };
             let head_bytes = self.read.split_to(parsed.length).freeze();
@@ -166,6 +176,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
 
 /// Where one header's name and value lie in the buffer.
 type HeaderOffsets = (std::ops::Range<usize>, std::ops::Range<usize>);
+
+fn closed_by_peer(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+    )
+}
 
 /// A head found in the buffer: its length and status line (its headers' offsets are
 /// written to the connection's list).
@@ -718,6 +736,10 @@ mod tests {
         upstream.write_all(b"HTTP/1.1 200 O").await.unwrap();
         drop(upstream);
         assert!(matches!(conn.answer(false).await, Err(H1Error::Incomplete)));
+
+        let (conn, upstream) = pair();
+        drop(upstream);
+        assert!(matches!(conn.answer(false).await, Err(H1Error::NoAnswer)));
     }
 
     #[tokio::test]

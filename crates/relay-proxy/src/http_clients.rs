@@ -8,8 +8,8 @@
 //! connections, each thread's own (see [`enter_worker`]): a request takes the newest one
 //! that is still open, or connects; its connection goes back when the answer's body has been
 //! read to its end (a body dropped before its end takes its connection with it). A request
-//! that could not be written to a pooled connection (the upstream closed it while it was
-//! idle) is sent again on another. No task watches a connection: the request holding it
+//! that a pooled connection failed before a byte of an answer came (the upstream closed it
+//! while it was idle) is sent again on another. No task watches a connection: the request holding it
 //! reads and writes it, and an idle one is checked for a close the reactor has seen when it
 //! is taken. (hyper-util's pooled client ran a task per request to watch the connection come
 //! back and hashed the origin on every checkout; hyper's own connections under this pool ran
@@ -517,6 +517,11 @@ impl UpstreamClient {
             };
             let (head, body) = match conn.answer(head_request).await {
                 Ok(answer) => answer,
+                // The upstream closed the pooled connection as the request went out (its idle
+                // timeout), before the reactor had seen it go: nothing was answered, so the
+                // request goes out again, on another connection, as it would to another
+                // account.
+                Err(h1::H1Error::NoAnswer) if reused && unsent.is_none() => continue,
                 // No answer to a request not sent whole: the sending failed.
                 Err(_) if unsent.is_some() => {
                     let error = unsent.map_or_else(String::new, |error| error.to_string());
@@ -902,6 +907,59 @@ impl hyper::rt::Write for RouteStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An upstream that answers one request per connection with `answer`, then reads the
+    /// next request and closes the connection without answering it.
+    async fn closing_upstream(
+        answer: &'static str,
+    ) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 4096];
+                    let mut answered = false;
+                    loop {
+                        let read = socket.read(&mut buffer).await.unwrap_or(0);
+                        if read == 0 || answered {
+                            return;
+                        }
+                        socket.write_all(answer.as_bytes()).await.unwrap();
+                        answered = true;
+                    }
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_closed_as_it_went_out_goes_out_again() {
+        let (address, accepted) =
+            closing_upstream("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        let clients = HttpClients::new(Duration::from_secs(5), tls_config(&[]).unwrap());
+        let client = clients.client_for(None).unwrap();
+        for _ in 0..3 {
+            let request = Request::post(format!("http://{address}/v1/messages"))
+                .body(UpstreamBody::new(Bytes::from_static(b"{}")))
+                .unwrap();
+            let response = client.send(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        // Each request after the first found the pooled connection closed on it unanswered.
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn proxy_urls_are_parsed_with_their_credentials() {
