@@ -49,7 +49,7 @@ use crate::logs;
 use crate::oauth::{self, OAuthError};
 use crate::registry::{lock, AccountRuntime, GroupRuntime, Member};
 use crate::state::RelayState;
-use crate::upstream::{client_headers, upstream_headers, upstream_uri};
+use crate::upstream::{account_headers, client_headers, upstream_uri, Forwarded};
 use crate::view::{EligibleFigures, FamilyBit, PublishedView, ReadTime, Slot};
 
 /// How much of an error answer is read to classify it.
@@ -1542,28 +1542,33 @@ async fn send_once(
         Ok(uri) => uri,
         Err(reason) => return AttemptOutcome::Failed(AttemptFailure::network(reason)),
     };
-    *upstream_request.headers_mut() = upstream_headers(&request.headers, account, secret);
+    *upstream_request.headers_mut() = account_headers(&request.headers, account, secret);
+    let forwarded = Forwarded::new(&request.headers, account);
     let header_wait = if request.stream {
         config.first_byte_timeout
     } else {
         config.request_timeout
     };
     let header_deadline = (tokio::time::Instant::now() + header_wait).min(deadline);
-    let response =
-        match tokio::time::timeout_at(header_deadline, client.send(upstream_request)).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                return AttemptOutcome::Failed(AttemptFailure::network(format!(
-                    "upstream unreachable: {error}"
-                )))
-            }
-            Err(_) => {
-                return AttemptOutcome::Failed(AttemptFailure::network(format!(
-                    "no answer within {}",
-                    relay_core::duration::format_duration(header_wait)
-                )))
-            }
-        };
+    let response = match tokio::time::timeout_at(
+        header_deadline,
+        client.send_forwarding(upstream_request, Some(forwarded)),
+    )
+    .await
+    {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            return AttemptOutcome::Failed(AttemptFailure::network(format!(
+                "upstream unreachable: {error}"
+            )))
+        }
+        Err(_) => {
+            return AttemptOutcome::Failed(AttemptFailure::network(format!(
+                "no answer within {}",
+                relay_core::duration::format_duration(header_wait)
+            )))
+        }
+    };
     let (head, mut response) = response.into_parts();
     let status = head.status;
     let upstream_headers_map = head.headers;

@@ -504,22 +504,29 @@ impl<T> std::fmt::Debug for Body<T> {
 /// The head of a request: `target` is the origin form (`/v1/messages?beta=true`), or the
 /// absolute form for a plain-HTTP request through an HTTP proxy. A body's length is always
 /// given (a request body is complete before it is sent).
-pub fn request_head(
+pub fn request_head<'a>(
     method: &Method,
     target: &str,
+    forwarded: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     headers: &HeaderMap,
     body_length: usize,
 ) -> Vec<u8> {
-    let mut head = Vec::with_capacity(256 + headers.len() * 48);
+    let mut head = Vec::with_capacity(1024);
     head.extend_from_slice(method.as_str().as_bytes());
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    let mut line = |name: &HeaderName, value: &HeaderValue| {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in forwarded {
+        line(name, value);
+    }
+    for (name, value) in headers {
+        line(name, value);
     }
     if body_length > 0 || !matches!(*method, Method::GET | Method::HEAD) {
         head.extend_from_slice(b"content-length: ");
@@ -567,7 +574,13 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", HeaderValue::from_static("sk-a"));
         headers.insert(http::header::HOST, HeaderValue::from_static("example.test"));
-        let head = request_head(&Method::POST, "/v1/messages?beta=true", &headers, 7);
+        let head = request_head(
+            &Method::POST,
+            "/v1/messages?beta=true",
+            std::iter::empty(),
+            &headers,
+            7,
+        );
         conn.send(&head, b"{\"a\":1}").await.unwrap();
         assert_eq!(
             request_at(&mut upstream, 7).await,
@@ -609,7 +622,13 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let head = request_head(&Method::POST, "/v1/messages", &HeaderMap::new(), 1 << 20);
+        let head = request_head(
+            &Method::POST,
+            "/v1/messages",
+            std::iter::empty(),
+            &HeaderMap::new(),
+            1 << 20,
+        );
         let sent = conn.send(&head, &vec![b'x'; 1 << 20]).await;
         upstream.await.unwrap();
         assert!(sent.is_err(), "the upstream stopped reading");
@@ -626,7 +645,13 @@ mod tests {
     async fn a_connection_carries_one_request_after_another() {
         let (mut conn, mut upstream) = pair();
         for round in 0..3 {
-            let head = request_head(&Method::GET, "/v1/models", &HeaderMap::new(), 0);
+            let head = request_head(
+                &Method::GET,
+                "/v1/models",
+                std::iter::empty(),
+                &HeaderMap::new(),
+                0,
+            );
             conn.send(&head, b"").await.unwrap();
             assert_eq!(
                 request_at(&mut upstream, 0).await,

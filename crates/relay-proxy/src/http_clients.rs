@@ -461,7 +461,17 @@ impl UpstreamClient {
     /// Sends one request and answers its response head; the body streams from the answer.
     pub async fn send(
         &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<UpstreamAnswer>, SendError> {
+        self.send_forwarding(request, None).await
+    }
+
+    /// [`UpstreamClient::send`], with the client's headers that go upstream as they are
+    /// written before the request's own.
+    pub async fn send_forwarding(
+        &self,
         mut request: Request<UpstreamBody>,
+        client_headers: Option<crate::upstream::Forwarded<'_>>,
     ) -> Result<Response<UpstreamAnswer>, SendError> {
         let (Some(scheme), Some(authority)) = (
             request.uri().scheme().cloned(),
@@ -498,7 +508,13 @@ impl UpstreamClient {
                 .map_or("/", PathAndQuery::as_str)
                 .to_owned()
         };
-        let head = h1::request_head(&parts.method, &target, &parts.headers, body.0.len());
+        let head = h1::request_head(
+            &parts.method,
+            &target,
+            client_headers.iter().flat_map(|client| client.iter()),
+            &parts.headers,
+            body.0.len(),
+        );
         let head_request = parts.method == http::Method::HEAD;
         loop {
             let pooled = lock(&self.pool).checkout(origin, Instant::now());

@@ -28,6 +28,7 @@ const REQUEST_HEADERS_NOT_FORWARDED: [&str; 13] = [
 /// the `http` crate does not know (such as these) on every call.
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 
 static RESPONSE_HEADERS_NOT_FORWARDED: [HeaderName; 9] = [
     header::CONNECTION,
@@ -74,26 +75,60 @@ fn listed_in_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
         .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
-/// The client's headers as they go upstream, with the account's credential.
-pub fn upstream_headers(client: &HeaderMap, account: &Account, secret: &str) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(client.len() + 2);
-    // Looked up once: most requests name no header in `Connection`.
-    let has_connection = client.contains_key(header::CONNECTION);
-    let openai = account.platform == Platform::Openai;
-    for (name, value) in client {
+/// The client's headers that go upstream as they are, read from the client's own map when
+/// the request is written: no copy of the map is made.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded<'a> {
+    client: &'a HeaderMap,
+    platform: Platform,
+    /// Looked up once: most requests name no header in `Connection`.
+    has_connection: bool,
+}
+
+impl<'a> Forwarded<'a> {
+    pub fn new(client: &'a HeaderMap, account: &Account) -> Self {
+        Forwarded {
+            client,
+            platform: account.platform,
+            has_connection: client.contains_key(header::CONNECTION),
+        }
+    }
+
+    /// Whether the client's header `name` goes upstream unchanged.
+    fn forwards(&self, name: &HeaderName) -> bool {
         let lower = name.as_str();
-        if REQUEST_HEADERS_NOT_FORWARDED.contains(&lower)
+        !(REQUEST_HEADERS_NOT_FORWARDED.contains(&lower)
             // Anthropic's own headers mean nothing to an OpenAI-compatible server.
-            || (openai && lower.starts_with("anthropic-"))
+            || (self.platform == Platform::Openai && lower.starts_with("anthropic-"))
+            // An OAuth token needs its flag among the client's: the merged list goes instead.
+            || (self.platform == Platform::Claude && lower == "anthropic-beta")
             // The relay reads usage from answers: ask for them uncompressed.
             || lower == "accept-encoding"
-            || (has_connection && listed_in_connection(client, name))
-        {
-            continue;
-        }
+            || (self.has_connection && listed_in_connection(self.client, name)))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + '_ {
+        self.client.iter().filter(|(name, _)| self.forwards(name))
+    }
+}
+
+/// The client's headers as they go upstream, with the account's credential: what
+/// [`Forwarded`] passes on, then [`account_headers`].
+pub fn upstream_headers(client: &HeaderMap, account: &Account, secret: &str) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(client.len() + 2);
+    for (name, value) in Forwarded::new(client, account).iter() {
         headers.append(name.clone(), value.clone());
     }
-    if !openai && !headers.contains_key(&ANTHROPIC_VERSION) {
+    headers.extend(account_headers(client, account, secret));
+    headers
+}
+
+/// What the relay adds to the client's headers for `account`: the API version the client
+/// did not give, the credential, and for an OAuth token the client's beta flags with its own.
+pub fn account_headers(client: &HeaderMap, account: &Account, secret: &str) -> HeaderMap {
+    let openai = account.platform == Platform::Openai;
+    let mut headers = HeaderMap::new();
+    if !openai && !client.contains_key(&ANTHROPIC_VERSION) {
         headers.insert(
             ANTHROPIC_VERSION.clone(),
             HeaderValue::from_static("2023-06-01"),
@@ -108,6 +143,9 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account, secret: &str) -> 
         Platform::Claude => {
             if let Ok(value) = HeaderValue::from_str(&format!("Bearer {secret}")) {
                 headers.insert(header::AUTHORIZATION, value);
+            }
+            for value in client.get_all(ANTHROPIC_BETA) {
+                headers.append(ANTHROPIC_BETA, value.clone());
             }
             merge_beta(&mut headers, OAUTH_BETA);
         }
@@ -124,7 +162,7 @@ pub fn upstream_headers(client: &HeaderMap, account: &Account, secret: &str) -> 
 /// keeping every flag the client sent.
 pub fn merge_beta(headers: &mut HeaderMap, flag: &str) {
     let existing: Vec<String> = headers
-        .get_all("anthropic-beta")
+        .get_all(ANTHROPIC_BETA)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -140,7 +178,7 @@ pub fn merge_beta(headers: &mut HeaderMap, flag: &str) {
     }
     merged.push_str(flag);
     if let Ok(value) = HeaderValue::from_str(&merged) {
-        headers.insert("anthropic-beta", value);
+        headers.insert(ANTHROPIC_BETA, value);
     }
 }
 
@@ -177,12 +215,11 @@ pub fn client_headers(mut headers: HeaderMap) -> HeaderMap {
 mod tests {
     use super::*;
 
-    #[test]
-    fn headers_named_in_connection_stay_on_their_hop() {
-        let account = Account {
+    fn account(platform: Platform) -> Account {
+        Account {
             id: 1,
             name: "a".to_owned(),
-            platform: Platform::ClaudeConsole,
+            platform,
             base_url: "http://127.0.0.1:1".to_owned(),
             group_id: 1,
             priority: 1,
@@ -194,7 +231,57 @@ mod tests {
             max_concurrency: None,
             created_at: 0,
             updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_client_headers_pass_as_they_are_and_the_account_adds_its_own() {
+        let mut client = HeaderMap::new();
+        client.insert("x-app", HeaderValue::from_static("cli"));
+        client.insert("x-api-key", HeaderValue::from_static("relay-key"));
+        client.insert("accept-encoding", HeaderValue::from_static("gzip"));
+        client.append("anthropic-beta", HeaderValue::from_static("a, b"));
+        client.append("anthropic-beta", HeaderValue::from_static("c"));
+        let names = |account: &Account| -> Vec<&str> {
+            Forwarded::new(&client, account)
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect()
         };
+
+        // An OAuth token: the client's beta flags go once, merged with the token's.
+        let oauth = account(Platform::Claude);
+        assert_eq!(names(&oauth), ["x-app"]);
+        let added = account_headers(&client, &oauth, "token");
+        assert_eq!(added["authorization"], "Bearer token");
+        assert_eq!(added["anthropic-beta"], "a,b,c,oauth-2025-04-20");
+        assert_eq!(added.get_all("anthropic-beta").iter().count(), 1);
+        assert_eq!(added["anthropic-version"], "2023-06-01");
+
+        let console = account(Platform::ClaudeConsole);
+        assert_eq!(
+            names(&console),
+            ["x-app", "anthropic-beta", "anthropic-beta"]
+        );
+        let added = account_headers(&client, &console, "sk-a");
+        assert_eq!(added["x-api-key"], "sk-a");
+        assert!(!added.contains_key("anthropic-beta"));
+
+        let openai = account(Platform::Openai);
+        assert_eq!(names(&openai), ["x-app"]);
+        let added = account_headers(&client, &openai, "sk-o");
+        assert_eq!(added["authorization"], "Bearer sk-o");
+        assert_eq!(added.len(), 1);
+
+        // The whole list, as one map, is the two together.
+        let whole = upstream_headers(&client, &oauth, "token");
+        assert_eq!(whole.len(), 4);
+        assert_eq!(whole["anthropic-beta"], "a,b,c,oauth-2025-04-20");
+    }
+
+    #[test]
+    fn headers_named_in_connection_stay_on_their_hop() {
+        let account = account(Platform::ClaudeConsole);
         let mut client = HeaderMap::new();
         client.insert("x-app", HeaderValue::from_static("cli"));
         client.insert("x-hop", HeaderValue::from_static("1"));
