@@ -461,7 +461,7 @@ async fn list_accounts(
         .iter()
         .map(|account| {
             let credential = snapshot.accounts.get(&account.id).map(|r| r.credential());
-            account_json(&state, account, credential.as_ref())
+            account_json(&state, account, credential.as_deref())
         })
         .collect();
     Ok(items(values))

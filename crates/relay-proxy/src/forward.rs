@@ -1421,7 +1421,7 @@ async fn attempt_once(
         {
             // The token may have been revoked early: refresh once and retry the same account.
             // Boxed, like the refresh in `account_secret`: rare, and large.
-            return match Box::pin(oauth::refresh(state, runtime, Some(&secret))).await {
+            return match Box::pin(oauth::refresh(state, runtime, Some(&*secret))).await {
                 Ok(fresh) => {
                     let adjust = ChatAdjust::default();
                     send_once(state, account, request, config, deadline, &fresh, adjust).await

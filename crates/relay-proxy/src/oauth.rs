@@ -41,18 +41,42 @@ struct TokenAnswer {
 pub async fn account_secret(
     state: &RelayState,
     account: &Arc<AccountRuntime>,
-) -> Result<String, OAuthError> {
-    match account.credential() {
-        Credential::ApiKey(key) => Ok(key),
+) -> Result<Secret, OAuthError> {
+    let credential = account.credential();
+    let usable = match &*credential {
+        Credential::ApiKey(_) => true,
         Credential::OAuth(oauth) => {
             let margin = crate::registry::millis(state.settings.oauth_refresh_margin);
-            if oauth.expires_at - margin > state.now() {
-                Ok(oauth.access_token)
-            } else {
-                // Boxed: a refresh (an HTTP exchange with the token endpoint) needs a future
-                // of ~6.5 KB, which every attempt's would otherwise carry and copy.
-                Box::pin(refresh(state, account, None)).await
-            }
+            oauth.expires_at - margin > state.now()
+        }
+    };
+    if usable {
+        return Ok(Secret::Held(credential));
+    }
+    // Boxed: a refresh (an HTTP exchange with the token endpoint) needs a future of ~6.5 KB,
+    // which every attempt's would otherwise carry and copy.
+    Box::pin(refresh(state, account, None))
+        .await
+        .map(Secret::Fresh)
+}
+
+/// An account's secret for one request: the account's credential itself, shared, or a token
+/// just refreshed.
+pub enum Secret {
+    Held(Arc<Credential>),
+    Fresh(String),
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Secret::Held(credential) => match &**credential {
+                Credential::ApiKey(key) => key,
+                Credential::OAuth(oauth) => &oauth.access_token,
+            },
+            Secret::Fresh(token) => token,
         }
     }
 }
@@ -65,14 +89,17 @@ pub async fn refresh(
     rejected_token: Option<&str>,
 ) -> Result<String, OAuthError> {
     let _single_flight = account.oauth_refresh().lock().await;
-    let Credential::OAuth(current) = account.credential() else {
+    let credential = account.credential();
+    let Credential::OAuth(current) = &*credential else {
         return Err(OAuthError::NotOAuth);
     };
     let margin = crate::registry::millis(state.settings.oauth_refresh_margin);
     let now = state.now();
     match rejected_token {
-        Some(rejected) if rejected != current.access_token => return Ok(current.access_token),
-        None if current.expires_at - margin > now => return Ok(current.access_token),
+        Some(rejected) if rejected != current.access_token => {
+            return Ok(current.access_token.clone())
+        }
+        None if current.expires_at - margin > now => return Ok(current.access_token.clone()),
         _ => {}
     }
 
@@ -115,7 +142,9 @@ pub async fn refresh(
     let expires_in_ms = i64::try_from(token.expires_in.unwrap_or(3600)).unwrap_or(3600) * 1000;
     let renewed = OAuthCredential {
         access_token: token.access_token,
-        refresh_token: token.refresh_token.unwrap_or(current.refresh_token),
+        refresh_token: token
+            .refresh_token
+            .unwrap_or_else(|| current.refresh_token.clone()),
         expires_at: state.now() + expires_in_ms,
     };
     // Store the rotated refresh token first: the old one is already spent upstream.

@@ -92,7 +92,8 @@ impl Locked {
 /// The parts of an account's runtime that requests read once, or not at all.
 #[derive(Debug)]
 struct Rarely {
-    credential: Mutex<Credential>,
+    /// Shared with the requests that use it: each takes a reference, not a copy of its text.
+    credential: Mutex<Arc<Credential>>,
     /// Held while an OAuth refresh runs: one refresh in flight per account, others wait.
     oauth_refresh: tokio::sync::Mutex<()>,
     /// What an `openai` account's server refused, per model it was asked for (a few): left
@@ -112,7 +113,7 @@ impl AccountRuntime {
             })),
             in_flight: AtomicU32::new(0),
             rest: Box::new(Rarely {
-                credential: Mutex::new(credential),
+                credential: Mutex::new(Arc::new(credential)),
                 oauth_refresh: tokio::sync::Mutex::new(()),
                 refusals: Mutex::new(Vec::new()),
             }),
@@ -123,12 +124,12 @@ impl AccountRuntime {
         self.account.load_full()
     }
 
-    pub fn credential(&self) -> Credential {
-        lock(&self.rest.credential).clone()
+    pub fn credential(&self) -> Arc<Credential> {
+        Arc::clone(&lock(&self.rest.credential))
     }
 
     pub fn set_credential(&self, credential: Credential) {
-        *lock(&self.rest.credential) = credential;
+        *lock(&self.rest.credential) = Arc::new(credential);
     }
 
     /// What the account's server has refused of requests for `model` (see `Rarely`).
