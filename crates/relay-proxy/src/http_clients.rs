@@ -499,14 +499,14 @@ impl UpstreamClient {
             .or_insert(host);
         let (parts, body) = request.into_parts();
         // Origin form, `/v1/messages?beta=true`: only a proxy takes the absolute form.
-        let target = if forwarded {
-            parts.uri.to_string()
+        let target: std::borrow::Cow<'_, str> = if forwarded {
+            parts.uri.to_string().into()
         } else {
             parts
                 .uri
                 .path_and_query()
                 .map_or("/", PathAndQuery::as_str)
-                .to_owned()
+                .into()
         };
         let head = h1::request_head(
             &parts.method,
@@ -537,13 +537,14 @@ impl UpstreamClient {
                 // timeout), before the reactor had seen it go: nothing was answered, so the
                 // request goes out again, on another connection, as it would to another
                 // account.
-                Err(h1::H1Error::NoAnswer) if reused && unsent.is_none() => continue,
-                // No answer to a request not sent whole: the sending failed.
-                Err(_) if unsent.is_some() => {
-                    let error = unsent.map_or_else(String::new, |error| error.to_string());
-                    return Err(SendError(format!("sending the request failed: {error}")));
+                Err(h1::H1Error::NoAnswer) if reused => continue,
+                Err(error) => {
+                    return Err(SendError(match unsent {
+                        // No answer to a request not sent whole: the sending failed.
+                        Some(unsent) => format!("sending the request failed: {unsent}"),
+                        None => error_chain(&error),
+                    }));
                 }
-                Err(error) => return Err(SendError(error_chain(&error))),
             };
             if forwarded && head.status == http::StatusCode::PROXY_AUTHENTICATION_REQUIRED {
                 // Only the proxy answers 407: the upstream was never reached. A transport
