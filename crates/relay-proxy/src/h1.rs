@@ -556,6 +556,14 @@ mod tests {
         (Conn::new(ours), theirs)
     }
 
+    /// The answer on a connection whose upstream sent `wire` and then closed it.
+    async fn answer_to(wire: &[u8]) -> Result<(Head, Body<DuplexStream>), H1Error> {
+        let (conn, mut upstream) = pair();
+        upstream.write_all(wire).await.unwrap();
+        drop(upstream);
+        conn.answer(false).await
+    }
+
     /// Reads one request head and its body of `body_length` bytes from the upstream's end.
     async fn request_at(upstream: &mut DuplexStream, body_length: usize) -> String {
         let mut received = Vec::new();
@@ -679,17 +687,14 @@ mod tests {
 
     #[tokio::test]
     async fn chunks_are_decoded_with_extensions_and_trailers_skipped() {
-        let (conn, mut upstream) = pair();
-        upstream
-            .write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
-                  Transfer-Encoding: chunked\r\n\r\n\
-                  6;name=value\r\nevent:\r\n18\r\n data: {\"type\":\"ping\"}\n\n\r\n\
-                  0\r\nx-trailer: 1\r\n\r\n",
-            )
-            .await
-            .unwrap();
-        let (head, mut body) = conn.answer(false).await.unwrap();
+        let (head, mut body) = answer_to(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+              Transfer-Encoding: chunked\r\n\r\n\
+              6;name=value\r\nevent:\r\n18\r\n data: {\"type\":\"ping\"}\n\n\r\n\
+              0\r\nx-trailer: 1\r\n\r\n",
+        )
+        .await
+        .unwrap();
         assert_eq!(head.headers["content-type"], "text/event-stream");
         assert_eq!(body.size_hint().exact(), None);
         assert_eq!(
@@ -732,35 +737,28 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_cut_short_is_an_error_and_its_connection_is_not_reused() {
-        let (conn, mut upstream) = pair();
-        upstream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+        let (_, mut body) = answer_to(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
             .await
             .unwrap();
-        drop(upstream);
-        let (_, mut body) = conn.answer(false).await.unwrap();
         assert!(matches!(
             read_to_end(&mut body).await,
             Err(H1Error::Incomplete)
         ));
         assert!(body.take_reusable().is_none());
 
-        let (conn, mut upstream) = pair();
-        upstream
-            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab")
-            .await
-            .unwrap();
-        drop(upstream);
-        let (_, mut body) = conn.answer(false).await.unwrap();
+        let (_, mut body) =
+            answer_to(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab")
+                .await
+                .unwrap();
         assert!(matches!(
             read_to_end(&mut body).await,
             Err(H1Error::Incomplete)
         ));
 
-        let (conn, mut upstream) = pair();
-        upstream.write_all(b"HTTP/1.1 200 O").await.unwrap();
-        drop(upstream);
-        assert!(matches!(conn.answer(false).await, Err(H1Error::Incomplete)));
+        assert!(matches!(
+            answer_to(b"HTTP/1.1 200 O").await,
+            Err(H1Error::Incomplete)
+        ));
 
         let (conn, upstream) = pair();
         drop(upstream);
@@ -769,12 +767,10 @@ mod tests {
 
     #[tokio::test]
     async fn informational_heads_are_skipped_and_bodiless_answers_end_at_once() {
-        let (conn, mut upstream) = pair();
-        upstream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
-            .await
-            .unwrap();
-        let (head, mut body) = conn.answer(false).await.unwrap();
+        let (head, mut body) =
+            answer_to(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
         assert_eq!(head.status, StatusCode::NO_CONTENT);
         assert!(body.is_end());
         assert!(read_to_end(&mut body).await.unwrap().is_empty());
@@ -795,18 +791,14 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 2\r\n\r\nok"[..],
             b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
         ] {
-            let (conn, mut upstream) = pair();
-            upstream.write_all(wire).await.unwrap();
-            let (_, mut body) = conn.answer(false).await.unwrap();
+            let (_, mut body) = answer_to(wire).await.unwrap();
             assert_eq!(read_to_end(&mut body).await.unwrap(), b"ok");
             assert!(body.take_reusable().is_none());
         }
-        let (conn, mut upstream) = pair();
-        upstream
-            .write_all(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok")
-            .await
-            .unwrap();
-        let (_, mut body) = conn.answer(false).await.unwrap();
+        let (_, mut body) =
+            answer_to(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
         assert_eq!(read_to_end(&mut body).await.unwrap(), b"ok");
         assert!(body.take_reusable().is_some());
     }
@@ -819,20 +811,16 @@ mod tests {
             b"NOT HTTP\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
         ] {
-            let (conn, mut upstream) = pair();
-            upstream.write_all(wire).await.unwrap();
             assert!(
-                matches!(conn.answer(false).await, Err(H1Error::Invalid(_))),
+                matches!(answer_to(wire).await, Err(H1Error::Invalid(_))),
                 "{}",
                 String::from_utf8_lossy(wire)
             );
         }
-        let (conn, mut upstream) = pair();
-        upstream
-            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
-            .await
-            .unwrap();
-        let (_, mut body) = conn.answer(false).await.unwrap();
+        let (_, mut body) =
+            answer_to(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+                .await
+                .unwrap();
         assert!(matches!(
             read_to_end(&mut body).await,
             Err(H1Error::Invalid(_))
@@ -844,41 +832,31 @@ mod tests {
         // More distinct names than the thread remembers, each in two spellings.
         for round in 0..2 {
             for index in 0..MAX_KNOWN_NAMES + 44 {
-                let (conn, mut upstream) = pair();
                 let name = if round == 0 {
                     format!("X-Name-{index}")
                 } else {
                     format!("x-name-{index}")
                 };
-                upstream
-                    .write_all(
-                        format!("HTTP/1.1 200 OK\r\n{name}: {index}\r\ncontent-length: 0\r\n\r\n")
-                            .as_bytes(),
-                    )
-                    .await
-                    .unwrap();
-                let (head, _) = conn.answer(false).await.unwrap();
+                let wire =
+                    format!("HTTP/1.1 200 OK\r\n{name}: {index}\r\ncontent-length: 0\r\n\r\n");
+                let (head, _) = answer_to(wire.as_bytes()).await.unwrap();
                 let expected = format!("x-name-{index}");
                 assert_eq!(head.headers[expected.as_str()], index.to_string().as_str());
                 assert_eq!(head.headers.keys().next().unwrap().as_str(), expected);
             }
         }
-        let (conn, mut upstream) = pair();
-        upstream
-            .write_all(b"HTTP/1.1 200 OK\r\nbad name: 1\r\ncontent-length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(conn.answer(false).await.is_err());
+        assert!(
+            answer_to(b"HTTP/1.1 200 OK\r\nbad name: 1\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test]
     async fn bytes_after_an_answer_keep_its_connection_out_of_the_pool() {
-        let (conn, mut upstream) = pair();
-        upstream
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA")
+        let (_, mut body) = answer_to(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA")
             .await
             .unwrap();
-        let (_, mut body) = conn.answer(false).await.unwrap();
         assert_eq!(read_to_end(&mut body).await.unwrap(), b"ok");
         assert!(body.take_reusable().is_none());
     }
