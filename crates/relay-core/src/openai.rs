@@ -1285,6 +1285,10 @@ mod tests {
             .collect()
     }
 
+    fn names(events: &[(String, Value)]) -> Vec<&str> {
+        events.iter().map(|(name, _)| name.as_str()).collect()
+    }
+
     #[test]
     fn a_stream_of_text_then_a_tool_call_becomes_messages_events_even_when_cut_anywhere() {
         let chunks = [
@@ -1321,9 +1325,8 @@ mod tests {
         }
 
         let events = events(&whole);
-        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(
-            names,
+            names(&events),
             [
                 "message_start",
                 "content_block_start",
@@ -1581,9 +1584,8 @@ mod tests {
                        "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0 }
         });
         let events = events(&message_events(&message));
-        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(
-            names,
+            names(&events),
             [
                 "message_start",
                 "content_block_start",
@@ -1654,9 +1656,8 @@ mod tests {
         }
         translator.feed(b"data: [DONE]\n\n", &mut out);
         let events = events(&out);
-        let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(
-            names,
+            names(&events),
             [
                 "message_start",
                 "content_block_start",
