@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use hyper_util::rt::TokioIo;
 use relay_admin::{admin_router, ensure_admin_token, AdminState, AdminTokenSource};
 use relay_core::config::{FallbackConfig, FallbackConfigPatch};
 use relay_core::envelope::ErrorKind;
@@ -77,28 +76,29 @@ struct Routes {
 }
 
 impl Routes {
-    /// One connection's service.
-    fn service(
+    /// Answers one request, whose body the server has read.
+    fn call(
         &self,
-    ) -> impl hyper::service::Service<
-        http::Request<hyper::body::Incoming>,
-        Response = axum::response::Response,
-        Error = std::convert::Infallible,
-        Future: Send,
-    > {
-        let routes = self.clone();
-        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            let Routes { router, state } = routes.clone();
-            async move {
-                let request = request.map(axum::body::Body::new);
-                if request.method() == http::Method::POST && request.uri().path() == "/v1/messages"
-                {
-                    Ok(relay_proxy::handlers::serve_messages(state, request).await)
-                } else {
-                    router.oneshot(request).await
+        request: http::Request<bytes::Bytes>,
+    ) -> impl std::future::Future<Output = axum::response::Response> + Send + 'static {
+        use futures_util::future::Either;
+        if request.method() == http::Method::POST && request.uri().path() == "/v1/messages" {
+            Either::Left(relay_proxy::handlers::serve_messages_read(
+                Arc::clone(&self.state),
+                request,
+            ))
+        } else {
+            let answer = self
+                .router
+                .clone()
+                .oneshot(request.map(axum::body::Body::from));
+            Either::Right(async move {
+                match answer.await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
                 }
-            }
-        })
+            })
+        }
     }
 }
 
@@ -316,7 +316,6 @@ async fn serve(
     // Every connection task waits on this token and checks it whenever it runs: a token of
     // this thread's own keeps those checks off a lock that the other workers take too.
     let shutdown = shutdown.child_token();
-    let builder = hyper::server::conn::http1::Builder::new();
     let mut connections = JoinSet::new();
     // Tokio's timer driver wakes its own thread (an eventfd write, then a return from
     // `epoll_wait` with nothing to do) whenever a timer is set to expire before every timer
@@ -372,17 +371,15 @@ async fn serve(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        let connection = builder.serve_connection(TokioIo::new(tcp), app.service());
         let shutdown = shutdown.clone();
+        let app = app.clone();
+        let body_limit = app.state.settings.body_limit_bytes;
         connections.spawn(async move {
             let _served = served;
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                () = shutdown.cancelled() => {}
-            }
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            relay_proxy::h1::server::serve_connection(tcp, body_limit, &shutdown, |request| {
+                app.call(request)
+            })
+            .await;
         });
         while connections.try_join_next().is_some() {}
     }

@@ -14,6 +14,8 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub mod server;
+
 /// The longest answer head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// The most header lines an answer may have.
@@ -232,19 +234,25 @@ impl ParsedHead {
         } else {
             Version::HTTP_11
         };
-        let mut headers = HeaderMap::with_capacity(offsets.len());
-        for (name, value) in offsets {
-            let name = header_name(&bytes[name.clone()])?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice(value.clone()))
-                .map_err(|_| H1Error::Invalid(format!("the value of {name}")))?;
-            headers.append(name, value);
-        }
         Ok(Head {
             status,
             version,
-            headers,
+            headers: headers_at(bytes, offsets)?,
         })
     }
+}
+
+/// The header map of a head whose names and values lie at `offsets` in `bytes`: the values
+/// share `bytes`, the names are the thread's remembered ones where it has them.
+fn headers_at(bytes: &Bytes, offsets: &[HeaderOffsets]) -> Result<HeaderMap, H1Error> {
+    let mut headers = HeaderMap::with_capacity(offsets.len());
+    for (name, value) in offsets {
+        let name = header_name(&bytes[name.clone()])?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value.clone()))
+            .map_err(|_| H1Error::Invalid(format!("the value of {name}")))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 /// The most header names an answer's reader remembers, per thread.
@@ -280,18 +288,32 @@ fn framing_of(head: &Head, head_request: bool) -> Result<Framing, H1Error> {
         return Ok(Framing::Length(0));
     }
     let headers = &head.headers;
-    if headers.contains_key(http::header::TRANSFER_ENCODING) {
-        let last = headers
-            .get_all(http::header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
-            .map(<[u8]>::trim_ascii)
-            .rfind(|coding| !coding.is_empty());
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
-            _ => Framing::ToClose,
+    if let Some(chunked) = ends_chunked(headers) {
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::ToClose
         });
     }
+    Ok(content_length(headers)?.map_or(Framing::ToClose, Framing::Length))
+}
+
+/// Whether the last transfer coding is `chunked`; `None` without `Transfer-Encoding`.
+fn ends_chunked(headers: &HeaderMap) -> Option<bool> {
+    if !headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    let last = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+        .map(<[u8]>::trim_ascii)
+        .rfind(|coding| !coding.is_empty());
+    Some(last.is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked")))
+}
+
+/// The `Content-Length`, when given: one value, or the same value repeated.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
     let mut length = None;
     for value in headers.get_all(http::header::CONTENT_LENGTH) {
         for part in value.as_bytes().split(|byte| *byte == b',') {
@@ -307,19 +329,25 @@ fn framing_of(head: &Head, head_request: bool) -> Result<Framing, H1Error> {
             length = Some(parsed);
         }
     }
-    Ok(length.map_or(Framing::ToClose, Framing::Length))
+    Ok(length)
 }
 
 /// Whether the connection stays open after this answer.
 fn keeps_alive(head: &Head) -> bool {
+    persistent(head.version, &head.headers)
+}
+
+/// Whether a message of `version` with these headers leaves its connection open
+/// (RFC 9112 §9.3).
+fn persistent(version: Version, headers: &HeaderMap) -> bool {
     let has_token = |token: &str| {
-        head.headers
+        headers
             .get_all(http::header::CONNECTION)
             .iter()
             .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
             .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     };
-    match head.version {
+    match version {
         Version::HTTP_10 => has_token("keep-alive"),
         _ => !has_token("close"),
     }

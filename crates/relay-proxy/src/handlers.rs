@@ -65,21 +65,45 @@ async fn messages(State(state): State<Arc<RelayState>>, request: Request) -> Res
     serve_messages(state, request).await
 }
 
-/// `POST /v1/messages`, as the router runs it: for a server that recognises this route before
-/// the router (the binary does, for the one route nearly every request takes).
+/// `POST /v1/messages`, as the router runs it.
 pub async fn serve_messages(state: Arc<RelayState>, request: Request) -> Response {
-    handle(state, request, Endpoint::Messages).await
+    handle(state, request.map(RequestBody::Unread), Endpoint::Messages).await
+}
+
+/// `POST /v1/messages` with its body already read (up to the body limit), for a server that
+/// recognises this route before the router: the binary's does, for the one route nearly
+/// every request takes.
+pub async fn serve_messages_read(
+    state: Arc<RelayState>,
+    request: http::Request<Bytes>,
+) -> Response {
+    handle(state, request.map(RequestBody::Read), Endpoint::Messages).await
+}
+
+/// A request's body: still to be read, or read by the server.
+enum RequestBody {
+    Unread(Body),
+    Read(Bytes),
 }
 
 async fn count_tokens(State(state): State<Arc<RelayState>>, request: Request) -> Response {
-    handle(state, request, Endpoint::CountTokens).await
+    handle(
+        state,
+        request.map(RequestBody::Unread),
+        Endpoint::CountTokens,
+    )
+    .await
 }
 
 async fn models(State(state): State<Arc<RelayState>>, request: Request) -> Response {
-    handle(state, request, Endpoint::Models).await
+    handle(state, request.map(RequestBody::Unread), Endpoint::Models).await
 }
 
-async fn handle(state: Arc<RelayState>, request: Request, endpoint: Endpoint) -> Response {
+async fn handle(
+    state: Arc<RelayState>,
+    request: http::Request<RequestBody>,
+    endpoint: Endpoint,
+) -> Response {
     let started = Instant::now();
     // Time-ordered (UUIDv7): ids sort as the requests arrived, in logs and usage rows alike.
     let request_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
@@ -97,7 +121,7 @@ async fn handle(state: Arc<RelayState>, request: Request, endpoint: Endpoint) ->
 
 async fn handle_inner(
     state: &Arc<RelayState>,
-    request: Request,
+    request: http::Request<RequestBody>,
     endpoint: Endpoint,
     started: Instant,
     request_id: &Arc<str>,
@@ -107,12 +131,18 @@ async fn handle_inner(
     let identity = match authenticate(state, &parts.headers, now).await {
         Ok(identity) => identity,
         Err(error) => {
-            drain(body, MAX_DRAIN_BYTES).await;
+            if let RequestBody::Unread(body) = body {
+                drain(body, MAX_DRAIN_BYTES).await;
+            }
             return Err(error);
         }
     };
-    let limit = state.settings.body_limit_bytes;
-    let body = read_body(body, limit, &parts.headers).await?;
+    let body = match body {
+        RequestBody::Unread(body) => {
+            read_body(body, state.settings.body_limit_bytes, &parts.headers).await?
+        }
+        RequestBody::Read(body) => body,
+    };
 
     let (model, stream, user_id) = if endpoint == Endpoint::Models {
         (None, false, None)

@@ -1,0 +1,975 @@
+//! HTTP/1.1 on one client connection: the relay's server.
+//!
+//! A connection is served by the task that holds it, one request at a time (pipelined
+//! requests wait in the read buffer). A request's head is parsed with httparse into the
+//! `http` types the handlers take, and its body is read whole, up to the body limit, before
+//! the handler runs: every route reads its body whole anyway, so no channel carries it. The
+//! answer is written by the same task: its head together with the body's first pieces when
+//! they are ready, then each piece of a stream as it comes (one HTTP chunk for what is ready
+//! at once), never held while the body waits.
+//!
+//! While the handler runs, and while a stream waits for its next piece, the connection is
+//! watched for the client's close: the handler (and with it the upstream attempt) or the
+//! stream is dropped at once, as hyper's server did.
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderMap, Method, StatusCode, Uri, Version};
+use http_body::Body as _;
+use relay_core::envelope::ErrorKind;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    content_length, ends_chunked, headers_at, persistent, Body, Conn, H1Error, HeaderOffsets,
+    State, MAX_HEAD, MAX_HEADERS,
+};
+use crate::error::envelope_response;
+
+/// What a handler answers.
+pub type Response = http::Response<axum::body::Body>;
+
+/// The most of a refused body read (and thrown away) so that a client that writes its whole
+/// body before it reads still receives the answer; past it the connection is closed.
+const MAX_DRAIN: u64 = 256 * 1024 * 1024;
+
+/// How much of a stream is gathered into one write when its pieces are ready at once.
+const MAX_GATHER: usize = 64 * 1024;
+
+/// The most pieces of a body gathered into one write.
+const MAX_GATHER_PIECES: usize = 64;
+
+/// Serves the requests of one connection until the client closes it, a request or answer
+/// asks for its close, or `shutdown` is cancelled (an idle connection closes at once, a
+/// request being served is answered first, with `connection: close`). `body_limit`: the
+/// largest request body accepted; a larger one is answered 413.
+pub async fn serve_connection<T, F, Fut>(
+    io: T,
+    body_limit: usize,
+    shutdown: &CancellationToken,
+    handler: F,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: Fn(http::Request<Bytes>) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let mut conn = Conn::new(io);
+    let mut head = Vec::with_capacity(1024);
+    loop {
+        let next = if conn.read.is_empty() {
+            tokio::select! {
+                biased;
+                next = next_request(&mut conn) => next,
+                () = shutdown.cancelled() => return,
+            }
+        } else {
+            next_request(&mut conn).await
+        };
+        let request = match next {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(refusal) => {
+                let _ =
+                    write_response(&mut conn, &mut head, refusal.response(), &Asked::CLOSE).await;
+                return;
+            }
+        };
+        let Incoming {
+            mut request,
+            framing,
+            mut asked,
+        } = request;
+        let body_length = match framing {
+            State::Length(length) => Some(length),
+            _ => None,
+        };
+        if expects_continue(&request) {
+            if body_length.is_some_and(|length| length > body_limit as u64) {
+                // Refused before the client sends it: nothing to drain.
+                let too_large = crate::RelayError::TooLarge { limit: body_limit };
+                asked.close = true;
+                let response = axum::response::IntoResponse::into_response(too_large);
+                let _ = write_response(&mut conn, &mut head, response, &asked).await;
+                return;
+            }
+            if framing != State::Done && conn.read.is_empty() {
+                let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+                if write_all(&mut conn.io, &mut [IoSlice::new(interim)])
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+        let refused = match read_body(conn, framing, body_limit).await {
+            BodyRead::Whole(back, body) => {
+                conn = back;
+                *request.body_mut() = body;
+                None
+            }
+            BodyRead::TooLarge(back, drained) => {
+                conn = back;
+                asked.close |= !drained;
+                let too_large = crate::RelayError::TooLarge { limit: body_limit };
+                Some(axum::response::IntoResponse::into_response(too_large))
+            }
+            BodyRead::Malformed(back, message) => {
+                conn = back;
+                asked.close = true;
+                Some(Refusal::bad_request(message).response())
+            }
+            BodyRead::Gone => return,
+        };
+        let response = match refused {
+            Some(response) => response,
+            None => {
+                let handling = pin!(handler(request));
+                match until_closed(&mut conn, handling).await {
+                    Some(response) => response,
+                    None => return,
+                }
+            }
+        };
+        asked.close |= shutdown.is_cancelled();
+        match write_response(&mut conn, &mut head, response, &asked).await {
+            Ok(true) if !shutdown.is_cancelled() => {}
+            _ => return,
+        }
+    }
+}
+
+/// What the request asked of its answer.
+struct Asked {
+    version: Version,
+    head: bool,
+    close: bool,
+}
+
+impl Asked {
+    /// For an answer given before a request could be read.
+    const CLOSE: Asked = Asked {
+        version: Version::HTTP_11,
+        head: false,
+        close: true,
+    };
+}
+
+/// A request whose head has been read.
+struct Incoming {
+    request: http::Request<Bytes>,
+    framing: State,
+    asked: Asked,
+}
+
+/// A request refused before its handler runs.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    fn response(&self) -> Response {
+        let mut response = envelope_response(ErrorKind::InvalidRequest, &self.message);
+        *response.status_mut() = self.status;
+        response
+    }
+}
+
+/// Reads the next request's head; `None` when the client closed the connection between
+/// requests (or in the middle of a head, which leaves nothing to answer).
+async fn next_request<T: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<T>,
+) -> Result<Option<Incoming>, Refusal> {
+    let parsed = loop {
+        if let Some(parsed) = parse_request_head(&conn.read, &mut conn.offsets)? {
+            break parsed;
+        }
+        if conn.read.len() >= MAX_HEAD {
+            return Err(Refusal {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                message: format!("the request head is longer than {MAX_HEAD} bytes"),
+            });
+        }
+        match std::future::poll_fn(|cx| conn.poll_fill(cx)).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    };
+    let bytes = conn.read.split_to(parsed.length).freeze();
+    let method = Method::from_bytes(&bytes[parsed.method])
+        .map_err(|_| Refusal::bad_request("the request method is invalid"))?;
+    let uri = Uri::from_maybe_shared(bytes.slice(parsed.target))
+        .map_err(|_| Refusal::bad_request("the request target is invalid"))?;
+    let headers = headers_at(&bytes, &conn.offsets)
+        .map_err(|_| Refusal::bad_request("a request header is invalid"))?;
+    let version = if parsed.minor_version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut close = !persistent(version, &headers);
+    let framing = match ends_chunked(&headers) {
+        Some(true) => {
+            // Both framings given: the chunks decide, and nothing after them is trusted.
+            close |= headers.contains_key(header::CONTENT_LENGTH);
+            State::ChunkSize
+        }
+        Some(false) => {
+            return Err(Refusal::bad_request(
+                "a request body's transfer coding must end with chunked",
+            ))
+        }
+        None => match content_length(&headers) {
+            Ok(None | Some(0)) => State::Done,
+            Ok(Some(length)) => State::Length(length),
+            Err(_) => return Err(Refusal::bad_request("the content-length is invalid")),
+        },
+    };
+    let asked = Asked {
+        version,
+        head: method == Method::HEAD,
+        close,
+    };
+    let mut request = http::Request::new(Bytes::new());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Some(Incoming {
+        request,
+        framing,
+        asked,
+    }))
+}
+
+/// A request head found in the buffer: its length, and where its method and target lie
+/// (its headers' offsets are written to the connection's list).
+struct ParsedRequest {
+    length: usize,
+    method: std::ops::Range<usize>,
+    target: std::ops::Range<usize>,
+    minor_version: u8,
+}
+
+fn parse_request_head(
+    buffer: &[u8],
+    offsets: &mut Vec<HeaderOffsets>,
+) -> Result<Option<ParsedRequest>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let length = match request.parse(buffer) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Refusal {
+                status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                message: format!("the request has more than {MAX_HEADERS} headers"),
+            })
+        }
+        Err(error) => return Err(Refusal::bad_request(format!("malformed request: {error}"))),
+    };
+    let base = buffer.as_ptr() as usize;
+    let offset = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        start..start + part.len()
+    };
+    offsets.clear();
+    offsets.extend(
+        request
+            .headers
+            .iter()
+            .map(|header| (offset(header.name.as_bytes()), offset(header.value))),
+    );
+    Ok(Some(ParsedRequest {
+        length,
+        method: offset(request.method.unwrap_or_default().as_bytes()),
+        target: offset(request.path.unwrap_or_default().as_bytes()),
+        minor_version: request.version.unwrap_or_default(),
+    }))
+}
+
+fn expects_continue(request: &http::Request<Bytes>) -> bool {
+    request.version() == Version::HTTP_11
+        && request
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// What reading a request's body gave. The connection comes back whenever an answer can
+/// still be written on it.
+enum BodyRead<T> {
+    /// Read to its end.
+    Whole(Conn<T>, Bytes),
+    /// Longer than the limit: read past to its end (`true`), or up to [`MAX_DRAIN`].
+    TooLarge(Conn<T>, bool),
+    /// Its chunks could not be decoded.
+    Malformed(Conn<T>, String),
+    /// The client closed the connection, or it failed.
+    Gone,
+}
+
+/// Reads a request's body whole.
+async fn read_body<T: AsyncRead + AsyncWrite + Unpin>(
+    conn: Conn<T>,
+    framing: State,
+    limit: usize,
+) -> BodyRead<T> {
+    let mut body = Body {
+        conn: Some(conn),
+        state: framing,
+        reusable: true,
+    };
+    let mut first: Option<Bytes> = None;
+    let mut gathered = BytesMut::new();
+    let mut seen: u64 = 0;
+    let limit = limit as u64;
+    while let Some(data) = std::future::poll_fn(|cx| body.poll_data(cx)).await {
+        let data = match data {
+            Ok(data) => data,
+            Err(H1Error::Invalid(message)) => {
+                return match body.conn.take() {
+                    Some(conn) => BodyRead::Malformed(
+                        conn,
+                        format!("the request body is malformed: {message}"),
+                    ),
+                    None => BodyRead::Gone,
+                };
+            }
+            Err(_) => return BodyRead::Gone,
+        };
+        seen += data.len() as u64;
+        if seen > limit {
+            first = None;
+            gathered = BytesMut::new();
+            if seen > MAX_DRAIN {
+                return match body.conn.take() {
+                    Some(conn) => BodyRead::TooLarge(conn, false),
+                    None => BodyRead::Gone,
+                };
+            }
+            continue;
+        }
+        match first.take() {
+            None if gathered.is_empty() => first = Some(data),
+            None => gathered.extend_from_slice(&data),
+            Some(earlier) => {
+                gathered.reserve(earlier.len() + data.len());
+                gathered.extend_from_slice(&earlier);
+                gathered.extend_from_slice(&data);
+            }
+        }
+    }
+    let Some(conn) = body.conn.take() else {
+        return BodyRead::Gone;
+    };
+    if seen > limit {
+        BodyRead::TooLarge(conn, true)
+    } else {
+        BodyRead::Whole(conn, first.unwrap_or_else(|| gathered.freeze()))
+    }
+}
+
+/// Runs `handling` to its answer, or drops it when the client closes the connection first.
+/// Bytes the client sends meanwhile (a pipelined request) stay in the buffer.
+async fn until_closed<T, F>(
+    conn: &mut Conn<T>,
+    mut handling: std::pin::Pin<&mut F>,
+) -> Option<Response>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = Response>,
+{
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        conn.poll_closed(cx).map(|()| None)
+    })
+    .await
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Conn<T> {
+    /// Ready when the client has closed the connection (or it failed). Whatever the client
+    /// sends meanwhile is kept, up to a head's length; past that the connection is no longer
+    /// read until the buffer is used.
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.read.len() >= MAX_HEAD {
+                return Poll::Pending;
+            }
+            match std::task::ready!(self.poll_fill(cx)) {
+                Ok(0) | Err(_) => return Poll::Ready(()),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// How an answer's body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delimited {
+    /// No body: `HEAD`, `1xx`, `204`, `304`.
+    Bodiless,
+    Length(u64),
+    Chunked,
+    /// An HTTP/1.0 client, a body of unknown length: it ends with the connection.
+    Close,
+}
+
+/// What one wait for the answer's body gave.
+enum Step {
+    Data(Bytes),
+    /// Trailers, or an empty piece: nothing to write.
+    Nothing,
+    End,
+    Failed,
+    /// Nothing more is ready: write what was gathered.
+    Flush,
+    ClientGone,
+}
+
+/// Writes an answer; `Ok(true)` when the connection can carry another request.
+async fn write_response<T: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<T>,
+    head: &mut Vec<u8>,
+    response: Response,
+    asked: &Asked,
+) -> std::io::Result<bool> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let mut close = asked.close || !persistent(Version::HTTP_11, &parts.headers);
+    let size = body.size_hint().exact();
+    let delimited = if asked.head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Delimited::Bodiless
+    } else if let Some(size) = size {
+        Delimited::Length(size)
+    } else if asked.version == Version::HTTP_11 {
+        Delimited::Chunked
+    } else {
+        close = true;
+        Delimited::Close
+    };
+    head.clear();
+    response_head(head, status, &parts.headers, delimited, size, asked, close);
+    if delimited == Delimited::Bodiless {
+        write_all(&mut conn.io, &mut [IoSlice::new(head)]).await?;
+        return Ok(!close);
+    }
+
+    let mut body = pin!(body);
+    let mut pieces: Vec<Bytes> = Vec::new();
+    let mut gathered = 0usize;
+    let mut head_sent = false;
+    let mut written: u64 = 0;
+    loop {
+        let waiting = head_sent && pieces.is_empty();
+        let step = std::future::poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(match frame.into_data() {
+                Ok(data) if !data.is_empty() => Step::Data(data),
+                _ => Step::Nothing,
+            }),
+            Poll::Ready(Some(Err(_))) => Poll::Ready(Step::Failed),
+            Poll::Ready(None) => Poll::Ready(Step::End),
+            Poll::Pending if waiting => conn.poll_closed(cx).map(|()| Step::ClientGone),
+            Poll::Pending => Poll::Ready(Step::Flush),
+        })
+        .await;
+        match step {
+            Step::Data(data) => {
+                written += data.len() as u64;
+                if let Delimited::Length(length) = delimited {
+                    if written > length {
+                        // More than the length announced: the connection cannot go on.
+                        return Err(std::io::ErrorKind::InvalidData.into());
+                    }
+                }
+                gathered += data.len();
+                pieces.push(data);
+                if gathered >= MAX_GATHER || pieces.len() >= MAX_GATHER_PIECES {
+                    write_pieces(conn, head, &mut head_sent, &mut pieces, delimited, false).await?;
+                    gathered = 0;
+                }
+            }
+            Step::Nothing => {}
+            Step::Flush => {
+                write_pieces(conn, head, &mut head_sent, &mut pieces, delimited, false).await?;
+                gathered = 0;
+            }
+            Step::End => {
+                write_pieces(conn, head, &mut head_sent, &mut pieces, delimited, true).await?;
+                let complete = match delimited {
+                    Delimited::Length(length) => written == length,
+                    _ => true,
+                };
+                return Ok(complete && !close);
+            }
+            Step::Failed | Step::ClientGone => {
+                // What was gathered goes out; the missing end tells the client the body
+                // was cut.
+                let _ =
+                    write_pieces(conn, head, &mut head_sent, &mut pieces, delimited, false).await;
+                return Ok(false);
+            }
+        }
+    }
+}
+
+/// Writes the head (unless it went already) and the pieces gathered, as one chunk when the
+/// body is chunked, with the last chunk after them at the body's `end`.
+async fn write_pieces<T: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<T>,
+    head: &[u8],
+    head_sent: &mut bool,
+    pieces: &mut Vec<Bytes>,
+    delimited: Delimited,
+    end: bool,
+) -> std::io::Result<()> {
+    let chunked = delimited == Delimited::Chunked;
+    let mut size_line = [0u8; 18];
+    let mut size_line_length = 0;
+    let length: usize = pieces.iter().map(Bytes::len).sum();
+    if chunked && length > 0 {
+        let mut cursor = std::io::Cursor::new(&mut size_line[..]);
+        std::io::Write::write_fmt(&mut cursor, format_args!("{length:x}\r\n"))?;
+        size_line_length = cursor.position() as usize;
+    }
+    let mut slices = Vec::with_capacity(pieces.len() + 4);
+    if !*head_sent {
+        slices.push(IoSlice::new(head));
+    }
+    if size_line_length > 0 {
+        slices.push(IoSlice::new(&size_line[..size_line_length]));
+    }
+    slices.extend(pieces.iter().map(|piece| IoSlice::new(piece)));
+    if chunked && length > 0 {
+        slices.push(IoSlice::new(b"\r\n"));
+    }
+    if chunked && end {
+        slices.push(IoSlice::new(b"0\r\n\r\n"));
+    }
+    if !slices.is_empty() {
+        write_all(&mut conn.io, &mut slices).await?;
+    }
+    *head_sent = true;
+    pieces.clear();
+    Ok(())
+}
+
+/// Writes every slice, however the transport splits the writes.
+async fn write_all<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let written = io.write_vectored(slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, written);
+    }
+    io.flush().await
+}
+
+/// The head of an answer: the handler's headers, but the framing and the connection's fate
+/// are the server's to write.
+fn response_head(
+    head: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    delimited: Delimited,
+    size: Option<u64>,
+    asked: &Asked,
+    close: bool,
+) {
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    let ours_for_length = !matches!(delimited, Delimited::Bodiless) || size.is_some();
+    for (name, value) in headers {
+        let skip = *name == header::CONNECTION
+            || *name == header::TRANSFER_ENCODING
+            || name.as_str() == "keep-alive"
+            || (*name == header::CONTENT_LENGTH && ours_for_length);
+        if skip {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let length = match delimited {
+        Delimited::Length(length) => Some(length),
+        // A `HEAD` answer tells the length its `GET` would have.
+        Delimited::Bodiless if asked.head => size,
+        _ => None,
+    };
+    if let Some(length) = length {
+        head.extend_from_slice(b"content-length: ");
+        head.extend_from_slice(itoa::Buffer::new().format(length).as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if delimited == Delimited::Chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    } else if asked.version == Version::HTTP_10 {
+        head.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        head.extend_from_slice(b"date: ");
+        date(head);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    /// The `Date` of this second, formatted once per second and thread.
+    static DATE: std::cell::RefCell<(u64, String)> = const {
+        std::cell::RefCell::new((u64::MAX, String::new()))
+    };
+}
+
+fn date(head: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or_default();
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != second {
+            *date = (second, httpdate::fmt_http_date(now));
+        }
+        head.extend_from_slice(date.1.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    use super::*;
+    use crate::h1::Head;
+
+    /// The client's end of a connection that `handler` serves, with a body limit of 64 bytes.
+    fn serve<F, Fut>(
+        shutdown: &CancellationToken,
+        handler: F,
+    ) -> (DuplexStream, tokio::task::JoinHandle<()>)
+    where
+        F: Fn(http::Request<Bytes>) -> Fut + Send + 'static,
+        Fut: Future<Output = Response> + Send,
+    {
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        let shutdown = shutdown.clone();
+        let served = tokio::spawn(async move {
+            serve_connection(ours, 64, &shutdown, handler).await;
+        });
+        (theirs, served)
+    }
+
+    /// Answers `METHOD target length-of-body`.
+    async fn echo(request: http::Request<Bytes>) -> Response {
+        let text = format!(
+            "{} {} {}",
+            request.method(),
+            request.uri(),
+            request.body().len()
+        );
+        http::Response::new(axum::body::Body::from(text))
+    }
+
+    /// Reads one answer on the client's end, with the relay's own client code.
+    async fn answer(
+        client: impl Into<Conn<DuplexStream>>,
+        head_request: bool,
+    ) -> (Head, String, Conn<DuplexStream>) {
+        let (head, mut body) = client.into().answer(head_request).await.unwrap();
+        let mut text = Vec::new();
+        while let Some(data) = std::future::poll_fn(|cx| body.poll_data(cx)).await {
+            text.extend_from_slice(&data.unwrap());
+        }
+        let conn = body.conn.take().unwrap();
+        (head, String::from_utf8(text).unwrap(), conn)
+    }
+
+    impl From<DuplexStream> for Conn<DuplexStream> {
+        fn from(client: DuplexStream) -> Self {
+            Conn::new(client)
+        }
+    }
+
+    async fn write(client: &mut DuplexStream, wire: &[u8]) {
+        client.write_all(wire).await.unwrap();
+    }
+
+    /// Whether the server closed the connection: a read gives its end.
+    async fn closed(mut conn: Conn<DuplexStream>) -> bool {
+        let mut rest = Vec::new();
+        conn.read.is_empty() && conn.io.read_to_end(&mut rest).await.is_ok() && rest.is_empty()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_with_their_bodies_whole() {
+        let shutdown = CancellationToken::new();
+        let (mut client, _served) = serve(&shutdown, echo);
+        write(
+            &mut client,
+            b"POST /v1/messages HTTP/1.1\r\nhost: relay\r\ncontent-length: 5\r\n\r\nhello\
+              POST /v1/messages?beta=true HTTP/1.1\r\nhost: relay\r\ntransfer-encoding: chunked\r\n\r\n\
+              4\r\nabcd\r\n3;ext=1\r\nefg\r\n0\r\ntrailer: x\r\n\r\n",
+        )
+        .await;
+        let (head, text, conn) = answer(client, false).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(text, "POST /v1/messages 5");
+        assert_eq!(head.headers[header::CONTENT_LENGTH], "19");
+        assert!(head.headers.contains_key(header::DATE));
+        assert!(!head.headers.contains_key(header::CONNECTION));
+        let (head, text, _) = answer(conn, false).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(text, "POST /v1/messages?beta=true 7");
+    }
+
+    #[tokio::test]
+    async fn a_client_expecting_100_continue_is_asked_for_its_body() {
+        let shutdown = CancellationToken::new();
+        let (mut client, _served) = serve(&shutdown, echo);
+        write(
+            &mut client,
+            b"POST /v1/messages HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 3\r\n\r\n",
+        )
+        .await;
+        let mut interim = [0u8; 25];
+        client.read_exact(&mut interim).await.unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        write(&mut client, b"abc").await;
+        let (_, text, _) = answer(client, false).await;
+        assert_eq!(text, "POST /v1/messages 3");
+    }
+
+    #[tokio::test]
+    async fn a_body_announced_over_the_limit_with_expect_is_refused_unread() {
+        let shutdown = CancellationToken::new();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let (mut client, served) = serve(&shutdown, move |request| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            echo(request)
+        });
+        write(
+            &mut client,
+            b"POST /v1/messages HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 65\r\n\r\n",
+        )
+        .await;
+        let (head, text, conn) = answer(client, false).await;
+        assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(text.contains("\"type\":\"request_too_large\""), "{text}");
+        assert_eq!(head.headers[header::CONNECTION], "close");
+        assert!(closed(conn).await);
+        served.await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_read_past_and_the_connection_goes_on() {
+        let shutdown = CancellationToken::new();
+        let (mut client, _served) = serve(&shutdown, echo);
+        let mut wire = b"POST /v1/messages HTTP/1.1\r\ncontent-length: 100\r\n\r\n".to_vec();
+        wire.extend_from_slice(&[b'x'; 100]);
+        wire.extend_from_slice(b"GET /v1/models HTTP/1.1\r\n\r\n");
+        write(&mut client, &wire).await;
+        let (head, text, conn) = answer(client, false).await;
+        assert_eq!(head.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(text.contains("request_too_large"), "{text}");
+        assert!(!head.headers.contains_key(header::CONNECTION));
+        let (head, text, _) = answer(conn, false).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(text, "GET /v1/models 0");
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_get_an_anthropic_error_and_the_connection_closes() {
+        let cases: [(&[u8], StatusCode); 4] = [
+            (b"NOT HTTP AT ALL\r\n\r\n", StatusCode::BAD_REQUEST),
+            (
+                b"POST / HTTP/1.1\r\ncontent-length: 1x\r\n\r\n",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n",
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                StatusCode::BAD_REQUEST,
+            ),
+        ];
+        for (wire, status) in cases {
+            let shutdown = CancellationToken::new();
+            let (mut client, served) = serve(&shutdown, echo);
+            write(&mut client, wire).await;
+            let (head, text, conn) = answer(client, false).await;
+            assert_eq!(head.status, status, "{}", String::from_utf8_lossy(wire));
+            assert!(
+                text.contains("\"type\":\"invalid_request_error\""),
+                "{text}"
+            );
+            assert_eq!(head.headers[header::CONNECTION], "close");
+            assert!(closed(conn).await);
+            served.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_too_long_gets_431() {
+        let shutdown = CancellationToken::new();
+        let (mut client, served) = serve(&shutdown, echo);
+        let mut wire = b"POST / HTTP/1.1\r\nx-long: ".to_vec();
+        wire.extend_from_slice(&vec![b'a'; MAX_HEAD]);
+        write(&mut client, &wire).await;
+        let (head, text, _) = answer(client, false).await;
+        assert_eq!(head.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        assert!(text.contains("invalid_request_error"), "{text}");
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_written_piece_by_piece_as_it_comes() {
+        let shutdown = CancellationToken::new();
+        let (pieces, receiver) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let receiver = std::sync::Mutex::new(Some(receiver));
+        let (mut client, _served) = serve(&shutdown, move |_| {
+            let receiver = receiver.lock().unwrap().take().unwrap();
+            async move {
+                let frames = futures_util::stream::unfold(receiver, |mut receiver| async move {
+                    let piece = receiver.recv().await?;
+                    Some((
+                        Ok::<_, std::io::Error>(http_body::Frame::data(piece)),
+                        receiver,
+                    ))
+                });
+                http::Response::new(axum::body::Body::new(http_body_util::StreamBody::new(
+                    frames,
+                )))
+            }
+        });
+        write(&mut client, b"POST /v1/messages HTTP/1.1\r\n\r\n").await;
+        let (head, mut body) = Conn::new(client).answer(false).await.unwrap();
+        assert_eq!(head.headers[header::TRANSFER_ENCODING], "chunked");
+        pieces
+            .send(Bytes::from_static(b"event: one\n\n"))
+            .await
+            .unwrap();
+        let first = std::future::poll_fn(|cx| body.poll_data(cx)).await;
+        assert_eq!(first.unwrap().unwrap(), "event: one\n\n");
+        pieces
+            .send(Bytes::from_static(b"event: two\n\n"))
+            .await
+            .unwrap();
+        let second = std::future::poll_fn(|cx| body.poll_data(cx)).await;
+        assert_eq!(second.unwrap().unwrap(), "event: two\n\n");
+        drop(pieces);
+        assert!(std::future::poll_fn(|cx| body.poll_data(cx))
+            .await
+            .is_none());
+        assert!(body.take_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_handler_is_dropped_when_the_client_closes() {
+        let shutdown = CancellationToken::new();
+        let (dropped, was_dropped) = tokio::sync::oneshot::channel::<()>();
+        let dropped = std::sync::Mutex::new(Some(dropped));
+        let (mut client, served) = serve(&shutdown, move |_| {
+            let guard = dropped.lock().unwrap().take();
+            async move {
+                let _guard = guard;
+                std::future::pending::<Response>().await
+            }
+        });
+        write(
+            &mut client,
+            b"POST /v1/messages HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}",
+        )
+        .await;
+        tokio::task::yield_now().await;
+        drop(client);
+        // The guard's sender is dropped with the handler: the receiver sees it closed.
+        assert!(was_dropped.await.is_err());
+        served.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn http_1_0_closes_unless_asked_and_head_answers_carry_no_body() {
+        let shutdown = CancellationToken::new();
+        let (mut client, _served) = serve(&shutdown, echo);
+        write(
+            &mut client,
+            b"HEAD /healthz HTTP/1.0\r\nconnection: keep-alive\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n",
+        )
+        .await;
+        let (head, text, conn) = answer(client, true).await;
+        assert_eq!(head.headers[header::CONTENT_LENGTH], "15");
+        assert_eq!(head.headers[header::CONNECTION], "keep-alive");
+        assert_eq!(text, "");
+        let (head, text, conn) = answer(conn, false).await;
+        assert_eq!(text, "GET /healthz 0");
+        assert_eq!(head.headers[header::CONNECTION], "close");
+        assert!(closed(conn).await);
+    }
+
+    #[tokio::test]
+    async fn shutdown_closes_idle_connections_and_answers_the_request_in_flight_first() {
+        let shutdown = CancellationToken::new();
+        let (_idle, idle_served) = serve(&shutdown, echo);
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = std::sync::Mutex::new(Some(released));
+        let (mut client, served) = serve(&shutdown, move |request| {
+            let released = released.lock().unwrap().take();
+            async move {
+                if let Some(released) = released {
+                    let _ = released.await;
+                }
+                echo(request).await
+            }
+        });
+        write(&mut client, b"GET /v1/models HTTP/1.1\r\n\r\n").await;
+        tokio::task::yield_now().await;
+        shutdown.cancel();
+        idle_served.await.unwrap();
+        release.send(()).unwrap();
+        let (head, text, conn) = answer(client, false).await;
+        assert_eq!(text, "GET /v1/models 0");
+        assert_eq!(head.headers[header::CONNECTION], "close");
+        assert!(closed(conn).await);
+        served.await.unwrap();
+    }
+}
