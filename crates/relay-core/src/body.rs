@@ -449,8 +449,11 @@ fn is_unsigned_thinking(block: &serde_json::Value) -> bool {
 /// Whether `body` has a member `"signature"` whose value is `""`, however spaced.
 fn has_empty_signature(body: &[u8]) -> bool {
     const NAME: &[u8] = br#""signature""#;
+    // Built once: `memmem::find` builds its searcher on every call.
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(NAME));
     let mut rest = body;
-    while let Some(at) = memchr::memmem::find(rest, NAME) {
+    while let Some(at) = FINDER.find(rest) {
         rest = &rest[at + NAME.len()..];
         let value = rest.trim_ascii_start();
         if let Some(value) = value.strip_prefix(b":") {

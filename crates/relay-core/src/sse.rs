@@ -328,7 +328,11 @@ impl SseUsageParser {
 /// The value of the first `"type"` key of an event's data, read without parsing the JSON.
 /// Anthropic writes `type` first in every event object.
 fn sniff_event_type(data: &[u8]) -> Option<&[u8]> {
-    let key = memmem::find(data, b"\"type\"")?;
+    // Built once: `memmem::find` builds its searcher on every call, which cost more than the
+    // search over an event's few hundred bytes.
+    static TYPE_KEY: std::sync::LazyLock<memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memmem::Finder::new(b"\"type\""));
+    let key = TYPE_KEY.find(data)?;
     let mut rest = data[key + 6..].trim_ascii_start();
     rest = rest.strip_prefix(b":")?.trim_ascii_start();
     rest = rest.strip_prefix(b"\"")?;

@@ -6,6 +6,9 @@
 //! connection, no channel between the request and its connection, and the answer's body is
 //! read straight off the socket by the task that forwards it. The pool (`http_clients`) keeps
 //! idle connections and checks one is still open before it is used.
+//!
+//! [`server`] is the other half: the relay's client connections, on the same connection type,
+//! head parsing and body framing.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -317,11 +320,7 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
     let mut length = None;
     for value in headers.get_all(http::header::CONTENT_LENGTH) {
         for part in value.as_bytes().split(|byte| *byte == b',') {
-            let part = part.trim_ascii();
-            let parsed = std::str::from_utf8(part)
-                .ok()
-                .filter(|text| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|text| text.parse::<u64>().ok())
+            let parsed = decimal(part.trim_ascii())
                 .ok_or_else(|| H1Error::Invalid("content-length".to_owned()))?;
             if length.is_some_and(|known| known != parsed) {
                 return Err(H1Error::Invalid("conflicting content-length".to_owned()));
@@ -330,6 +329,18 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, H1Error> {
         }
     }
     Ok(length)
+}
+
+/// A length written in decimal digits only (no sign, no spaces), up to 19 digits.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |value, digit| {
+        digit
+            .is_ascii_digit()
+            .then(|| value * 10 + u64::from(digit - b'0'))
+    })
 }
 
 /// Whether the connection stays open after this answer.
