@@ -106,7 +106,9 @@ async fn handle(
 ) -> Response {
     let started = Instant::now();
     // Time-ordered (UUIDv7): ids sort as the requests arrived, in logs and usage rows alike.
-    let request_id: Arc<str> = Arc::from(uuid::Uuid::now_v7().simple().to_string());
+    // Written on the stack, then copied once into the shared text.
+    let mut text = [0u8; uuid::fmt::Simple::LENGTH];
+    let request_id: Arc<str> = Arc::from(&*uuid::Uuid::now_v7().simple().encode_lower(&mut text));
     match handle_inner(&state, request, endpoint, started, &request_id).await {
         Ok(response) => response,
         Err(error) => {

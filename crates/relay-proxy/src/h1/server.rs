@@ -58,7 +58,10 @@ pub async fn serve_connection<T, F, Fut>(
     Fut: Future<Output = Response>,
 {
     let mut conn = Conn::new(io);
-    let mut head = Vec::with_capacity(1024);
+    let mut out = Output {
+        head: Vec::with_capacity(1024),
+        pieces: Vec::new(),
+    };
     loop {
         let next = if conn.read.is_empty() {
             tokio::select! {
@@ -74,7 +77,7 @@ pub async fn serve_connection<T, F, Fut>(
             Ok(None) => return,
             Err(refusal) => {
                 let _ =
-                    write_response(&mut conn, &mut head, refusal.response(), &Asked::CLOSE).await;
+                    write_response(&mut conn, &mut out, refusal.response(), &Asked::CLOSE).await;
                 return;
             }
         };
@@ -93,7 +96,7 @@ pub async fn serve_connection<T, F, Fut>(
                 let too_large = crate::RelayError::TooLarge { limit: body_limit };
                 asked.close = true;
                 let response = axum::response::IntoResponse::into_response(too_large);
-                let _ = write_response(&mut conn, &mut head, response, &asked).await;
+                let _ = write_response(&mut conn, &mut out, response, &asked).await;
                 return;
             }
             if framing != State::Done && conn.read.is_empty() {
@@ -136,7 +139,7 @@ pub async fn serve_connection<T, F, Fut>(
             }
         };
         asked.close |= shutdown.is_cancelled();
-        match write_response(&mut conn, &mut head, response, &asked).await {
+        match write_response(&mut conn, &mut out, response, &asked).await {
             Ok(true) if !shutdown.is_cancelled() => {}
             _ => return,
         }
@@ -442,13 +445,22 @@ enum Step {
     ClientGone,
 }
 
+/// What a connection writes its answers with, kept from one answer to the next.
+struct Output {
+    head: Vec<u8>,
+    /// An answer's body pieces gathered for one write.
+    pieces: Vec<Bytes>,
+}
+
 /// Writes an answer; `Ok(true)` when the connection can carry another request.
 async fn write_response<T: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<T>,
-    head: &mut Vec<u8>,
+    out: &mut Output,
     response: Response,
     asked: &Asked,
 ) -> std::io::Result<bool> {
+    let Output { head, pieces } = out;
+    pieces.clear();
     let (parts, body) = response.into_parts();
     let status = parts.status;
     let mut close = asked.close || !persistent(Version::HTTP_11, &parts.headers);
@@ -475,7 +487,6 @@ async fn write_response<T: AsyncRead + AsyncWrite + Unpin>(
     }
 
     let mut body = pin!(body);
-    let mut pieces: Vec<Bytes> = Vec::new();
     let mut gathered = 0usize;
     let mut head_sent = false;
     let mut written: u64 = 0;
@@ -504,17 +515,17 @@ async fn write_response<T: AsyncRead + AsyncWrite + Unpin>(
                 gathered += data.len();
                 pieces.push(data);
                 if gathered >= MAX_GATHER || pieces.len() >= MAX_GATHER_PIECES {
-                    write_pieces(conn, head, &mut head_sent, &mut pieces, delimited, false).await?;
+                    write_pieces(conn, head, &mut head_sent, pieces, delimited, false).await?;
                     gathered = 0;
                 }
             }
             Step::Nothing => {}
             Step::Flush => {
-                write_pieces(conn, head, &mut head_sent, &mut pieces, delimited, false).await?;
+                write_pieces(conn, head, &mut head_sent, pieces, delimited, false).await?;
                 gathered = 0;
             }
             Step::End => {
-                write_pieces(conn, head, &mut head_sent, &mut pieces, delimited, true).await?;
+                write_pieces(conn, head, &mut head_sent, pieces, delimited, true).await?;
                 let complete = match delimited {
                     Delimited::Length(length) => written == length,
                     _ => true,
@@ -524,8 +535,7 @@ async fn write_response<T: AsyncRead + AsyncWrite + Unpin>(
             Step::Failed | Step::ClientGone => {
                 // What was gathered goes out; the missing end tells the client the body
                 // was cut.
-                let _ =
-                    write_pieces(conn, head, &mut head_sent, &mut pieces, delimited, false).await;
+                let _ = write_pieces(conn, head, &mut head_sent, pieces, delimited, false).await;
                 return Ok(false);
             }
         }
@@ -551,26 +561,36 @@ async fn write_pieces<T: AsyncRead + AsyncWrite + Unpin>(
         std::io::Write::write_fmt(&mut cursor, format_args!("{length:x}\r\n"))?;
         size_line_length = cursor.position() as usize;
     }
-    let mut slices = Vec::with_capacity(pieces.len() + 4);
+    // At most the head, a size line, the pieces, the chunk's end and the last chunk.
+    let mut slices = [IoSlice::new(&[]); MAX_GATHER_PIECES + 4];
+    let mut count = 0;
     if !*head_sent {
-        slices.push(IoSlice::new(head));
+        push(&mut slices, &mut count, head);
     }
-    if size_line_length > 0 {
-        slices.push(IoSlice::new(&size_line[..size_line_length]));
+    push(&mut slices, &mut count, &size_line[..size_line_length]);
+    for piece in pieces.iter() {
+        push(&mut slices, &mut count, piece);
     }
-    slices.extend(pieces.iter().map(|piece| IoSlice::new(piece)));
     if chunked && length > 0 {
-        slices.push(IoSlice::new(b"\r\n"));
+        push(&mut slices, &mut count, b"\r\n");
     }
     if chunked && end {
-        slices.push(IoSlice::new(b"0\r\n\r\n"));
+        push(&mut slices, &mut count, b"0\r\n\r\n");
     }
-    if !slices.is_empty() {
-        write_all(&mut conn.io, &mut slices).await?;
+    if count > 0 {
+        write_all(&mut conn.io, &mut slices[..count]).await?;
     }
     *head_sent = true;
     pieces.clear();
     Ok(())
+}
+
+/// Adds a non-empty slice to those of one write.
+fn push<'a>(slices: &mut [IoSlice<'a>], count: &mut usize, slice: &'a [u8]) {
+    if !slice.is_empty() {
+        slices[*count] = IoSlice::new(slice);
+        *count += 1;
+    }
 }
 
 /// Writes every slice, however the transport splits the writes.
