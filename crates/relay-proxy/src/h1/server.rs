@@ -33,6 +33,12 @@ use crate::error::envelope_response;
 /// What a handler answers.
 pub type Response = http::Response<axum::body::Body>;
 
+/// How long a connection waits for the whole head of its next request (from the end of the
+/// previous answer, or from the connection's start). Clients close their idle connections
+/// sooner (Claude Code's after 4 s, the SDKs' after 5 s); this closes those whose client
+/// vanished or never sends.
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
 /// The most of a refused body read (and thrown away) so that a client that writes its whole
 /// body before it reads still receives the answer; past it the connection is closed.
 const MAX_DRAIN: u64 = 256 * 1024 * 1024;
@@ -62,15 +68,21 @@ pub async fn serve_connection<T, F, Fut>(
         head: Vec::with_capacity(1024),
         pieces: Vec::new(),
     };
+    // One timer for the connection's life, moved on before each request.
+    let head_wait = tokio::time::sleep(HEAD_TIMEOUT);
+    tokio::pin!(head_wait);
     loop {
-        let next = if conn.read.is_empty() {
-            tokio::select! {
-                biased;
-                next = next_request(&mut conn) => next,
-                () = shutdown.cancelled() => return,
-            }
-        } else {
-            next_request(&mut conn).await
+        head_wait
+            .as_mut()
+            .reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
+        let idle = conn.read.is_empty();
+        let next = tokio::select! {
+            biased;
+            next = next_request(&mut conn) => next,
+            () = shutdown.cancelled(), if idle => return,
+            // An idle client, or one that sends its head too slowly: the connection is
+            // closed, as nginx's `keepalive_timeout` and `client_header_timeout` close it.
+            () = &mut head_wait => return,
         };
         let request = match next {
             Ok(Some(request)) => request,
@@ -839,6 +851,26 @@ mod tests {
         assert_eq!(head.status, StatusCode::OK);
         assert_eq!(text, format!("300000 {expected}"));
         drop(served);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_without_a_whole_head_in_time_is_closed() {
+        let shutdown = CancellationToken::new();
+        // Idle after an answer.
+        let (mut client, served) = serve(&shutdown, echo);
+        write(&mut client, b"GET /v1/models HTTP/1.1\r\n\r\n").await;
+        let (_, text, conn) = answer(client, false).await;
+        assert_eq!(text, "GET /v1/models 0");
+        tokio::time::sleep(HEAD_TIMEOUT - std::time::Duration::from_secs(1)).await;
+        assert!(!served.is_finished());
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        served.await.unwrap();
+        assert!(closed(conn).await);
+        // A head that never ends.
+        let (mut client, served) = serve(&shutdown, echo);
+        write(&mut client, b"GET /v1/models HTTP/1.1\r\nx-slow: ").await;
+        tokio::time::sleep(HEAD_TIMEOUT + std::time::Duration::from_secs(1)).await;
+        served.await.unwrap();
     }
 
     #[tokio::test]
