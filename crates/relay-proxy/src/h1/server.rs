@@ -39,6 +39,10 @@ pub type Response = http::Response<axum::body::Body>;
 /// vanished or never sends.
 pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
 
+/// How long a request body may pause between two reads before the request is answered 408
+/// and its connection closed (nginx's `client_body_timeout`).
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The most of a refused body read (and thrown away) so that a client that writes its whole
 /// body before it reads still receives the answer; past it the connection is closed.
 const MAX_DRAIN: u64 = 256 * 1024 * 1024;
@@ -137,6 +141,20 @@ pub async fn serve_connection<T, F, Fut>(
                 conn = back;
                 asked.close = true;
                 Some(Refusal::bad_request(message).response())
+            }
+            BodyRead::Stalled(back) => {
+                conn = back;
+                asked.close = true;
+                Some(
+                    Refusal {
+                        status: StatusCode::REQUEST_TIMEOUT,
+                        message: format!(
+                            "no more of the request body came for {} s",
+                            BODY_READ_TIMEOUT.as_secs()
+                        ),
+                    }
+                    .response(),
+                )
             }
             BodyRead::Gone => return,
         };
@@ -333,6 +351,8 @@ enum BodyRead<T> {
     TooLarge(Conn<T>, bool),
     /// Its chunks could not be decoded.
     Malformed(Conn<T>, String),
+    /// Nothing more of it came for [`BODY_READ_TIMEOUT`].
+    Stalled(Conn<T>),
     /// The client closed the connection, or it failed.
     Gone,
 }
@@ -349,8 +369,9 @@ async fn read_body<T: AsyncRead + AsyncWrite + Unpin>(
             // until it is all there, and handed on as one piece of it: no copy, and reads as
             // large as the socket has (Claude Code's requests run to megabytes).
             return match read_whole(&mut conn, length as usize).await {
-                Some(body) => BodyRead::Whole(conn, body),
-                None => BodyRead::Gone,
+                Ok(body) => BodyRead::Whole(conn, body),
+                Err(Unread::Stalled) => BodyRead::Stalled(conn),
+                Err(Unread::Gone) => BodyRead::Gone,
             };
         }
     }
@@ -363,7 +384,22 @@ async fn read_body<T: AsyncRead + AsyncWrite + Unpin>(
     let mut gathered = BytesMut::new();
     let mut seen: u64 = 0;
     let limit = limit as u64;
-    while let Some(data) = std::future::poll_fn(|cx| body.poll_data(cx)).await {
+    loop {
+        let next = tokio::time::timeout(
+            BODY_READ_TIMEOUT,
+            std::future::poll_fn(|cx| body.poll_data(cx)),
+        )
+        .await;
+        let data = match next {
+            Ok(Some(data)) => data,
+            Ok(None) => break,
+            Err(_) => {
+                return match body.conn.take() {
+                    Some(conn) => BodyRead::Stalled(conn),
+                    None => BodyRead::Gone,
+                }
+            }
+        };
         let data = match data {
             Ok(data) => data,
             Err(H1Error::Invalid(message)) => {
@@ -417,17 +453,29 @@ const BODY_ROOM: usize = 1024 * 1024;
 async fn read_whole<T: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<T>,
     length: usize,
-) -> Option<Bytes> {
+) -> Result<Bytes, Unread> {
     if conn.read.len() < length {
         conn.read.reserve((length - conn.read.len()).min(BODY_ROOM));
     }
     while conn.read.len() < length {
-        match std::future::poll_fn(|cx| conn.poll_fill(cx)).await {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
+        let read = tokio::time::timeout(
+            BODY_READ_TIMEOUT,
+            std::future::poll_fn(|cx| conn.poll_fill(cx)),
+        )
+        .await;
+        match read {
+            Ok(Ok(0) | Err(_)) => return Err(Unread::Gone),
+            Ok(Ok(_)) => {}
+            Err(_) => return Err(Unread::Stalled),
         }
     }
-    Some(conn.read.split_to(length).freeze())
+    Ok(conn.read.split_to(length).freeze())
+}
+
+/// Why a body was not read whole.
+enum Unread {
+    Gone,
+    Stalled,
 }
 
 /// Runs `handling` to its answer, or drops it when the client closes the connection first.
@@ -871,6 +919,27 @@ mod tests {
         write(&mut client, b"GET /v1/models HTTP/1.1\r\nx-slow: ").await;
         tokio::time::sleep(HEAD_TIMEOUT + std::time::Duration::from_secs(1)).await;
         served.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_coming_is_answered_408() {
+        for wire in [
+            &b"POST /v1/messages HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc"[..],
+            b"POST /v1/messages HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n",
+        ] {
+            let shutdown = CancellationToken::new();
+            let (mut client, served) = serve(&shutdown, echo);
+            write(&mut client, wire).await;
+            let answered = tokio::spawn(answer(client, false));
+            tokio::time::sleep(BODY_READ_TIMEOUT - std::time::Duration::from_secs(1)).await;
+            assert!(!answered.is_finished());
+            let (head, text, conn) = answered.await.unwrap();
+            assert_eq!(head.status, StatusCode::REQUEST_TIMEOUT);
+            assert!(text.contains("invalid_request_error"), "{text}");
+            assert_eq!(head.headers[header::CONNECTION], "close");
+            assert!(closed(conn).await);
+            served.await.unwrap();
+        }
     }
 
     #[tokio::test]
