@@ -209,23 +209,33 @@ fn parse_head(
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(H1Error::Invalid(error.to_string())),
     };
-    let base = buffer.as_ptr() as usize;
-    let offset = |part: &[u8]| {
-        let start = part.as_ptr() as usize - base;
-        start..start + part.len()
-    };
-    offsets.clear();
-    offsets.extend(
-        response
-            .headers
-            .iter()
-            .map(|header| (offset(header.name.as_bytes()), offset(header.value))),
-    );
+    record_offsets(buffer, response.headers, offsets);
     Ok(Some(ParsedHead {
         length,
         status: response.code.unwrap_or_default(),
         minor_version: response.version.unwrap_or_default(),
     }))
+}
+
+/// Where `part`, a slice of `buffer`, lies in it.
+fn offset_in(buffer: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = part.as_ptr() as usize - buffer.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Writes where each parsed header's name and value lie in `buffer` to `offsets`.
+fn record_offsets(
+    buffer: &[u8],
+    headers: &[httparse::Header<'_>],
+    offsets: &mut Vec<HeaderOffsets>,
+) {
+    offsets.clear();
+    offsets.extend(headers.iter().map(|header| {
+        (
+            offset_in(buffer, header.name.as_bytes()),
+            offset_in(buffer, header.value),
+        )
+    }));
 }
 
 impl ParsedHead {

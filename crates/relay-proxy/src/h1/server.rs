@@ -25,8 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    content_length, ends_chunked, headers_at, persistent, Body, Conn, H1Error, HeaderOffsets,
-    State, MAX_HEAD, MAX_HEADERS,
+    content_length, ends_chunked, headers_at, offset_in, persistent, record_offsets, Body, Conn,
+    H1Error, HeaderOffsets, State, MAX_HEAD, MAX_HEADERS,
 };
 use crate::error::envelope_response;
 
@@ -314,22 +314,11 @@ fn parse_request_head(
         }
         Err(error) => return Err(Refusal::bad_request(format!("malformed request: {error}"))),
     };
-    let base = buffer.as_ptr() as usize;
-    let offset = |part: &[u8]| {
-        let start = part.as_ptr() as usize - base;
-        start..start + part.len()
-    };
-    offsets.clear();
-    offsets.extend(
-        request
-            .headers
-            .iter()
-            .map(|header| (offset(header.name.as_bytes()), offset(header.value))),
-    );
+    record_offsets(buffer, request.headers, offsets);
     Ok(Some(ParsedRequest {
         length,
-        method: offset(request.method.unwrap_or_default().as_bytes()),
-        target: offset(request.path.unwrap_or_default().as_bytes()),
+        method: offset_in(buffer, request.method.unwrap_or_default().as_bytes()),
+        target: offset_in(buffer, request.path.unwrap_or_default().as_bytes()),
         minor_version: request.version.unwrap_or_default(),
     }))
 }
