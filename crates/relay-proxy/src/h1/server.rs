@@ -109,10 +109,8 @@ pub async fn serve_connection<T, F, Fut>(
         if expects_continue(&request) {
             if body_length.is_some_and(|length| length > body_limit as u64) {
                 // Refused before the client sends it: nothing to drain.
-                let too_large = crate::RelayError::TooLarge { limit: body_limit };
                 asked.close = true;
-                let response = axum::response::IntoResponse::into_response(too_large);
-                let _ = write_response(&mut conn, &mut out, response, &asked).await;
+                let _ = write_response(&mut conn, &mut out, too_large(body_limit), &asked).await;
                 return;
             }
             if framing != State::Done && conn.read.is_empty() {
@@ -134,8 +132,7 @@ pub async fn serve_connection<T, F, Fut>(
             BodyRead::TooLarge(back, drained) => {
                 conn = back;
                 asked.close |= !drained;
-                let too_large = crate::RelayError::TooLarge { limit: body_limit };
-                Some(axum::response::IntoResponse::into_response(too_large))
+                Some(too_large(body_limit))
             }
             BodyRead::Malformed(back, message) => {
                 conn = back;
@@ -219,6 +216,11 @@ impl Refusal {
         *response.status_mut() = self.status;
         response
     }
+}
+
+/// The 413 of a body over the limit, as the handlers answer it.
+fn too_large(limit: usize) -> Response {
+    axum::response::IntoResponse::into_response(crate::RelayError::TooLarge { limit })
 }
 
 /// Reads the next request's head; `None` when the client closed the connection between
