@@ -1,16 +1,21 @@
 //! Log output: text or JSON lines, filtered by `RUST_LOG` (default `info`).
 //!
 //! A busy relay logs a line per request, so lines are not written one system call each:
-//! they are formatted by the thread that logs (only for enabled levels) and appended to a
-//! shared buffer, which goes to stdout in one `write` when it holds 64 KiB, when a warning
-//! or error is logged, every 100 ms from a small flusher thread, and when the returned guard
-//! is dropped at exit. At most the last 100 ms of info lines are lost if the process is
-//! killed outright.
+//! they are formatted by the thread that logs (only for enabled levels) and appended to that
+//! thread's buffer, which goes to stdout in one `write` when it holds 64 KiB. Every buffer is
+//! written out when a warning or error is logged, every 100 ms from a small flusher thread,
+//! and when the returned guard is dropped at exit. At most the last 100 ms of info lines are
+//! lost if the process is killed outright.
+//!
+//! One buffer per thread, as nginx keeps one per worker process: the worker threads never
+//! take the same lock or write the same cache lines to log. A thread's lines stay in order;
+//! lines of different threads logged within the same 100 ms may come out of order.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use relay_proxy::per_thread::{slot, Padded, SLOTS};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
@@ -45,23 +50,32 @@ pub fn init(format: LogFormat) -> Option<LogFlushGuard> {
     result.ok().map(|()| LogFlushGuard::start(buffer))
 }
 
+/// One buffer, with the calling thread's lock.
+type Shard = Padded<Mutex<Vec<u8>>>;
+
+fn lock_shard(shard: &Shard) -> MutexGuard<'_, Vec<u8>> {
+    // A panic while appending leaves at worst a partial line: keep logging.
+    shard.0.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Log lines on their way to stdout.
 #[derive(Debug, Clone, Default)]
 pub struct BufferedStdout {
-    pending: Arc<Mutex<Vec<u8>>>,
+    shards: Arc<[Shard; SLOTS]>,
 }
 
 impl BufferedStdout {
+    /// The calling thread's buffer.
     fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
-        // A panic while appending leaves at worst a partial line: keep logging.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+        lock_shard(&self.shards[slot()])
     }
 
-    /// Writes out everything buffered. The buffer stays locked during the write so lines
-    /// reach stdout in the order they were logged.
+    /// Writes out everything buffered, buffer by buffer. Each stays locked during its write,
+    /// so a thread's lines reach stdout in the order it logged them.
     pub fn flush(&self) {
-        let mut pending = self.lock();
-        write_out(&mut pending);
+        for shard in self.shards.iter() {
+            write_out(&mut lock_shard(shard));
+        }
     }
 }
 
@@ -89,7 +103,11 @@ impl Write for BufferedLine<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let mut pending = self.target.lock();
         pending.extend_from_slice(bytes);
-        if self.urgent || pending.len() >= FLUSH_AT_BYTES {
+        if self.urgent {
+            // Out at once, after every line buffered before it.
+            drop(pending);
+            self.target.flush();
+        } else if pending.len() >= FLUSH_AT_BYTES {
             write_out(&mut pending);
         }
         Ok(bytes.len())
@@ -186,5 +204,55 @@ mod tests {
         assert_eq!(buffer.lock().len(), FLUSH_AT_BYTES - line.len());
         buffer.make_writer().write_all(&line).unwrap();
         assert!(buffer.lock().is_empty());
+    }
+
+    /// The lines one thread wrote, from its own buffer.
+    fn written_by(buffer: &BufferedStdout, line: &'static [u8]) -> usize {
+        let mut writer = buffer.make_writer();
+        writer.write_all(line).unwrap();
+        slot()
+    }
+
+    #[test]
+    fn each_thread_appends_to_a_buffer_of_its_own() {
+        let buffer = BufferedStdout::default();
+        let lines: [&[u8]; 2] = [b"first thread\n", b"second thread\n"];
+        let shards = std::thread::scope(|scope| {
+            let running = lines.map(|line| scope.spawn(|| written_by(&buffer, line)));
+            running.map(|thread| thread.join().unwrap())
+        });
+        assert_ne!(
+            shards[0], shards[1],
+            "threads started in turn get different buffers"
+        );
+        for (shard, line) in shards.into_iter().zip(lines) {
+            assert_eq!(lock_shard(&buffer.shards[shard]).as_slice(), line);
+        }
+        buffer.flush();
+        assert!(buffer
+            .shards
+            .iter()
+            .all(|shard| lock_shard(shard).is_empty()));
+    }
+
+    #[test]
+    fn a_warning_writes_out_every_threads_lines() {
+        let buffer = BufferedStdout::default();
+        let other = std::thread::scope(|scope| {
+            scope
+                .spawn(|| written_by(&buffer, b"info from another thread\n"))
+                .join()
+                .unwrap()
+        });
+        assert!(!lock_shard(&buffer.shards[other]).is_empty());
+        let mut urgent = BufferedLine {
+            target: &buffer,
+            urgent: true,
+        };
+        urgent.write_all(b"a warning\n").unwrap();
+        assert!(buffer
+            .shards
+            .iter()
+            .all(|shard| lock_shard(shard).is_empty()));
     }
 }

@@ -17,6 +17,7 @@ pub mod http_clients;
 pub mod logs;
 pub mod oauth;
 pub mod openai;
+pub mod per_thread;
 pub mod probe;
 pub mod registry;
 pub mod settings;

@@ -1,10 +1,11 @@
 //! Usage rows are written in batches off the request path.
 //!
-//! The request path only appends a row to a shared queue (a short mutex, no await); it wakes
-//! the single writer task only when the queue reaches a batch, so under load a request costs
-//! no wake-up of another thread. The writer also wakes every `usage_flush_interval` and
-//! writes what is queued. A failed write keeps the rows and retries with backoff; on shutdown
-//! the writer takes the queue and writes everything before it exits.
+//! The request path only appends a row to its thread's queue (a short mutex, no await, no
+//! cache line shared with the other workers); it wakes the single writer task only when the
+//! queue reaches a batch, so under load a request costs no wake-up of another thread. The
+//! writer also wakes every `usage_flush_interval` and writes what is queued. A failed write
+//! keeps the rows and retries with backoff; on shutdown the writer takes the queues and
+//! writes everything before it exits.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +14,7 @@ use relay_store::{SqlStore, UsageRow, UsageStore};
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::per_thread::{slot, Padded, SLOTS};
 use crate::registry::lock;
 
 /// Rows per transaction, and the queue length that wakes the writer before its interval.
@@ -27,18 +29,26 @@ const BATCH_SIZE: usize = 4096;
 /// are dropped (with an error log): bounds the writer's memory (~100 MB at most).
 const MAX_PENDING_ROWS: usize = 200_000;
 
+/// The rows of the threads that share one slot.
 #[derive(Debug, Default)]
 struct Queue {
     rows: Vec<UsageRow>,
-    /// Flushes waiting for every row queued before them to be written.
-    waiters: Vec<oneshot::Sender<()>>,
     /// The writer has stopped: nothing queued now would be written.
     closed: bool,
 }
 
 #[derive(Debug, Default)]
+struct Waiters {
+    /// Flushes waiting for every row queued before them to be written.
+    flushes: Vec<oneshot::Sender<()>>,
+    /// The writer has stopped: a flush has nothing to wait for.
+    closed: bool,
+}
+
+#[derive(Debug, Default)]
 struct Shared {
-    queue: Mutex<Queue>,
+    queues: [Padded<Mutex<Queue>>; SLOTS],
+    waiters: Mutex<Waiters>,
     /// Wakes the writer: a batch is queued, or a flush waits.
     wake: Notify,
 }
@@ -52,7 +62,7 @@ pub struct UsageRecorder {
 impl UsageRecorder {
     pub fn record(&self, row: UsageRow) {
         let queued = {
-            let mut queue = lock(&self.shared.queue);
+            let mut queue = lock(&self.shared.queues[slot()].0);
             if queue.closed {
                 None
             } else {
@@ -72,11 +82,11 @@ impl UsageRecorder {
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         {
-            let mut queue = lock(&self.shared.queue);
-            if queue.closed {
+            let mut waiters = lock(&self.shared.waiters);
+            if waiters.closed {
                 return;
             }
-            queue.waiters.push(done);
+            waiters.flushes.push(done);
         }
         self.shared.wake.notify_one();
         let _ = wait.await;
@@ -168,20 +178,27 @@ impl UsageWriter {
             // After a backlog: do not hand the queue an allocation that large for good.
             pending.shrink_to(BATCH_SIZE);
         }
-        let (mut rows, waiters) = {
-            let mut queue = lock(&self.shared.queue);
+        // The flushes first: every row recorded before a flush asked is in a queue by now,
+        // so the queues taken next hold them.
+        let waiters = {
+            let mut waiters = lock(&self.shared.waiters);
+            waiters.closed |= close;
+            std::mem::take(&mut waiters.flushes)
+        };
+        for queue in &self.shared.queues {
+            let mut queue = lock(&queue.0);
             queue.closed |= close;
-            let waiters = std::mem::take(&mut queue.waiters);
+            if queue.rows.is_empty() {
+                continue;
+            }
             if pending.is_empty() {
                 // The rows change places with the written batch's empty list, so the queue
                 // keeps an allocation its size instead of growing a new one row by row.
                 std::mem::swap(pending, &mut queue.rows);
-                (Vec::new(), waiters)
             } else {
-                (std::mem::take(&mut queue.rows), waiters)
+                pending.append(&mut queue.rows);
             }
-        };
-        pending.append(&mut rows);
+        }
         keep_within_bound(pending);
         waiters
     }
@@ -229,5 +246,86 @@ impl UsageWriter {
             tracing::info!("usage rows are being written again");
         }
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use relay_store::UsageFilter;
+
+    use super::*;
+
+    fn row(thread: usize, number: usize) -> UsageRow {
+        UsageRow {
+            request_id: Arc::from(format!("thread-{thread}-row-{number}")),
+            attempt: 1,
+            api_key_id: None,
+            group_id: None,
+            account_id: None,
+            model: "claude-sonnet-4-5".to_owned(),
+            stream: false,
+            status: Some(200),
+            class: Cow::Borrowed("success"),
+            input_tokens: 1,
+            output_tokens: 1,
+            cache_read_input_tokens: 0,
+            cache_creation_input_tokens: 0,
+            cost_usd: 0.0,
+            duration_ms: 1,
+            ttfb_ms: None,
+            created_at: 0,
+        }
+    }
+
+    async fn scratch_store(label: &str) -> SqlStore {
+        let directory = std::env::temp_dir().join(format!(
+            "relay-proxy-{label}-{}-{}",
+            std::process::id(),
+            crate::now_millis()
+        ));
+        SqlStore::connect_relative_to(Some("sqlite://usage.db"), &directory)
+            .await
+            .unwrap()
+    }
+
+    async fn rows_in(store: &SqlStore) -> u64 {
+        let filter = UsageFilter {
+            limit: 0,
+            ..UsageFilter::default()
+        };
+        store.list_usage(&filter).await.unwrap().1
+    }
+
+    #[tokio::test]
+    async fn a_flush_writes_the_rows_every_thread_queued_before_it() {
+        let store = scratch_store("threads").await;
+        // An hour between the writer's own rounds: only the flush writes.
+        let (recorder, writer) = usage_channel(store.clone(), Duration::from_secs(3600));
+        let shutdown = CancellationToken::new();
+        let writing = tokio::spawn(writer.run(shutdown.clone()));
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let recorder = recorder.clone();
+                scope
+                    .spawn(move || (0..25).for_each(|number| recorder.record(row(thread, number))));
+            }
+        });
+        recorder.flush().await;
+        assert_eq!(rows_in(&store).await, 100);
+
+        // Shutdown writes what is still queued, then refuses rows.
+        std::thread::scope(|scope| {
+            let recorder = recorder.clone();
+            scope.spawn(move || recorder.record(row(9, 0)));
+        });
+        recorder.record(row(10, 0));
+        shutdown.cancel();
+        writing.await.unwrap();
+        assert_eq!(rows_in(&store).await, 102);
+        recorder.record(row(11, 0));
+        recorder.flush().await;
+        assert_eq!(rows_in(&store).await, 102);
     }
 }
