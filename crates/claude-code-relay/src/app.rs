@@ -373,10 +373,10 @@ async fn serve(
         }
         let shutdown = shutdown.clone();
         let app = app.clone();
-        let body_limit = app.state.settings.body_limit_bytes;
+        let limits = app.state.settings.client_limits();
         connections.spawn(async move {
             let _served = served;
-            relay_proxy::h1::server::serve_connection(tcp, body_limit, &shutdown, |request| {
+            relay_proxy::h1::server::serve_connection(tcp, limits, &shutdown, |request| {
                 app.call(request)
             })
             .await;

@@ -54,6 +54,11 @@ pub struct RawConfigFile {
     pub connect_timeout: Option<String>,
     /// Longest silence between two chunks of an upstream answer (default "5m").
     pub idle_timeout: Option<String>,
+    /// How long a client connection may go without sending a whole request head, counted
+    /// from the previous answer or the connection's start (default "75s").
+    pub client_header_timeout: Option<String>,
+    /// Longest pause between two reads of a request body (default "60s").
+    pub client_body_timeout: Option<String>,
     /// Cooldown after a 429 without reset headers (default "60s").
     pub default_rate_limit_cooldown: Option<String>,
     /// Model used by recovery probes and account tests (default "claude-haiku-4-5").
@@ -229,6 +234,26 @@ impl ServerConfig {
         if relay.idle_timeout.is_zero() || relay.connect_timeout.is_zero() {
             return Err(ConfigError::Invalid(
                 "RELAY_CONNECT_TIMEOUT and RELAY_IDLE_TIMEOUT must be longer than 0s".to_owned(),
+            ));
+        }
+        if let Some(raw) = pick(
+            &None,
+            "RELAY_CLIENT_HEADER_TIMEOUT",
+            &file.client_header_timeout,
+        ) {
+            relay.client_header_timeout = duration_setting("RELAY_CLIENT_HEADER_TIMEOUT", &raw)?;
+        }
+        if let Some(raw) = pick(
+            &None,
+            "RELAY_CLIENT_BODY_TIMEOUT",
+            &file.client_body_timeout,
+        ) {
+            relay.client_body_timeout = duration_setting("RELAY_CLIENT_BODY_TIMEOUT", &raw)?;
+        }
+        if relay.client_header_timeout.is_zero() || relay.client_body_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "RELAY_CLIENT_HEADER_TIMEOUT and RELAY_CLIENT_BODY_TIMEOUT must be longer than 0s"
+                    .to_owned(),
             ));
         }
         if let Some(raw) = pick(

@@ -19,6 +19,11 @@ pub struct RelaySettings {
     pub connect_timeout: Duration,
     /// Longest silence allowed between two chunks of an upstream answer once it has started.
     pub idle_timeout: Duration,
+    /// How long a client connection may go without sending a whole request head (from the
+    /// previous answer, or from its start) before it is closed.
+    pub client_header_timeout: Duration,
+    /// Longest pause between two reads of a request body before it is answered 408.
+    pub client_body_timeout: Duration,
     /// The `claude` platform's token endpoint.
     pub oauth_token_url: String,
     pub oauth_client_id: String,
@@ -37,12 +42,25 @@ pub struct RelaySettings {
     pub extra_root_certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
+impl RelaySettings {
+    /// What the HTTP server allows each client connection.
+    pub fn client_limits(&self) -> crate::h1::server::Limits {
+        crate::h1::server::Limits {
+            body_bytes: self.body_limit_bytes,
+            head_timeout: self.client_header_timeout,
+            body_timeout: self.client_body_timeout,
+        }
+    }
+}
+
 impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
             body_limit_bytes: 32 * 1024 * 1024,
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
+            client_header_timeout: crate::h1::server::DEFAULT_HEAD_TIMEOUT,
+            client_body_timeout: crate::h1::server::DEFAULT_BODY_TIMEOUT,
             oauth_token_url: DEFAULT_OAUTH_TOKEN_URL.to_owned(),
             oauth_client_id: DEFAULT_OAUTH_CLIENT_ID.to_owned(),
             oauth_refresh_margin: Duration::from_secs(60),

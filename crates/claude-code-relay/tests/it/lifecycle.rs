@@ -241,6 +241,38 @@ fn check_config_refuses_invalid_values_naming_the_variable() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("RELAY_ENCRYPTION_KEY"));
 }
 
+#[test]
+fn client_connection_timeouts_are_settings() {
+    let load = |pairs: &[(&str, &str)]| {
+        let env: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        ServerConfig::load(&env, &Overrides::default()).map(|config| config.relay.client_limits())
+    };
+    let defaults = load(&[]).unwrap();
+    assert_eq!(defaults.head_timeout, Duration::from_secs(75));
+    assert_eq!(defaults.body_timeout, Duration::from_secs(60));
+    assert_eq!(defaults.body_bytes, 32 * 1024 * 1024);
+
+    let set = load(&[
+        ("RELAY_CLIENT_HEADER_TIMEOUT", "20s"),
+        ("RELAY_CLIENT_BODY_TIMEOUT", "1m30s"),
+        ("RELAY_BODY_LIMIT_BYTES", "4096"),
+    ])
+    .unwrap();
+    assert_eq!(set.head_timeout, Duration::from_secs(20));
+    assert_eq!(set.body_timeout, Duration::from_secs(90));
+    assert_eq!(set.body_bytes, 4096);
+
+    for name in ["RELAY_CLIENT_HEADER_TIMEOUT", "RELAY_CLIENT_BODY_TIMEOUT"] {
+        for value in ["0s", "soon"] {
+            let error = load(&[(name, value)]).unwrap_err().to_string();
+            assert!(error.contains(name), "{name}={value}: {error}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn sigterm_stops_the_binary_cleanly_with_exit_0() {
     // No admin token and no DATABASE_URL: the first start generates one and creates the

@@ -33,15 +33,27 @@ use crate::error::envelope_response;
 /// What a handler answers.
 pub type Response = http::Response<axum::body::Body>;
 
-/// How long a connection waits for the whole head of its next request (from the end of the
-/// previous answer, or from the connection's start). Clients close their idle connections
-/// sooner (Claude Code's after 4 s, the SDKs' after 5 s); this closes those whose client
-/// vanished or never sends.
-pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+/// What a connection allows its client (from `RelaySettings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest request body accepted; a larger one is answered 413.
+    pub body_bytes: usize,
+    /// How long a connection waits for the whole head of its next request (from the end of
+    /// the previous answer, or from the connection's start) before it is closed: nginx's
+    /// `keepalive_timeout` and `client_header_timeout` in one.
+    pub head_timeout: std::time::Duration,
+    /// How long a request body may pause between two reads before the request is answered
+    /// 408 and its connection closed (nginx's `client_body_timeout`).
+    pub body_timeout: std::time::Duration,
+}
 
-/// How long a request body may pause between two reads before the request is answered 408
-/// and its connection closed (nginx's `client_body_timeout`).
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The default [`Limits::head_timeout`]. Clients close their idle connections sooner (Claude
+/// Code's after 4 s, the SDKs' after 5 s); this closes those whose client vanished or never
+/// sends.
+pub const DEFAULT_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
+/// The default [`Limits::body_timeout`].
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The most of a refused body read (and thrown away) so that a client that writes its whole
 /// body before it reads still receives the answer; past it the connection is closed.
@@ -55,11 +67,10 @@ const MAX_GATHER_PIECES: usize = 64;
 
 /// Serves the requests of one connection until the client closes it, a request or answer
 /// asks for its close, or `shutdown` is cancelled (an idle connection closes at once, a
-/// request being served is answered first, with `connection: close`). `body_limit`: the
-/// largest request body accepted; a larger one is answered 413.
+/// request being served is answered first, with `connection: close`).
 pub async fn serve_connection<T, F, Fut>(
     io: T,
-    body_limit: usize,
+    limits: Limits,
     shutdown: &CancellationToken,
     handler: F,
 ) where
@@ -73,12 +84,13 @@ pub async fn serve_connection<T, F, Fut>(
         pieces: Vec::new(),
     };
     // One timer for the connection's life, moved on before each request.
-    let head_wait = tokio::time::sleep(HEAD_TIMEOUT);
+    let body_limit = limits.body_bytes;
+    let head_wait = tokio::time::sleep(limits.head_timeout);
     tokio::pin!(head_wait);
     loop {
         head_wait
             .as_mut()
-            .reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
+            .reset(tokio::time::Instant::now() + limits.head_timeout);
         let idle = conn.read.is_empty();
         let next = tokio::select! {
             biased;
@@ -123,7 +135,7 @@ pub async fn serve_connection<T, F, Fut>(
                 }
             }
         }
-        let refused = match read_body(conn, framing, body_limit).await {
+        let refused = match read_body(conn, framing, limits).await {
             BodyRead::Whole(back, body) => {
                 conn = back;
                 *request.body_mut() = body;
@@ -146,8 +158,8 @@ pub async fn serve_connection<T, F, Fut>(
                     Refusal {
                         status: StatusCode::REQUEST_TIMEOUT,
                         message: format!(
-                            "no more of the request body came for {} s",
-                            BODY_READ_TIMEOUT.as_secs()
+                            "no more of the request body came for {}",
+                            relay_core::duration::format_duration(limits.body_timeout)
                         ),
                     }
                     .response(),
@@ -342,7 +354,7 @@ enum BodyRead<T> {
     TooLarge(Conn<T>, bool),
     /// Its chunks could not be decoded.
     Malformed(Conn<T>, String),
-    /// Nothing more of it came for [`BODY_READ_TIMEOUT`].
+    /// Nothing more of it came for [`Limits::body_timeout`].
     Stalled(Conn<T>),
     /// The client closed the connection, or it failed.
     Gone,
@@ -352,14 +364,15 @@ enum BodyRead<T> {
 async fn read_body<T: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Conn<T>,
     framing: State,
-    limit: usize,
+    limits: Limits,
 ) -> BodyRead<T> {
+    let limit = limits.body_bytes;
     if let State::Length(length) = framing {
         if length <= limit as u64 {
             // A body of known length within the limit is read into the connection's buffer
             // until it is all there, and handed on as one piece of it: no copy, and reads as
             // large as the socket has (Claude Code's requests run to megabytes).
-            return match read_whole(&mut conn, length as usize).await {
+            return match read_whole(&mut conn, length as usize, limits.body_timeout).await {
                 Ok(body) => BodyRead::Whole(conn, body),
                 Err(Unread::Stalled) => BodyRead::Stalled(conn),
                 Err(Unread::Gone) => BodyRead::Gone,
@@ -377,7 +390,7 @@ async fn read_body<T: AsyncRead + AsyncWrite + Unpin>(
     let limit = limit as u64;
     loop {
         let next = tokio::time::timeout(
-            BODY_READ_TIMEOUT,
+            limits.body_timeout,
             std::future::poll_fn(|cx| body.poll_data(cx)),
         )
         .await;
@@ -440,20 +453,18 @@ async fn read_body<T: AsyncRead + AsyncWrite + Unpin>(
 /// arrives.
 const BODY_ROOM: usize = 1024 * 1024;
 
-/// Reads until the buffer holds `length` bytes of body, and takes them.
+/// Reads until the buffer holds `length` bytes of body, and takes them; `pause`: the longest
+/// wait for more.
 async fn read_whole<T: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<T>,
     length: usize,
+    pause: std::time::Duration,
 ) -> Result<Bytes, Unread> {
     if conn.read.len() < length {
         conn.read.reserve((length - conn.read.len()).min(BODY_ROOM));
     }
     while conn.read.len() < length {
-        let read = tokio::time::timeout(
-            BODY_READ_TIMEOUT,
-            std::future::poll_fn(|cx| conn.poll_fill(cx)),
-        )
-        .await;
+        let read = tokio::time::timeout(pause, std::future::poll_fn(|cx| conn.poll_fill(cx))).await;
         match read {
             Ok(Ok(0) | Err(_)) => return Err(Unread::Gone),
             Ok(Ok(_)) => {}
@@ -781,7 +792,15 @@ mod tests {
     use super::*;
     use crate::h1::Head;
 
-    /// The client's end of a connection that `handler` serves, with a body limit of 64 bytes.
+    /// What the tests' connections allow: a body of 64 bytes, and timeouts other than the
+    /// defaults, to show the ones given are kept.
+    const LIMITS: Limits = Limits {
+        body_bytes: 64,
+        head_timeout: std::time::Duration::from_secs(10),
+        body_timeout: std::time::Duration::from_secs(7),
+    };
+
+    /// The client's end of a connection that `handler` serves, with [`LIMITS`].
     fn serve<F, Fut>(
         shutdown: &CancellationToken,
         handler: F,
@@ -793,7 +812,7 @@ mod tests {
         let (ours, theirs) = tokio::io::duplex(256 * 1024);
         let shutdown = shutdown.clone();
         let served = tokio::spawn(async move {
-            serve_connection(ours, 64, &shutdown, handler).await;
+            serve_connection(ours, LIMITS, &shutdown, handler).await;
         });
         (theirs, served)
     }
@@ -866,7 +885,11 @@ mod tests {
         let shutdown = CancellationToken::new();
         let (ours, mut client) = tokio::io::duplex(64 * 1024);
         let served = tokio::spawn(async move {
-            serve_connection(ours, 1 << 20, &shutdown, |request: http::Request<Bytes>| {
+            let limits = Limits {
+                body_bytes: 1 << 20,
+                ..LIMITS
+            };
+            serve_connection(ours, limits, &shutdown, |request: http::Request<Bytes>| {
                 let body = request.into_body();
                 async move {
                     let sum: u64 = body.iter().map(|byte| u64::from(*byte)).sum();
@@ -900,7 +923,7 @@ mod tests {
         write(&mut client, b"GET /v1/models HTTP/1.1\r\n\r\n").await;
         let (_, text, conn) = answer(client, false).await;
         assert_eq!(text, "GET /v1/models 0");
-        tokio::time::sleep(HEAD_TIMEOUT - std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(LIMITS.head_timeout - std::time::Duration::from_secs(1)).await;
         assert!(!served.is_finished());
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         served.await.unwrap();
@@ -908,7 +931,7 @@ mod tests {
         // A head that never ends.
         let (mut client, served) = serve(&shutdown, echo);
         write(&mut client, b"GET /v1/models HTTP/1.1\r\nx-slow: ").await;
-        tokio::time::sleep(HEAD_TIMEOUT + std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(LIMITS.head_timeout + std::time::Duration::from_secs(1)).await;
         served.await.unwrap();
     }
 
@@ -922,11 +945,12 @@ mod tests {
             let (mut client, served) = serve(&shutdown, echo);
             write(&mut client, wire).await;
             let answered = tokio::spawn(answer(client, false));
-            tokio::time::sleep(BODY_READ_TIMEOUT - std::time::Duration::from_secs(1)).await;
+            tokio::time::sleep(LIMITS.body_timeout - std::time::Duration::from_secs(1)).await;
             assert!(!answered.is_finished());
             let (head, text, conn) = answered.await.unwrap();
             assert_eq!(head.status, StatusCode::REQUEST_TIMEOUT);
             assert!(text.contains("invalid_request_error"), "{text}");
+            assert!(text.contains("came for 7s"), "{text}");
             assert_eq!(head.headers[header::CONNECTION], "close");
             assert!(closed(conn).await);
             served.await.unwrap();
