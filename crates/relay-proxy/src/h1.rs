@@ -250,49 +250,94 @@ impl ParsedHead {
         Ok(Head {
             status,
             version,
-            headers: headers_at(bytes, offsets)?,
+            headers: headers_at(bytes, offsets, HeadKind::Answer)?,
         })
     }
 }
 
+/// Whose head a header map is read from: each kind keeps the names of its last head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum HeadKind {
+    /// A client's request.
+    Request = 0,
+    /// An upstream's answer.
+    Answer = 1,
+}
+
 /// The header map of a head whose names and values lie at `offsets` in `bytes`: the values
 /// share `bytes`, the names are the thread's remembered ones where it has them.
-fn headers_at(bytes: &Bytes, offsets: &[HeaderOffsets]) -> Result<HeaderMap, H1Error> {
+fn headers_at(
+    bytes: &Bytes,
+    offsets: &[HeaderOffsets],
+    kind: HeadKind,
+) -> Result<HeaderMap, H1Error> {
     let mut headers = HeaderMap::with_capacity(offsets.len());
-    for (name, value) in offsets {
-        let name = header_name(&bytes[name.clone()])?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value.clone()))
-            .map_err(|_| H1Error::Invalid(format!("the value of {name}")))?;
-        headers.append(name, value);
-    }
-    Ok(headers)
+    KNOWN_NAMES.with(|known| {
+        let known = &mut *known.borrow_mut();
+        for (at, (name, value)) in offsets.iter().enumerate() {
+            let name = known.name(&bytes[name.clone()], kind, at)?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice(value.clone()))
+                .map_err(|_| H1Error::Invalid(format!("the value of {name}")))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    })
 }
 
 /// The most header names an answer's reader remembers, per thread.
 const MAX_KNOWN_NAMES: usize = 256;
 
-thread_local! {
-    /// Answer header names seen on this thread. An upstream sends the same few dozen names
-    /// on every answer (Anthropic's `request-id` and a dozen `anthropic-ratelimit-*`), and a
-    /// name the `http` crate does not know is otherwise checked and copied into an allocation
-    /// of its own on every answer; a remembered one is shared.
-    static KNOWN_NAMES: std::cell::RefCell<relay_core::FastMap<Box<[u8]>, HeaderName>> =
-        std::cell::RefCell::default();
+/// The most headers of a head whose names are remembered by position.
+const MAX_LAST_NAMES: usize = 64;
+
+/// Header names seen on one thread.
+#[derive(Default)]
+struct KnownNames {
+    /// Every name seen (up to [`MAX_KNOWN_NAMES`]), by its bytes as sent. A client sends the
+    /// same names on every request and an upstream on every answer (Anthropic's
+    /// `request-id` and a dozen `anthropic-ratelimit-*`); a name the `http` crate does not
+    /// know is otherwise checked and copied into an allocation of its own every time, and a
+    /// remembered one is shared.
+    by_bytes: relay_core::FastMap<Box<[u8]>, HeaderName>,
+    /// The names of the last request head and of the last answer head, in order. A client
+    /// sends its headers in the same order every time (Claude Code: 21 of them), so the
+    /// name at a position is nearly always the one before: one comparison, no hashing.
+    last: [Vec<(Box<[u8]>, HeaderName)>; 2],
 }
 
-fn header_name(raw: &[u8]) -> Result<HeaderName, H1Error> {
-    KNOWN_NAMES.with(|known| {
-        let mut known = known.borrow_mut();
-        if let Some(name) = known.get(raw) {
-            return Ok(name.clone());
+impl KnownNames {
+    fn name(&mut self, raw: &[u8], kind: HeadKind, at: usize) -> Result<HeaderName, H1Error> {
+        let last = &mut self.last[kind as usize];
+        if let Some((bytes, name)) = last.get(at) {
+            if **bytes == *raw {
+                return Ok(name.clone());
+            }
         }
-        let name = HeaderName::from_bytes(raw)
-            .map_err(|_| H1Error::Invalid("a header name".to_owned()))?;
-        if known.len() < MAX_KNOWN_NAMES {
-            known.insert(raw.into(), name.clone());
+        let name = match self.by_bytes.get(raw) {
+            Some(name) => name.clone(),
+            None => {
+                let name = HeaderName::from_bytes(raw)
+                    .map_err(|_| H1Error::Invalid("a header name".to_owned()))?;
+                if self.by_bytes.len() < MAX_KNOWN_NAMES {
+                    self.by_bytes.insert(raw.into(), name.clone());
+                }
+                name
+            }
+        };
+        if at < MAX_LAST_NAMES {
+            let remembered = (Box::from(raw), name.clone());
+            if at < last.len() {
+                last[at] = remembered;
+            } else if at == last.len() {
+                last.push(remembered);
+            }
         }
         Ok(name)
-    })
+    }
+}
+
+thread_local! {
+    static KNOWN_NAMES: std::cell::RefCell<KnownNames> = std::cell::RefCell::default();
 }
 
 fn framing_of(head: &Head, head_request: bool) -> Result<Framing, H1Error> {
@@ -597,6 +642,42 @@ mod tests {
             all.extend_from_slice(&data?);
         }
         Ok(all)
+    }
+
+    /// The header map of `head` (`name: value` lines), read as `kind`.
+    fn map_of(head: &str, kind: HeadKind) -> Result<HeaderMap, H1Error> {
+        let bytes = Bytes::copy_from_slice(head.as_bytes());
+        let mut offsets = Vec::new();
+        let mut at = 0;
+        for line in head.split_inclusive('\n') {
+            let (name, value) = line.trim_end().split_once(": ").unwrap();
+            let value_at = at + name.len() + 2;
+            offsets.push((at..at + name.len(), value_at..value_at + value.len()));
+            at += line.len();
+        }
+        headers_at(&bytes, &offsets, kind)
+    }
+
+    #[test]
+    fn names_remembered_by_position_are_used_only_where_they_match() {
+        let first = "X-Stainless-Arch: x64\nUser-Agent: cli\nx-app: cli\n";
+        let headers = map_of(first, HeadKind::Request).unwrap();
+        assert_eq!(headers["x-stainless-arch"], "x64");
+        assert_eq!(headers[http::header::USER_AGENT], "cli");
+        // The same names in another order, one left out, one new, and an answer between.
+        map_of("request-id: req_1\n", HeadKind::Answer).unwrap();
+        let second = "User-Agent: sdk\nX-Stainless-Arch: arm64\nx-custom: 1\nx-app: ide\n";
+        let headers = map_of(second, HeadKind::Request).unwrap();
+        assert_eq!(headers.len(), 4);
+        assert_eq!(headers[http::header::USER_AGENT], "sdk");
+        assert_eq!(headers["x-stainless-arch"], "arm64");
+        assert_eq!(headers["x-custom"], "1");
+        assert_eq!(headers["x-app"], "ide");
+        assert!(!headers.contains_key("request-id"));
+        // A name that is no name is refused, remembered or not.
+        assert!(map_of("bad name: 1\n", HeadKind::Request).is_err());
+        let headers = map_of(second, HeadKind::Request).unwrap();
+        assert_eq!(headers["x-custom"], "1");
     }
 
     /// A connection and the upstream's end of it.

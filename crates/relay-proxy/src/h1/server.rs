@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     content_length, ends_chunked, headers_at, offset_in, persistent, record_offsets, Body, Conn,
-    H1Error, HeaderOffsets, State, MAX_HEAD, MAX_HEADERS,
+    H1Error, HeadKind, HeaderOffsets, State, MAX_HEAD, MAX_HEADERS,
 };
 use crate::error::envelope_response;
 
@@ -260,7 +260,7 @@ async fn next_request<T: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| Refusal::bad_request("the request method is invalid"))?;
     let uri = Uri::from_maybe_shared(bytes.slice(parsed.target))
         .map_err(|_| Refusal::bad_request("the request target is invalid"))?;
-    let headers = headers_at(&bytes, &conn.offsets)
+    let headers = headers_at(&bytes, &conn.offsets, HeadKind::Request)
         .map_err(|_| Refusal::bad_request("a request header is invalid"))?;
     let version = if parsed.minor_version == 0 {
         Version::HTTP_10
