@@ -202,9 +202,16 @@ fn parse_head(
     buffer: &[u8],
     offsets: &mut Vec<HeaderOffsets>,
 ) -> Result<Option<ParsedHead>, H1Error> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let length = match response.parse(buffer) {
+    // Left uninitialised: httparse writes what it parses, and 4 KiB of empty headers
+    // written before every parse would cost more than the parse of a short head.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buffer,
+        &mut headers,
+    );
+    let length = match parsed {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(error) => return Err(H1Error::Invalid(error.to_string())),

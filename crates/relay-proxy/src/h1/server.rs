@@ -315,9 +315,14 @@ fn parse_request_head(
     buffer: &[u8],
     offsets: &mut Vec<HeaderOffsets>,
 ) -> Result<Option<ParsedRequest>, Refusal> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let length = match request.parse(buffer) {
+    if buffer.is_empty() {
+        // The connection's next request has not begun to arrive.
+        return Ok(None);
+    }
+    // Left uninitialised, as for answers (`h1::parse_head`).
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let length = match request.parse_with_uninit_headers(buffer, &mut headers) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
