@@ -5,6 +5,7 @@
 # everything the relay process runs (workers, SQLite's thread, the usage writer, logging).
 #   bench/callgrind.sh            # non-stream, 8 s
 #   BENCH_STREAM=1 bench/callgrind.sh 10
+#   BENCH_SCRIPT=bench/claude-code.lua bench/callgrind.sh   # Claude Code's 21 request headers
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,7 +36,7 @@ for priority in 1 2 3 4; do
 done
 KEY=$(admin api-keys "{\"name\":\"fast\",\"group_id\":$GROUP}" | json "['key']")
 
-load() { BENCH_KEY=$KEY BENCH_STREAM=$STREAM wrk -t1 -c4 -d"$1s" -s bench/post.lua "http://127.0.0.1:$RELAY/v1/messages"; }
+load() { BENCH_KEY=$KEY BENCH_STREAM=$STREAM wrk -t1 -c4 -d"$1s" -s "${BENCH_SCRIPT:-bench/post.lua}" "http://127.0.0.1:$RELAY/v1/messages"; }
 load 3 >/dev/null
 callgrind_control -z "$VALGRIND" >/dev/null 2>&1
 REQUESTS=$(load "$SECONDS_LOADED" | sed -n 's/^RESULT requests=\([0-9]*\).*/\1/p')
