@@ -57,13 +57,59 @@ pub fn upstream_url(base_url: &str, path: &str, query: Option<&str>) -> String {
 
 /// [`upstream_url`] as the client's URI; the error says which account setting is at fault.
 pub fn upstream_uri(base_url: &str, path: &str, query: Option<&str>) -> Result<http::Uri, String> {
-    // The URL's own bytes become the URI's: parsing a `&str` would copy them first.
-    http::Uri::from_maybe_shared(bytes::Bytes::from(upstream_url(base_url, path, query))).map_err(
-        |error| {
-            let url = upstream_url(base_url, path, query);
-            format!("the account's base_url does not make a valid URL ({url}): {error}")
-        },
-    )
+    let query = query.filter(|query| !query.is_empty());
+    RECENT_URIS.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if let Some(built) = recent.iter().find(|built| built.is(base_url, path, query)) {
+            return Ok(built.uri.clone());
+        }
+        // The URL's own bytes become the URI's: parsing a `&str` would copy them first.
+        let uri =
+            http::Uri::from_maybe_shared(bytes::Bytes::from(upstream_url(base_url, path, query)))
+                .map_err(|error| {
+                let url = upstream_url(base_url, path, query);
+                format!("the account's base_url does not make a valid URL ({url}): {error}")
+            })?;
+        let built = BuiltUri {
+            base_url: base_url.into(),
+            path: path.into(),
+            query: query.map(Into::into),
+            uri: uri.clone(),
+        };
+        if recent.len() < RECENT_URIS_KEPT {
+            recent.push(built);
+        } else {
+            // The oldest goes: the list is short, and a relay sends nearly every request to
+            // the same few base URLs and paths.
+            recent.rotate_left(1);
+            if let Some(last) = recent.last_mut() {
+                *last = built;
+            }
+        }
+        Ok(uri)
+    })
+}
+
+/// URIs built per thread, kept: building one (the URL, then parsing it) took ~900
+/// instructions, a clone takes a tenth.
+const RECENT_URIS_KEPT: usize = 16;
+
+/// A URI [`upstream_uri`] built, with what it was built from.
+struct BuiltUri {
+    base_url: Box<str>,
+    path: Box<str>,
+    query: Option<Box<str>>,
+    uri: http::Uri,
+}
+
+impl BuiltUri {
+    fn is(&self, base_url: &str, path: &str, query: Option<&str>) -> bool {
+        *self.base_url == *base_url && *self.path == *path && self.query.as_deref() == query
+    }
+}
+
+thread_local! {
+    static RECENT_URIS: std::cell::RefCell<Vec<BuiltUri>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn listed_in_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
@@ -361,5 +407,33 @@ mod tests {
             headers["anthropic-beta"],
             "claude-code-20250219,interleaved-thinking-2025-05-14,oauth-2025-04-20"
         );
+    }
+
+    #[test]
+    fn a_kept_uri_is_used_only_for_what_it_was_built_from() {
+        // More bases than are kept, twice over: kept ones are found, evicted ones rebuilt.
+        for _ in 0..2 {
+            for n in 0..(RECENT_URIS_KEPT + 4) {
+                let base = format!("http://upstream-{n}.example:8080/");
+                let beta = upstream_uri(&base, "/v1/messages", Some("beta=true")).unwrap();
+                assert_eq!(
+                    beta.to_string(),
+                    format!("http://upstream-{n}.example:8080/v1/messages?beta=true")
+                );
+                for query in [None, Some("")] {
+                    let plain = upstream_uri(&base, "/v1/messages", query).unwrap();
+                    assert_eq!(
+                        plain.to_string(),
+                        format!("http://upstream-{n}.example:8080/v1/messages")
+                    );
+                }
+                let models = upstream_uri(&base, "/v1/models", None).unwrap();
+                assert_eq!(models.path(), "/v1/models");
+            }
+        }
+        for _ in 0..2 {
+            let error = upstream_uri("http://bad host", "/v1/messages", None).unwrap_err();
+            assert!(error.contains("base_url"), "{error}");
+        }
     }
 }
