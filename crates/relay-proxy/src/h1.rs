@@ -291,7 +291,7 @@ fn headers_at(
     })
 }
 
-/// The most header names an answer's reader remembers, per thread.
+/// The most header names a thread remembers by their bytes.
 const MAX_KNOWN_NAMES: usize = 256;
 
 /// The most headers of a head whose names are remembered by position.
