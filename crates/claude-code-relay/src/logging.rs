@@ -12,10 +12,11 @@
 //! lines of different threads logged within the same 100 ms may come out of order.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use relay_proxy::per_thread::{slot, Padded, SLOTS};
+use relay_proxy::registry::lock;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
@@ -50,12 +51,12 @@ pub fn init(format: LogFormat) -> Option<LogFlushGuard> {
     result.ok().map(|()| LogFlushGuard::start(buffer))
 }
 
-/// One buffer, with the calling thread's lock.
+/// One thread's buffer.
 type Shard = Padded<Mutex<Vec<u8>>>;
 
 fn lock_shard(shard: &Shard) -> MutexGuard<'_, Vec<u8>> {
     // A panic while appending leaves at worst a partial line: keep logging.
-    shard.0.lock().unwrap_or_else(PoisonError::into_inner)
+    lock(&shard.0)
 }
 
 /// Log lines on their way to stdout.

@@ -76,16 +76,12 @@ pub fn upstream_uri(base_url: &str, path: &str, query: Option<&str>) -> Result<h
             query: query.map(Into::into),
             uri: uri.clone(),
         };
-        if recent.len() < RECENT_URIS_KEPT {
-            recent.push(built);
-        } else {
+        if recent.len() == RECENT_URIS_KEPT {
             // The oldest goes: the list is short, and a relay sends nearly every request to
             // the same few base URLs and paths.
-            recent.rotate_left(1);
-            if let Some(last) = recent.last_mut() {
-                *last = built;
-            }
+            recent.remove(0);
         }
+        recent.push(built);
         Ok(uri)
     })
 }
