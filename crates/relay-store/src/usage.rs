@@ -163,19 +163,15 @@ const USAGE_COLUMNS: [&str; 17] = [
     "created_at",
 ];
 
-/// The values of `USAGE_COLUMNS` for one row, in that order.
-/// Rows per multi-row INSERT statement.
-const INSERT_ROWS_PER_STATEMENT: usize = 100;
-
 /// How a batch of `total` rows is cut into INSERT statements: full statements of
-/// [`INSERT_ROWS_PER_STATEMENT`] rows, then the rest in powers of two. Every size is one
-/// prepared statement that the driver caches per connection; with the rest in one piece a
-/// long-running relay ended up caching a large statement for every size from 1 to 99 (tens
-/// of MB), with powers of two there are at most eight.
-fn insert_chunk_sizes(total: usize) -> impl Iterator<Item = usize> {
-    let full = total / INSERT_ROWS_PER_STATEMENT;
-    let rest = total % INSERT_ROWS_PER_STATEMENT;
-    std::iter::repeat_n(INSERT_ROWS_PER_STATEMENT, full).chain(
+/// `per_statement` rows (`Dialect::insert_rows_per_statement`), then the rest in powers of
+/// two. Every size is one prepared statement that the driver caches per connection; with the
+/// rest in one piece a long-running relay ended up caching a large statement for every size
+/// from 1 to 99 (tens of MB), with powers of two there are at most eight.
+fn insert_chunk_sizes(total: usize, per_statement: usize) -> impl Iterator<Item = usize> {
+    let full = total / per_statement;
+    let rest = total % per_statement;
+    std::iter::repeat_n(per_statement, full).chain(
         (0..usize::BITS)
             .rev()
             .map(|bit| 1usize << bit)
@@ -326,8 +322,7 @@ impl UsageStore for SqlStore {
             return Ok(());
         }
         // Multi-row INSERTs: one statement (one round trip to the driver) per chunk of rows
-        // instead of one per row. 100 rows × 17 columns stays far below every dialect's
-        // limit on bound parameters.
+        // instead of one per row; the dialect says how many rows a chunk holds.
         let one_row = format!("({})", vec!["?"; USAGE_COLUMNS.len()].join(", "));
         let insert_sql_for = |count: usize| {
             self.sql(&format!(
@@ -354,10 +349,19 @@ impl UsageStore for SqlStore {
 
         let mut transaction = self.begin_write().await?;
         let mut rest = rows;
-        for size in insert_chunk_sizes(rows.len()) {
+        let per_statement = self.dialect().insert_rows_per_statement();
+        // Most chunks are full: their statement's text is built once per batch.
+        let full_sql = insert_sql_for(per_statement);
+        for size in insert_chunk_sizes(rows.len(), per_statement) {
             let (chunk, after) = rest.split_at(size);
             rest = after;
-            let insert_sql = insert_sql_for(chunk.len());
+            let partial_sql;
+            let insert_sql = if size == per_statement {
+                &full_sql
+            } else {
+                partial_sql = insert_sql_for(size);
+                &partial_sql
+            };
             // Sized up front: bound one by one, the values' list grows (and is copied) a dozen
             // times on the way to a hundred rows.
             let mut arguments = AnyArguments::default();
@@ -365,7 +369,7 @@ impl UsageStore for SqlStore {
             for row in chunk {
                 add_usage_row(&mut arguments, row).map_err(sqlx::Error::Encode)?;
             }
-            let mut query = sqlx::query_with(&insert_sql, arguments);
+            let mut query = sqlx::query_with(insert_sql, arguments);
             if !self.dialect().caches_statements_with_nulls() && chunk.iter().any(has_null) {
                 query = query.persistent(false);
             }
@@ -551,17 +555,19 @@ mod tests {
 
     #[test]
     fn batches_are_cut_into_a_few_statement_sizes() {
-        let mut sizes_seen = std::collections::BTreeSet::new();
-        for total in 0..=1_000 {
-            let sizes: Vec<usize> = insert_chunk_sizes(total).collect();
-            assert_eq!(sizes.iter().sum::<usize>(), total, "{total}: {sizes:?}");
-            assert!(sizes.iter().all(|size| *size <= INSERT_ROWS_PER_STATEMENT));
-            sizes_seen.extend(sizes);
+        for (per_statement, expected) in [
+            (100, vec![1, 2, 4, 8, 16, 32, 64, 100]),
+            (16, vec![1, 2, 4, 8, 16]),
+        ] {
+            let mut sizes_seen = std::collections::BTreeSet::new();
+            for total in 0..=1_000 {
+                let sizes: Vec<usize> = insert_chunk_sizes(total, per_statement).collect();
+                assert_eq!(sizes.iter().sum::<usize>(), total, "{total}: {sizes:?}");
+                assert!(sizes.iter().all(|size| *size <= per_statement));
+                sizes_seen.extend(sizes);
+            }
+            assert_eq!(sizes_seen.into_iter().collect::<Vec<_>>(), expected);
         }
-        assert_eq!(
-            sizes_seen.into_iter().collect::<Vec<_>>(),
-            [1, 2, 4, 8, 16, 32, 64, INSERT_ROWS_PER_STATEMENT]
-        );
     }
 
     #[test]
