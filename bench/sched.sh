@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Why a request waits for a core: `perf sched` records the scheduler while wrk drives one
+# connection (concurrency 1) through the relay, then this lists how often a relay worker,
+# woken by a socket, waited over 0.1 ms before it ran, by the thread that held the core.
+# On a shared VM the p99 of one wrk run moves by a millisecond between runs; these counts
+# show the relay's own part in it (its SQLite and usage-writer threads) apart from the
+# machine's. Needs wrk and perf (apt-get install wrk linux-perf), as root or with
+# kernel.perf_event_paranoid <= 1.
+#   bench/sched.sh          # 3 s recorded inside 5 s of load
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MOCK=19290 RELAY=19285 ADMIN_TOKEN=bench-admin
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+command -v perf >/dev/null || { echo "perf is needed: apt-get install linux-perf" >&2; exit 1; }
+cargo build --release -q -p claude-code-relay
+BIN=${BENCH_BIN:-$PWD/target/release/claude-code-relay}
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+"$BIN" mock-upstream --listen 127.0.0.1:$MOCK --no-record >"$WORK/mock.log" 2>&1 & PIDS+=($!)
+RELAY_LISTEN=127.0.0.1:$RELAY DATABASE_URL="sqlite://$WORK/relay.db" RELAY_ADMIN_TOKEN=$ADMIN_TOKEN \
+  RELAY_LOG_LANG=en RELAY_LOG_FORMAT=text "$BIN" >"$WORK/relay.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$RELAY/healthz" && break; sleep 0.1; done
+
+admin() { curl -sf "http://127.0.0.1:$RELAY/api/v1/admin/$1" -H "Authorization: Bearer $ADMIN_TOKEN" -d "$2"; }
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+GROUP=$(admin groups '{"name":"fast"}' | json "['id']")
+for priority in 1 2 3 4; do
+  admin accounts "{\"name\":\"fast-$priority\",\"platform\":\"claude_console\",\"group_id\":$GROUP,\"base_url\":\"http://127.0.0.1:$MOCK\",\"api_key\":\"sk-$priority\",\"priority\":$priority}" >/dev/null
+done
+KEY=$(admin api-keys "{\"name\":\"fast\",\"group_id\":$GROUP}" | json "['key']")
+
+BENCH_KEY=$KEY BENCH_STREAM=0 wrk -t1 -c1 -d5s -s bench/post.lua "http://127.0.0.1:$RELAY/v1/messages" >"$WORK/wrk.txt" &
+LOAD=$!
+sleep 1
+perf sched record -o "$WORK/sched.data" -- sleep 3 >/dev/null 2>&1
+wait $LOAD
+perf sched timehist -i "$WORK/sched.data" 2>/dev/null >"$WORK/timehist.txt"
+grep '^RESULT' "$WORK/wrk.txt"
+# timehist columns: time, cpu, task, wait time, scheduling delay, run time (ms). The thread
+# that ran last on a core before a delayed worker is the one it waited behind.
+awk 'NR > 3 {
+  cpu = $2; task = $3; sub(/\[.*/, "", task); delay = $5 + 0
+  if (task ~ /^relay-worker/) { wakeups++; if (delay > 0.1) { late++; behind[before[cpu]]++ } }
+  before[cpu] = task
+} END {
+  printf "relay worker wakeups: %d, waited over 0.1 ms: %d\n", wakeups, late
+  for (task in behind) printf "%6d behind %s\n", behind[task], task
+}' "$WORK/timehist.txt" | { read -r summary; echo "$summary"; sort -rn | head -12; }
