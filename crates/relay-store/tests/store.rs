@@ -1050,6 +1050,61 @@ async fn concurrent_usage_writers_never_lose_an_update(database: TestDatabase) {
     assert_eq!(totals.cost_usd, 50.0);
 }
 
+on_every_backend!(a_batch_of_many_statements_is_written_whole_and_in_order);
+/// 1,037 rows: full statements of every dialect's size, then each smaller power of two.
+/// Every row comes back with its own values, and the counters see each success once.
+async fn a_batch_of_many_statements_is_written_whole_and_in_order(database: TestDatabase) {
+    let (store, group, account) = store_with_an_account(&database).await;
+    const ROWS: u64 = 1_037;
+    let rows: Vec<UsageRow> = (0..ROWS)
+        .map(|index| {
+            let created_at = 10_000 + i64::try_from(index).unwrap();
+            let mut row = usage_row(
+                &format!("batch-{index}"),
+                if index % 3 == 0 {
+                    "overloaded"
+                } else {
+                    "success"
+                },
+                None,
+                Some(group.id),
+                Some(account.id),
+                index,
+                0.5,
+                created_at,
+            );
+            row.attempt = u32::try_from(index % 4).unwrap() + 1;
+            row.status = (index % 5 != 0).then_some(200);
+            row.ttfb_ms = (index % 7 != 0).then_some(index);
+            row
+        })
+        .collect();
+    store.record_usage(&rows).await.unwrap();
+
+    let (page, total) = store
+        .list_usage(&UsageFilter {
+            limit: 2_000,
+            ..UsageFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(total, ROWS);
+    let newest_first: Vec<UsageRow> = rows.iter().rev().cloned().collect();
+    assert_eq!(page, newest_first);
+
+    let successes = rows.iter().filter(|row| row.class == "success");
+    let counters = store.account_usage_counters(account.id).await.unwrap();
+    assert_eq!(
+        counters.requests,
+        u64::try_from(successes.clone().count()).unwrap()
+    );
+    assert_eq!(
+        counters.input_tokens,
+        successes.map(|row| row.input_tokens).sum::<u64>()
+    );
+    assert_eq!(counters.last_used_at, Some(10_000 + 1_036));
+}
+
 on_every_backend!(usage_lists_filter_page_and_order_newest_first);
 async fn usage_lists_filter_page_and_order_newest_first(database: TestDatabase) {
     let store = database.open_store().await;
