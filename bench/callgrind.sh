@@ -28,13 +28,8 @@ RELAY_WORKERS=1 RELAY_LISTEN=127.0.0.1:$RELAY DATABASE_URL="sqlite://$WORK/relay
   >"$WORK/relay.log" 2>"$WORK/valgrind.log" & VALGRIND=$!; PIDS+=($VALGRIND)
 for _ in $(seq 1 200); do curl -sf -o /dev/null "http://127.0.0.1:$RELAY/healthz" && break; sleep 0.2; done
 
-admin() { curl -sf "http://127.0.0.1:$RELAY/api/v1/admin/$1" -H "Authorization: Bearer $ADMIN_TOKEN" -d "$2"; }
-json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
-GROUP=$(admin groups '{"name":"fast"}' | json "['id']")
-for priority in 1 2 3 4; do
-  admin accounts "{\"name\":\"fast-$priority\",\"platform\":\"claude_console\",\"group_id\":$GROUP,\"base_url\":\"http://127.0.0.1:$MOCK\",\"api_key\":\"sk-$priority\",\"priority\":$priority}" >/dev/null
-done
-KEY=$(admin api-keys "{\"name\":\"fast\",\"group_id\":$GROUP}" | json "['key']")
+source bench/lib.sh
+KEY=$(group fast $MOCK sk-1 sk-2 sk-3 sk-4)
 
 load() { BENCH_KEY=$KEY BENCH_STREAM=$STREAM wrk -t1 -c4 -d"$1s" -s "${BENCH_SCRIPT:-bench/post.lua}" "http://127.0.0.1:$RELAY/v1/messages"; }
 load 3 >/dev/null

@@ -53,18 +53,7 @@ for port in $MOCK $SLOW $LONG $RELAY; do wait_port $port; done
 # Every process measured shares this script's session, hence one scheduling autogroup.
 [ $HAVE_NGINX = 1 ] && wait_port $NGINX
 
-admin() { curl -sf "http://127.0.0.1:$RELAY/api/v1/admin/$1" -H "Authorization: Bearer $ADMIN_TOKEN" -d "$2"; }
-json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
-group() {  # name mock_port account_keys... -> prints a relay key
-  local name=$1 port=$2; shift 2
-  local gid; gid=$(admin groups "{\"name\":\"$name\"}" | json "['id']")
-  local priority=1
-  for credential in "$@"; do
-    admin accounts "{\"name\":\"$name-$priority\",\"platform\":\"claude_console\",\"group_id\":$gid,\"base_url\":\"http://127.0.0.1:$port\",\"api_key\":\"$credential\",\"priority\":$priority}" >/dev/null
-    priority=$((priority + 1))
-  done
-  admin api-keys "{\"name\":\"$name\",\"group_id\":$gid}" | json "['key']"
-}
+source bench/lib.sh
 FAST_KEY=$(group fast $MOCK sk-a sk-b sk-c sk-d)
 SLOW_KEY=$(group slow $SLOW sk-a sk-b sk-c sk-d)
 LONG_KEY=$(group long $LONG sk-a sk-b)

@@ -25,13 +25,8 @@ RELAY_LISTEN=127.0.0.1:$RELAY DATABASE_URL="sqlite://$WORK/relay.db" RELAY_ADMIN
   RELAY_LOG_LANG=en RELAY_LOG_FORMAT=text "$BIN" >"$WORK/relay.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$RELAY/healthz" && break; sleep 0.1; done
 
-admin() { curl -sf "http://127.0.0.1:$RELAY/api/v1/admin/$1" -H "Authorization: Bearer $ADMIN_TOKEN" -d "$2"; }
-json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
-GROUP=$(admin groups '{"name":"fast"}' | json "['id']")
-for priority in 1 2 3 4; do
-  admin accounts "{\"name\":\"fast-$priority\",\"platform\":\"claude_console\",\"group_id\":$GROUP,\"base_url\":\"http://127.0.0.1:$MOCK\",\"api_key\":\"sk-$priority\",\"priority\":$priority}" >/dev/null
-done
-KEY=$(admin api-keys "{\"name\":\"fast\",\"group_id\":$GROUP}" | json "['key']")
+source bench/lib.sh
+KEY=$(group fast $MOCK sk-1 sk-2 sk-3 sk-4)
 
 BENCH_KEY=$KEY BENCH_STREAM=0 wrk -t1 -c1 -d5s -s bench/post.lua "http://127.0.0.1:$RELAY/v1/messages" >"$WORK/wrk.txt" &
 LOAD=$!
