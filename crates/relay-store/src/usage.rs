@@ -167,7 +167,7 @@ const USAGE_COLUMNS: [&str; 17] = [
 /// `per_statement` rows (`Dialect::insert_rows_per_statement`), then the rest in powers of
 /// two. Every size is one prepared statement that the driver caches per connection; with the
 /// rest in one piece a long-running relay ended up caching a large statement for every size
-/// from 1 to 99 (tens of MB), with powers of two there are at most eight.
+/// below a full one (tens of MB with 100 rows), with powers of two there are at most eight.
 fn insert_chunk_sizes(total: usize, per_statement: usize) -> impl Iterator<Item = usize> {
     let full = total / per_statement;
     let rest = total % per_statement;
