@@ -6,6 +6,7 @@
 #   bench/callgrind.sh            # non-stream, 8 s
 #   BENCH_STREAM=1 bench/callgrind.sh 10
 #   BENCH_SCRIPT=bench/claude-code.lua bench/callgrind.sh   # Claude Code's 21 request headers
+#   BENCH_BIN=/tmp/other-build bench/callgrind.sh           # another build of the relay
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +15,8 @@ STREAM=${BENCH_STREAM:-0}
 MOCK=19190 RELAY=19185 ADMIN_TOKEN=bench-admin
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
-cargo build --release -q -p claude-code-relay
-BIN=$PWD/target/release/claude-code-relay
+[ -n "${BENCH_BIN:-}" ] || cargo build --release -q -p claude-code-relay
+BIN=${BENCH_BIN:-$PWD/target/release/claude-code-relay}
 WORK=${BENCH_WORK:-$(mktemp -d)}
 PIDS=()
 cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }

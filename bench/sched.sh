@@ -7,13 +7,14 @@
 # machine's. Needs wrk and perf (apt-get install wrk linux-perf), as root or with
 # kernel.perf_event_paranoid <= 1.
 #   bench/sched.sh          # 3 s recorded inside 5 s of load
+#   BENCH_BIN=/tmp/other-build bench/sched.sh   # another build of the relay
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MOCK=19290 RELAY=19285 ADMIN_TOKEN=bench-admin
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 command -v perf >/dev/null || { echo "perf is needed: apt-get install linux-perf" >&2; exit 1; }
-cargo build --release -q -p claude-code-relay
+[ -n "${BENCH_BIN:-}" ] || cargo build --release -q -p claude-code-relay
 BIN=${BENCH_BIN:-$PWD/target/release/claude-code-relay}
 WORK=$(mktemp -d)
 PIDS=()
