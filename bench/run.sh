@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The load benchmark: the mock upstream direct, through nginx, and through the relay, side by
 # side in one run. Usage: bench/run.sh   (BENCH_SECONDS=10 per measurement by default;
-# BENCH_SOAK_SECONDS=600 adds the memory soak). Needs wrk (apt-get install wrk); nginx is
-# measured when it is installed. Prints a markdown table; see BENCHMARKS.md.
+# BENCH_SOAK_SECONDS=600 adds the memory soak; BENCH_BIN=path measures another build of the
+# relay, such as bench/pgo-build.sh's, against the same mock). Needs wrk (apt-get install
+# wrk); nginx is measured when it is installed. Prints a markdown table; see BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,7 +37,7 @@ wait_port() {
 "$BIN" mock-upstream --listen 127.0.0.1:$SLOW --chunk-delay 50ms --no-record >"$WORK/slow.log" 2>&1 & PIDS+=($!)
 "$BIN" mock-upstream --listen 127.0.0.1:$LONG --chunk-delay 50ms --text-chunks 100 --no-record >"$WORK/long.log" 2>&1 & PIDS+=($!)
 RELAY_LISTEN=127.0.0.1:$RELAY DATABASE_URL="sqlite://$WORK/relay.db" RELAY_ADMIN_TOKEN=$ADMIN_TOKEN \
-  RELAY_LOG_LANG=en RELAY_LOG_FORMAT=text "$BIN" >"$WORK/relay.log" 2>&1 & PIDS+=($!); RELAY_PID=$!
+  RELAY_LOG_LANG=en RELAY_LOG_FORMAT=text "${BENCH_BIN:-$BIN}" >"$WORK/relay.log" 2>&1 & PIDS+=($!); RELAY_PID=$!
 
 HAVE_NGINX=0
 if command -v nginx >/dev/null; then
