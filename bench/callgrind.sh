@@ -9,18 +9,16 @@
 #   BENCH_BIN=/tmp/other-build bench/callgrind.sh           # another build of the relay
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 SECONDS_LOADED=${1:-8}
 STREAM=${BENCH_STREAM:-0}
 MOCK=19190 RELAY=19185 ADMIN_TOKEN=bench-admin
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
-[ -n "${BENCH_BIN:-}" ] || cargo build --release -q -p claude-code-relay
-BIN=${BENCH_BIN:-$PWD/target/release/claude-code-relay}
+BIN=$(relay_binary)
 WORK=${BENCH_WORK:-$(mktemp -d)}
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+trap stop_children EXIT
 
 "$BIN" mock-upstream --listen 127.0.0.1:$MOCK --no-record >"$WORK/mock.log" 2>&1 & PIDS+=($!)
 RELAY_WORKERS=1 RELAY_LISTEN=127.0.0.1:$RELAY DATABASE_URL="sqlite://$WORK/relay.db" \
@@ -29,7 +27,6 @@ RELAY_WORKERS=1 RELAY_LISTEN=127.0.0.1:$RELAY DATABASE_URL="sqlite://$WORK/relay
   >"$WORK/relay.log" 2>"$WORK/valgrind.log" & VALGRIND=$!; PIDS+=($VALGRIND)
 for _ in $(seq 1 200); do curl -sf -o /dev/null "http://127.0.0.1:$RELAY/healthz" && break; sleep 0.2; done
 
-source bench/lib.sh
 KEY=$(group fast $MOCK sk-1 sk-2 sk-3 sk-4)
 
 load() { BENCH_KEY=$KEY BENCH_STREAM=$STREAM wrk -t1 -c4 -d"$1s" -s "${BENCH_SCRIPT:-bench/post.lua}" "http://127.0.0.1:$RELAY/v1/messages"; }

@@ -11,6 +11,7 @@
 #   bench/pgo-build.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
@@ -42,18 +43,10 @@ TRAINEE=$TARGET/pgo-gen/release/claude-code-relay
 
 MOCK=19490 RELAY=19485 ADMIN_TOKEN=pgo-admin
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+trap 'stop_children; rm -rf "$WORK"' EXIT
 # The mock runs from the same binary: its profile is the mock's code, not the relay's, and
 # is written to the same folder; it does no harm beside the relay's.
-"$TRAINEE" mock-upstream --listen 127.0.0.1:$MOCK --no-record >"$WORK/mock.log" 2>&1 & PIDS+=($!); MOCK_PID=$!
-RELAY_LISTEN=127.0.0.1:$RELAY DATABASE_URL="sqlite://$WORK/relay.db" RELAY_ADMIN_TOKEN=$ADMIN_TOKEN \
-  RELAY_LOG_LANG=en RELAY_LOG_FORMAT=text "$TRAINEE" >"$WORK/relay.log" 2>&1 & PIDS+=($!); RELAY_PID=$!
-for port in $MOCK $RELAY; do
-  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-done
-source bench/lib.sh
+start_relay "$TRAINEE"
 KEY=$(group fast $MOCK sk-1 sk-2 sk-3 sk-4)
 FAILOVER_KEY=$(group failover $MOCK sk-mock-429 sk-ok)
 URL=http://127.0.0.1:$RELAY/v1/messages

@@ -6,6 +6,7 @@
 # wrk); nginx is measured when it is installed. Prints a markdown table; see BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 DUR=${BENCH_SECONDS:-10}
 SOAK=${BENCH_SOAK_SECONDS:-0}
@@ -17,21 +18,12 @@ cargo build --release -q -p claude-code-relay -p relay-bench
 BIN=$PWD/target/release/claude-code-relay
 PROBE=$PWD/target/release/relay-bench
 WORK=$(mktemp -d)
-PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2; exit 1
-}
 
 "$BIN" mock-upstream --listen 127.0.0.1:$MOCK --no-record >"$WORK/mock.log" 2>&1 & PIDS+=($!); MOCK_PID=$!
 "$BIN" mock-upstream --listen 127.0.0.1:$SLOW --chunk-delay 50ms --no-record >"$WORK/slow.log" 2>&1 & PIDS+=($!)
@@ -54,7 +46,6 @@ for port in $MOCK $SLOW $LONG $RELAY; do wait_port $port; done
 # Every process measured shares this script's session, hence one scheduling autogroup.
 [ $HAVE_NGINX = 1 ] && wait_port $NGINX
 
-source bench/lib.sh
 FAST_KEY=$(group fast $MOCK sk-a sk-b sk-c sk-d)
 SLOW_KEY=$(group slow $SLOW sk-a sk-b sk-c sk-d)
 LONG_KEY=$(group long $LONG sk-a sk-b)

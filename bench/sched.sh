@@ -10,23 +10,15 @@
 #   BENCH_BIN=/tmp/other-build bench/sched.sh   # another build of the relay
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 MOCK=19290 RELAY=19285 ADMIN_TOKEN=bench-admin
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 command -v perf >/dev/null || { echo "perf is needed: apt-get install linux-perf" >&2; exit 1; }
-[ -n "${BENCH_BIN:-}" ] || cargo build --release -q -p claude-code-relay
-BIN=${BENCH_BIN:-$PWD/target/release/claude-code-relay}
+BIN=$(relay_binary)
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-"$BIN" mock-upstream --listen 127.0.0.1:$MOCK --no-record >"$WORK/mock.log" 2>&1 & PIDS+=($!)
-RELAY_LISTEN=127.0.0.1:$RELAY DATABASE_URL="sqlite://$WORK/relay.db" RELAY_ADMIN_TOKEN=$ADMIN_TOKEN \
-  RELAY_LOG_LANG=en RELAY_LOG_FORMAT=text "$BIN" >"$WORK/relay.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 1 100); do curl -sf -o /dev/null "http://127.0.0.1:$RELAY/healthz" && break; sleep 0.1; done
-
-source bench/lib.sh
+trap stop_children EXIT
+start_relay "$BIN"
 KEY=$(group fast $MOCK sk-1 sk-2 sk-3 sk-4)
 
 BENCH_KEY=$KEY BENCH_STREAM=0 wrk -t1 -c1 -d5s -s bench/post.lua "http://127.0.0.1:$RELAY/v1/messages" >"$WORK/wrk.txt" &

@@ -9,31 +9,23 @@
 #   BENCH_BIN=/tmp/other-build bench/split.sh   # another build of the relay
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 
 ROUNDS=${1:-6} SECONDS_PER_ROUND=${2:-4}
 MOCK=19390 RELAY=19385 NGINX=19386 ADMIN_TOKEN=bench-admin
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is needed: apt-get install nginx-light" >&2; exit 1; }
-[ -n "${BENCH_BIN:-}" ] || cargo build --release -q -p claude-code-relay
-BIN=${BENCH_BIN:-$PWD/target/release/claude-code-relay}
+BIN=$(relay_binary)
 WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-"$BIN" mock-upstream --listen 127.0.0.1:$MOCK --no-record >"$WORK/mock.log" 2>&1 & PIDS+=($!)
-RELAY_LISTEN=127.0.0.1:$RELAY DATABASE_URL="sqlite://$WORK/relay.db" RELAY_ADMIN_TOKEN=$ADMIN_TOKEN \
-  RELAY_LOG_LANG=en RELAY_LOG_FORMAT=text "$BIN" >"$WORK/relay.log" 2>&1 & PIDS+=($!); RELAY_PID=$!
+trap stop_children EXIT
+start_relay "$BIN"
 # As in run.sh: nginx in the foreground, in this script's session (one scheduling autogroup).
 sed -e "s#__WORK__#$WORK#g" -e "s#__MOCK_PORT__#$MOCK#" -e "s#__SLOW_PORT__#$MOCK#" \
     -e "s#__NGINX_PORT__#$NGINX#" -e "s#__NGINX_SLOW_PORT__#$((NGINX + 1))#" bench/nginx.conf >"$WORK/nginx.conf"
 nginx -c "$WORK/nginx.conf" -p "$WORK" & PIDS+=($!)
-for port in $MOCK $RELAY $NGINX; do
-  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-done
+wait_port $NGINX
 for _ in $(seq 1 50); do [ -s "$WORK/nginx.pid" ] && break; sleep 0.1; done
 
-source bench/lib.sh
 KEY=$(group fast $MOCK sk-1 sk-2 sk-3 sk-4)
 NGINX_STATS=$(for pid in $(cat "$WORK/nginx.pid") $(pgrep -P "$(cat "$WORK/nginx.pid")"); do echo "/proc/$pid/stat"; done)
 # The relay's threads by name: its request workers, and everything else.
